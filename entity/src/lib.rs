@@ -1,0 +1,7 @@
+//! sea-orm entities of the infergate database.
+
+pub mod image;
+pub mod meta;
+pub mod prelude;
+pub mod task;
+pub mod user;

@@ -1,0 +1,4 @@
+pub use super::image::Entity as Image;
+pub use super::meta::Entity as Meta;
+pub use super::task::Entity as Task;
+pub use super::user::Entity as User;

@@ -1,0 +1,58 @@
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// QUEUED → RUNNING → DONE | FAILED, and CANCELLED. The last three are terminal.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    #[sea_orm(string_value = "QUEUED")]
+    Queued,
+    #[sea_orm(string_value = "RUNNING")]
+    Running,
+    #[sea_orm(string_value = "DONE")]
+    Done,
+    #[sea_orm(string_value = "FAILED")]
+    Failed,
+    #[sea_orm(string_value = "CANCELLED")]
+    Cancelled,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Done | Status::Failed | Status::Cancelled)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "tasks")]
+pub struct Model {
+    /// Monotonic submission order; the queue is rebuilt in this order after a restart.
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// The public id (UUID v4) clients poll with.
+    #[sea_orm(unique)]
+    pub task_id: String,
+    pub user_id: i64,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub steps: i32,
+    pub seed: Option<i64>,
+    pub status: Status,
+    pub image_id: Option<i64>,
+    pub error: Option<String>,
+    /// URL of the backend instance of the latest attempt.
+    pub instance: Option<String>,
+    pub attempts: i32,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

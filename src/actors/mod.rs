@@ -1,0 +1,22 @@
+//! The supervised actors that move a task from submission to its end.
+//!
+//! HTTP handler ──Submit──▶ Dispatcher ──InsertTask──▶ TaskStore (group commit)
+//!                              │ bounded queue
+//!                              ▼
+//!               Worker[slot] ◀─Run─ Dispatcher
+//!                   │ Acquire ─▶ InstanceRegistry ─▶ Lease
+//!                   │ backend call (awc, timeout)
+//!                   │ Lease::release ─▶ InstanceRegistry
+//!                   │ FinishTask ─▶ TaskStore
+//!                   └ WorkerIdle ─▶ Dispatcher
+
+pub mod dispatcher;
+pub mod instance_registry;
+pub mod messages;
+pub mod task_store;
+pub mod worker;
+
+pub use dispatcher::Dispatcher;
+pub use instance_registry::InstanceRegistry;
+pub use task_store::TaskStore;
+pub use worker::Worker;

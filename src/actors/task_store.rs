@@ -1,0 +1,270 @@
+//! TaskStore: the only writer of tasks and images.
+//!
+//! Owns the database connection and the group-commit buffer. Concurrent inserts are
+//! batched into one transaction: each submitter's reply waits for the commit that
+//! holds its row, so a 202 always means "committed". Reads run concurrently on the
+//! connection pool and never wait for the buffer. Every status change is conditional on
+//! the status the caller expects, so a late or repeated update cannot overwrite a task
+//! that already ended.
+
+use actix::prelude::*;
+use chrono::Utc;
+use entity::prelude::{Image, Task};
+use entity::{image, task};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait,
+};
+use tokio::sync::oneshot;
+
+use super::messages::*;
+
+/// Rows per group commit; keeps one statement well under SQLite's variable limit.
+const MAX_BATCH: usize = 512;
+
+type Committed = oneshot::Sender<Result<(), DbErr>>;
+
+pub struct TaskStore {
+    db: DatabaseConnection,
+    /// Inserts waiting for the next commit, each with the channel its submitter awaits.
+    pending: Vec<(task::ActiveModel, Committed)>,
+    /// A commit is in flight; inserts arriving now ride on the next one.
+    committing: bool,
+}
+
+impl TaskStore {
+    pub fn new(db: DatabaseConnection) -> TaskStore {
+        TaskStore {
+            db,
+            pending: Vec::new(),
+            committing: false,
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.pending.is_empty() {
+            return;
+        }
+        self.committing = true;
+        let take = self.pending.len().min(MAX_BATCH);
+        let (rows, waiters): (Vec<_>, Vec<_>) = self.pending.drain(..take).unzip();
+        let db = self.db.clone();
+        let commit = async move {
+            let result = insert_batch(&db, rows).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, batch = waiters.len(), "group commit failed");
+            }
+            for waiter in waiters {
+                let _ = waiter.send(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| DbErr::Custom(e.to_string())),
+                );
+            }
+        };
+        ctx.spawn(commit.into_actor(self).map(|_, store, ctx| {
+            store.committing = false;
+            store.flush(ctx);
+        }));
+    }
+}
+
+async fn insert_batch(db: &DatabaseConnection, rows: Vec<task::ActiveModel>) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    Task::insert_many(rows).exec(&txn).await?;
+    txn.commit().await
+}
+
+impl Actor for TaskStore {
+    type Context = Context<Self>;
+}
+
+impl Supervised for TaskStore {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // Dropping the senders tells their submitters the insert did not happen.
+        self.pending.clear();
+        self.committing = false;
+    }
+}
+
+/// Queues the row for the next group commit.
+impl Handler<InsertTask> for TaskStore {
+    type Result = ResponseFuture<Result<(), DbErr>>;
+
+    fn handle(&mut self, msg: InsertTask, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.pending.push((msg.0, tx));
+        self.flush(ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(DbErr::Custom("task store restarted before commit".into())))
+        })
+    }
+}
+
+/// Conditional QUEUED → RUNNING.
+impl Handler<MarkRunning> for TaskStore {
+    type Result = ResponseFuture<Result<bool, DbErr>>;
+
+    fn handle(&mut self, msg: MarkRunning, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            let result = Task::update_many()
+                .set(task::ActiveModel {
+                    status: Set(task::Status::Running),
+                    instance: Set(Some(msg.instance)),
+                    updated_at: Set(Utc::now()),
+                    ..Default::default()
+                })
+                .col_expr(
+                    task::Column::Attempts,
+                    Expr::col(task::Column::Attempts).add(1),
+                )
+                .filter(task::Column::TaskId.eq(msg.task_id))
+                .filter(task::Column::Status.eq(task::Status::Queued))
+                .exec(&db)
+                .await?;
+            Ok(result.rows_affected == 1)
+        })
+    }
+}
+
+/// Conditional `from` → DONE (with its image) or FAILED (with its error).
+impl Handler<FinishTask> for TaskStore {
+    type Result = ResponseFuture<Result<bool, DbErr>>;
+
+    fn handle(&mut self, msg: FinishTask, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            let now = Utc::now();
+            let txn = db.begin().await?;
+            let mut update = task::ActiveModel {
+                updated_at: Set(now),
+                ..Default::default()
+            };
+            match msg.outcome {
+                TaskOutcome::Done {
+                    content_type,
+                    bytes,
+                } => {
+                    let stored = image::ActiveModel {
+                        user_id: Set(msg.user_id),
+                        task_id: Set(msg.task_id.clone()),
+                        content_type: Set(content_type),
+                        data: Set(bytes),
+                        created_at: Set(now),
+                        ..Default::default()
+                    }
+                    .insert(&txn)
+                    .await?;
+                    update.status = Set(task::Status::Done);
+                    update.image_id = Set(Some(stored.id));
+                    update.error = Set(None);
+                }
+                TaskOutcome::Failed { error } => {
+                    update.status = Set(task::Status::Failed);
+                    update.error = Set(Some(error));
+                }
+            }
+            let result = Task::update_many()
+                .set(update)
+                .filter(task::Column::TaskId.eq(msg.task_id))
+                .filter(task::Column::Status.eq(msg.from))
+                .exec(&txn)
+                .await?;
+            if result.rows_affected != 1 {
+                txn.rollback().await?;
+                return Ok(false);
+            }
+            txn.commit().await?;
+            Ok(true)
+        })
+    }
+}
+
+/// RUNNING → QUEUED for tasks whose process died.
+impl Handler<RequeueOrphans> for TaskStore {
+    type Result = ResponseFuture<Result<u64, DbErr>>;
+
+    fn handle(&mut self, _: RequeueOrphans, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            let result = Task::update_many()
+                .set(task::ActiveModel {
+                    status: Set(task::Status::Queued),
+                    updated_at: Set(Utc::now()),
+                    ..Default::default()
+                })
+                .filter(task::Column::Status.eq(task::Status::Running))
+                .exec(&db)
+                .await?;
+            Ok(result.rows_affected)
+        })
+    }
+}
+
+/// QUEUED tasks, oldest first.
+impl Handler<LoadQueued> for TaskStore {
+    type Result = ResponseFuture<Result<Vec<task::Model>, DbErr>>;
+
+    fn handle(&mut self, _: LoadQueued, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            Task::find()
+                .filter(task::Column::Status.eq(task::Status::Queued))
+                .order_by_asc(task::Column::Id)
+                .all(&db)
+                .await
+        })
+    }
+}
+
+/// A task, only if it belongs to the user.
+impl Handler<GetTask> for TaskStore {
+    type Result = ResponseFuture<Result<Option<task::Model>, DbErr>>;
+
+    fn handle(&mut self, msg: GetTask, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            Task::find()
+                .filter(task::Column::TaskId.eq(msg.task_id))
+                .filter(task::Column::UserId.eq(msg.user_id))
+                .one(&db)
+                .await
+        })
+    }
+}
+
+/// The user's newest tasks first.
+impl Handler<ListTasks> for TaskStore {
+    type Result = ResponseFuture<Result<Vec<task::Model>, DbErr>>;
+
+    fn handle(&mut self, msg: ListTasks, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            Task::find()
+                .filter(task::Column::UserId.eq(msg.user_id))
+                .order_by_desc(task::Column::Id)
+                .limit(msg.limit)
+                .all(&db)
+                .await
+        })
+    }
+}
+
+/// An image, only if it belongs to the user.
+impl Handler<GetImage> for TaskStore {
+    type Result = ResponseFuture<Result<Option<image::Model>, DbErr>>;
+
+    fn handle(&mut self, msg: GetImage, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            Image::find_by_id(msg.image_id)
+                .filter(image::Column::UserId.eq(msg.user_id))
+                .one(&db)
+                .await
+        })
+    }
+}

@@ -1,0 +1,48 @@
+//! Clients for the backend protocols the existing Python servers speak.
+
+pub mod qwen;
+
+/// Why a backend call failed; the Worker decides what to do by matching on it.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend unreachable: {0}")]
+    Transport(String),
+    #[error("backend did not answer within {0}s")]
+    Timeout(u64),
+    #[error("backend answered {status}: {detail}")]
+    Status { status: u16, detail: String },
+    #[error("backend answer is unusable: {0}")]
+    BadAnswer(String),
+}
+
+impl BackendError {
+    /// Whether the failure says the instance itself is in trouble (counts towards
+    /// ejecting it); a 4xx means the request was at fault.
+    pub fn is_instance_fault(&self) -> bool {
+        !matches!(self, BackendError::Status { status, .. } if (400..500).contains(status))
+    }
+}
+
+/// Keeps the first `max` bytes of an error body, cut at a character boundary.
+pub fn error_detail(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(max)]).into_owned();
+    let text = text.trim_end_matches('\u{FFFD}').trim();
+    if text.is_empty() {
+        "(empty body)".into()
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_detail_is_capped_and_never_empty() {
+        assert_eq!(error_detail(b"", 2048), "(empty body)");
+        assert_eq!(error_detail(&[b'x'; 5000], 2048).len(), 2048);
+        // A multi-byte character cut in half is dropped, not mangled.
+        assert_eq!(error_detail("é".as_bytes(), 1), "");
+    }
+}

@@ -1,0 +1,195 @@
+//! The `infergate` command line: serve, migrate, manage users, run the simulated backend.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use entity::user::Role;
+
+use crate::domain::{NewUser, RegisterRequest};
+use crate::settings::{InstanceKind, InstanceSettings, Protocol, Settings};
+use crate::simulator::{SimBackend, SimConfig};
+use crate::startup::Application;
+use crate::{database, telemetry, users};
+
+#[derive(Parser)]
+#[command(
+    name = "infergate",
+    version,
+    about = "Asynchronous task gateway for GPU inference backends"
+)]
+pub struct Cli {
+    /// Settings file (default: ./settings.toml when present).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default command).
+    Serve {
+        /// Also start simulated image and speech backends in-process, so a task completes
+        /// with no GPU.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Run the simulated backend (both protocols) on its own.
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        #[command(flatten)]
+        config: SimConfig,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user, asking for the password (or reading one line from stdin).
+    Add {
+        name: String,
+        /// Give the user the admin role.
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's role.
+    Promote {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+}
+
+fn parse_role(raw: &str) -> Result<Role, String> {
+    match raw {
+        "user" => Ok(Role::User),
+        "vip" => Ok(Role::Vip),
+        "admin" => Ok(Role::Admin),
+        _ => Err("role must be user, vip or admin".into()),
+    }
+}
+
+/// Runs the parsed command; errors are printed by `main`.
+pub async fn run(cli: Cli) -> Result<(), String> {
+    let settings = Settings::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+    telemetry::init(&settings.log);
+    match cli.command.unwrap_or(Command::Serve { demo: false }) {
+        Command::Serve { demo } => serve(settings, demo).await,
+        Command::Migrate => {
+            let db = database::connect(&settings.database)
+                .await
+                .map_err(|e| e.to_string())?;
+            database::migrate(&db).await.map_err(|e| e.to_string())?;
+            println!("database is up to date");
+            Ok(())
+        }
+        Command::User { command } => user(settings, command).await,
+        Command::Simulate { host, port, config } => {
+            let sim = SimBackend::start(config, &host, port).map_err(|e| e.to_string())?;
+            tracing::info!(url = %sim.url(), "simulated backend listening");
+            tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+            sim.stop().await;
+            Ok(())
+        }
+    }
+}
+
+async fn serve(mut settings: Settings, demo: bool) -> Result<(), String> {
+    // Kept alive for as long as the gateway runs.
+    let mut simulators = Vec::new();
+    if demo {
+        for (kind, protocol, latency_ms) in [
+            (InstanceKind::Image, Protocol::Qwen, 2000),
+            (InstanceKind::Speech, Protocol::Fastwhisper, 300),
+        ] {
+            let config = SimConfig {
+                latency_ms,
+                ..SimConfig::default()
+            };
+            let sim = SimBackend::start(config, "127.0.0.1", 0).map_err(|e| e.to_string())?;
+            tracing::info!(url = %sim.url(), ?kind, "demo: simulated backend started");
+            settings.instances.push(InstanceSettings {
+                kind,
+                url: sim.url(),
+                protocol: Some(protocol),
+                capacity: 1,
+                weight: 1,
+            });
+            simulators.push(sim);
+        }
+    }
+    let app = Application::build(settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    app.run_until_stopped().await.map_err(|e| e.to_string())
+}
+
+async fn user(settings: Settings, command: UserCommand) -> Result<(), String> {
+    let db = database::connect(&settings.database)
+        .await
+        .map_err(|e| e.to_string())?;
+    database::migrate(&db).await.map_err(|e| e.to_string())?;
+    match command {
+        UserCommand::Add {
+            name,
+            admin,
+            password_stdin,
+        } => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .map_err(|e| e.to_string())?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            } else {
+                let first = rpassword::prompt_password("password: ").map_err(|e| e.to_string())?;
+                let again = rpassword::prompt_password("again: ").map_err(|e| e.to_string())?;
+                if first != again {
+                    return Err("passwords do not match".into());
+                }
+                first
+            };
+            let request = RegisterRequest {
+                username: Some(name),
+                password: Some(password),
+                email: None,
+                phone: None,
+            };
+            let new_user = NewUser::try_from(request).map_err(|e| e.to_string())?;
+            let role = if admin { Role::Admin } else { Role::User };
+            let created = users::create(&db, new_user, role)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "created user {} (id {}, role {:?})",
+                created.username, created.id, created.role
+            );
+            Ok(())
+        }
+        UserCommand::Promote { name, role } => {
+            if users::set_role(&db, &name, role)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!("{name} is now {role:?}");
+                Ok(())
+            } else {
+                Err(format!("no user named {name}"))
+            }
+        }
+    }
+}

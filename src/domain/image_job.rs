@@ -1,0 +1,138 @@
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::settings::ImageSettings;
+
+/// Body of `POST /api/v1/image/async`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRequest {
+    #[schema(example = "A futuristic city with flying cars")]
+    pub prompt: Option<String>,
+    #[schema(example = "blurry, low quality")]
+    pub negative_prompt: Option<String>,
+    /// Pixels, 64 to `image.max_side`.
+    pub width: Option<i64>,
+    /// Pixels, 64 to `image.max_side`.
+    pub height: Option<i64>,
+    /// Inference steps, 1 to `image.max_steps` (default `image.default_steps`).
+    pub steps: Option<i64>,
+    /// Non-negative seed for reproducible images.
+    pub seed: Option<i64>,
+}
+
+/// A validated text-to-image job: what a worker sends to an image backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ImageJob {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub steps: u32,
+    pub seed: Option<u64>,
+}
+
+impl ImageJob {
+    pub fn parse(request: ImageRequest, limits: &ImageSettings) -> Result<ImageJob, ApiError> {
+        let prompt = request.prompt.unwrap_or_default();
+        if prompt.trim().is_empty() {
+            return Err(ApiError::Validation("prompt must not be empty".into()));
+        }
+        check_text("prompt", &prompt, limits.max_prompt_chars)?;
+        let negative_prompt = match request.negative_prompt {
+            Some(text) if text.trim().is_empty() => None,
+            Some(text) => {
+                check_text("negative_prompt", &text, limits.max_prompt_chars)?;
+                Some(text)
+            }
+            None => None,
+        };
+        let side = |name: &str, value: Option<i64>| -> Result<Option<u32>, ApiError> {
+            value
+                .map(|v| in_range(name, v, 64, limits.max_side as i64).map(|v| v as u32))
+                .transpose()
+        };
+        let steps = match request.steps {
+            Some(v) => in_range("steps", v, 1, limits.max_steps as i64)? as u32,
+            None => limits.default_steps,
+        };
+        let seed = match request.seed {
+            Some(v) => Some(in_range("seed", v, 0, i64::MAX)? as u64),
+            None => None,
+        };
+        Ok(ImageJob {
+            prompt,
+            negative_prompt,
+            width: side("width", request.width)?,
+            height: side("height", request.height)?,
+            steps,
+            seed,
+        })
+    }
+}
+
+fn check_text(name: &str, text: &str, max_chars: usize) -> Result<(), ApiError> {
+    if text.chars().count() > max_chars {
+        return Err(ApiError::Validation(format!(
+            "{name} must be at most {max_chars} characters"
+        )));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(ApiError::Validation(format!(
+            "{name} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn in_range(name: &str, value: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+    if value < min || value > max {
+        return Err(ApiError::Validation(format!(
+            "{name} must be between {min} and {max}"
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(prompt: &str) -> ImageRequest {
+        ImageRequest {
+            prompt: Some(prompt.into()),
+            negative_prompt: None,
+            width: None,
+            height: None,
+            steps: None,
+            seed: None,
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in_the_steps() {
+        let job = ImageJob::parse(request("a cat"), &ImageSettings::default()).unwrap();
+        assert_eq!(job.steps, 20);
+        assert_eq!(job.prompt, "a cat");
+    }
+
+    #[test]
+    fn rejects_blank_long_and_out_of_range() {
+        let limits = ImageSettings::default();
+        assert!(ImageJob::parse(request("   "), &limits).is_err());
+        assert!(ImageJob::parse(request(&"x".repeat(4001)), &limits).is_err());
+        assert!(ImageJob::parse(request(&"x".repeat(4000)), &limits).is_ok());
+        let mut r = request("a");
+        r.width = Some(10);
+        assert!(ImageJob::parse(r, &limits).is_err());
+        let mut r = request("a");
+        r.steps = Some(0);
+        assert!(ImageJob::parse(r, &limits).is_err());
+        let mut r = request("a");
+        r.seed = Some(-1);
+        assert!(ImageJob::parse(r, &limits).is_err());
+    }
+}

@@ -1,0 +1,123 @@
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// Body of `POST /register`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct RegisterRequest {
+    #[schema(example = "user1")]
+    pub username: Option<String>,
+    #[schema(example = "pass1234")]
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+/// A registration whose every field has been checked.
+#[derive(Debug)]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Bounds the hashing work one request can cause.
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
+impl TryFrom<RegisterRequest> for NewUser {
+    type Error = ApiError;
+
+    fn try_from(request: RegisterRequest) -> Result<Self, Self::Error> {
+        let username = request.username.unwrap_or_default();
+        check_username(&username)?;
+        let password = request.password.unwrap_or_default();
+        let chars = password.chars().count();
+        if chars < MIN_PASSWORD_CHARS || chars > MAX_PASSWORD_CHARS {
+            return Err(ApiError::Validation(format!(
+                "password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
+            )));
+        }
+        let email = non_blank(request.email);
+        if let Some(email) = &email {
+            let valid = email.len() <= 254
+                && !email.chars().any(char::is_whitespace)
+                && matches!(email.split_once('@'), Some((local, domain)) if !local.is_empty() && domain.contains('.'));
+            if !valid {
+                return Err(ApiError::Validation("email is not a valid address".into()));
+            }
+        }
+        let phone = non_blank(request.phone);
+        if let Some(phone) = &phone {
+            let valid = phone.len() <= 32
+                && phone.chars().any(|c| c.is_ascii_digit())
+                && phone
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || " +-()".contains(c));
+            if !valid {
+                return Err(ApiError::Validation("phone is not a valid number".into()));
+            }
+        }
+        Ok(NewUser {
+            username,
+            password,
+            email,
+            phone,
+        })
+    }
+}
+
+/// Usernames are 3–20 characters of `[A-Za-z0-9_]`.
+pub fn check_username(username: &str) -> Result<(), ApiError> {
+    let valid = (3..=20).contains(&username.len())
+        && username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(
+            "username must be 3 to 20 characters of A-Z, a-z, 0-9 and _".into(),
+        ))
+    }
+}
+
+fn non_blank(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(username: &str, password: &str) -> RegisterRequest {
+        RegisterRequest {
+            username: Some(username.into()),
+            password: Some(password.into()),
+            email: None,
+            phone: None,
+        }
+    }
+
+    #[test]
+    fn usernames_and_passwords_are_checked() {
+        assert!(NewUser::try_from(request("user_1", "password1")).is_ok());
+        assert!(NewUser::try_from(request("ab", "password1")).is_err());
+        assert!(NewUser::try_from(request(&"a".repeat(21), "password1")).is_err());
+        assert!(NewUser::try_from(request("bad name", "password1")).is_err());
+        assert!(NewUser::try_from(request("user_1", "short")).is_err());
+    }
+
+    #[test]
+    fn email_must_look_like_an_address() {
+        let mut r = request("user_1", "password1");
+        r.email = Some("nope".into());
+        assert!(NewUser::try_from(r).is_err());
+        let mut r = request("user_1", "password1");
+        r.email = Some("a@b.io".into());
+        assert!(NewUser::try_from(r).is_ok());
+    }
+}

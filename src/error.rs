@@ -1,0 +1,139 @@
+//! The one error table of the HTTP API: every failure a client can see, its status and
+//! its stable `code`, rendered as `{"error": "...", "code": "..."}`.
+
+use std::fmt;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Seconds a client is told to wait after a 503 it may retry.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+#[derive(thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    MalformedBody(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("token has expired")]
+    TokenExpired,
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("username is already taken")]
+    UsernameTaken,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("the task queue is full ({capacity} tasks); retry later")]
+    QueueFull { capacity: usize },
+    #[error("the gateway is busy; retry later")]
+    Busy(#[source] actix::MailboxError),
+    #[error("the database is unavailable; retry later")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A human-readable message.
+    #[schema(example = "prompt must not be empty")]
+    pub error: String,
+    /// A stable snake_case code for programs.
+    #[schema(example = "invalid_request")]
+    pub code: &'static str,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "invalid_request",
+            ApiError::MalformedBody(_) => "malformed_body",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::TokenExpired => "token_expired",
+            ApiError::BadCredentials => "invalid_credentials",
+            ApiError::UsernameTaken => "username_taken",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::Busy(_) => "busy",
+            ApiError::Database(_) => "database_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::QueueFull { .. } | ApiError::Busy(_) | ApiError::Database(_) => {
+                Some(RETRY_AFTER_SECS)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        ApiError::Busy(e)
+    }
+}
+
+impl fmt::Debug for ApiError {
+    // The whole cause chain, for logs; clients only ever see `Display`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, "\n  caused by: {cause}")?;
+            source = cause.source();
+        }
+        if let ApiError::Internal(detail) = self {
+            write!(f, "\n  detail: {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) | ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized(_) | ApiError::TokenExpired | ApiError::BadCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::UsernameTaken => StatusCode::CONFLICT,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::QueueFull { .. } | ApiError::Busy(_) | ApiError::Database(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = ?self, "request failed");
+        }
+        let mut response = HttpResponse::build(status);
+        if let Some(secs) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(ErrorBody {
+            error: self.to_string(),
+            code: self.code(),
+        })
+    }
+}

@@ -1,0 +1,106 @@
+//! `POST /register` and `POST /login`.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use entity::user::{self, Role};
+use sea_orm::DatabaseConnection;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{verify_password, JwtKeys};
+use crate::domain::{NewUser, RegisterRequest};
+use crate::error::{ApiError, ErrorBody};
+use crate::users;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/register", web::post().to(register))
+        .route("/login", web::post().to(login));
+}
+
+/// A user as the API shows it (never the password hash).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub username: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// `user`, `vip` or `admin`.
+    #[schema(value_type = String, example = "user")]
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<user::Model> for UserView {
+    fn from(user: user::Model) -> Self {
+        UserView {
+            id: user.id,
+            username: user.username,
+            email: user.email,
+            phone: user.phone,
+            role: user.role,
+            created_at: user.created_at,
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct LoginRequest {
+    #[schema(example = "user1")]
+    pub username: String,
+    #[schema(example = "pass1234")]
+    pub password: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LoginResponse {
+    /// Send as `Authorization: Bearer <token>`.
+    pub token: String,
+    pub user: UserView,
+}
+
+/// Create an account.
+#[utoipa::path(post, path = "/register", tag = "accounts", request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 400, description = "Invalid username, password, email or phone", body = ErrorBody),
+        (status = 409, description = "Username taken", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(username))]
+pub async fn register(
+    db: web::Data<DatabaseConnection>,
+    body: web::Json<RegisterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let new_user = NewUser::try_from(body.into_inner())?;
+    tracing::Span::current().record("username", new_user.username.as_str());
+    let created = users::create(&db, new_user, Role::User).await?;
+    tracing::info!(user_id = created.id, "user registered");
+    Ok(HttpResponse::Created().json(UserView::from(created)))
+}
+
+/// Exchange a username and password for a JWT.
+#[utoipa::path(post, path = "/login", tag = "accounts", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 401, description = "Wrong username or password", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(username = %body.username))]
+pub async fn login(
+    db: web::Data<DatabaseConnection>,
+    keys: web::Data<JwtKeys>,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let LoginRequest { username, password } = body.into_inner();
+    let found = users::find_by_username(&db, &username).await?;
+    let stored = found.as_ref().map(|u| u.password_hash.clone());
+    let valid = web::block(move || verify_password(&password, stored.as_deref()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing thread failed: {e}")))?;
+    let user = match found {
+        Some(user) if valid => user,
+        _ => return Err(ApiError::BadCredentials),
+    };
+    let token = keys.issue(user.id, &user.username, user.role)?;
+    Ok(HttpResponse::Ok().json(LoginResponse {
+        token,
+        user: user.into(),
+    }))
+}

@@ -1,0 +1,58 @@
+//! The OpenAPI document (`/api-docs/openapi.json`), generated from the handlers, and
+//! Swagger UI at `/docs`.
+
+use actix_web::{web, HttpResponse};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::{accounts, image, system, tasks};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "infergate", description = "Asynchronous task gateway for GPU inference backends."),
+    paths(
+        accounts::register, accounts::login,
+        image::submit, image::get_image,
+        tasks::get_tasks,
+        system::health, system::stats,
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "accounts", description = "Registration and login"),
+        (name = "image", description = "Asynchronous text-to-image"),
+        (name = "tasks", description = "Task status"),
+        (name = "system", description = "Health and queue figures"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .route(
+            "/docs",
+            web::get().to(|| async {
+                HttpResponse::PermanentRedirect()
+                    .insert_header(("Location", "/docs/"))
+                    .finish()
+            }),
+        );
+}

@@ -1,0 +1,32 @@
+//! The HTTP layer: handlers validate input, send messages to the actors and shape replies.
+//! Each route group exposes `configure`, chained by `startup`.
+
+pub mod accounts;
+pub mod docs;
+pub mod extract;
+pub mod image;
+pub mod system;
+pub mod tasks;
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::error::ApiError;
+
+/// How long a handler waits for an actor's reply before answering 503.
+pub const ACTOR_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.configure(system::configure)
+        .configure(accounts::configure)
+        .configure(image::configure)
+        .configure(tasks::configure)
+        .configure(docs::configure);
+}
+
+/// JSON 404 for paths no route matches.
+pub async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    tracing::debug!(path = req.path(), "no route");
+    Err(ApiError::NotFound("route"))
+}

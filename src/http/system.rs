@@ -1,0 +1,86 @@
+//! `GET /health` and `GET /api/v1/system/stats` (no auth, aggregate figures only).
+
+use actix::Addr;
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use crate::actors::messages::{GetQueueStats, ListInstances};
+use crate::actors::{Dispatcher, InstanceRegistry};
+use crate::error::{ApiError, ErrorBody};
+use crate::http::ACTOR_REPLY_TIMEOUT;
+use crate::settings::InstanceKind;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/api/v1/system/stats", web::get().to(stats));
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HealthResponse {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Liveness: the HTTP server answers.
+#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = HealthResponse)))]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(HealthResponse { status: "ok" })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatsResponse {
+    /// Tasks waiting for a worker.
+    pub queue_length: usize,
+    pub queue_capacity: usize,
+    /// queue_length as a percentage of queue_capacity (alert above 80).
+    pub queue_usage: f64,
+    pub workers: usize,
+    pub busy_workers: usize,
+    pub image_instances: InstanceCounts,
+    pub speech_instances: InstanceCounts,
+}
+
+#[derive(Serialize, utoipa::ToSchema, Default)]
+pub struct InstanceCounts {
+    pub total: usize,
+    pub healthy: usize,
+    pub in_flight: u32,
+}
+
+/// Queue and instance figures.
+#[utoipa::path(get, path = "/api/v1/system/stats", tag = "system",
+    responses((status = 200, body = StatsResponse), (status = 503, body = ErrorBody)))]
+pub async fn stats(
+    dispatcher: web::Data<Addr<Dispatcher>>,
+    registry: web::Data<Addr<InstanceRegistry>>,
+) -> Result<HttpResponse, ApiError> {
+    let queue = dispatcher
+        .send(GetQueueStats)
+        .timeout(ACTOR_REPLY_TIMEOUT)
+        .await?;
+    let instances = registry
+        .send(ListInstances)
+        .timeout(ACTOR_REPLY_TIMEOUT)
+        .await?;
+    let counts = |kind: InstanceKind| {
+        instances
+            .iter()
+            .filter(|i| i.kind == kind)
+            .fold(InstanceCounts::default(), |mut c, i| {
+                c.total += 1;
+                c.healthy += usize::from(i.state == "healthy");
+                c.in_flight += i.in_flight;
+                c
+            })
+    };
+    let usage = queue.queue_length as f64 * 100.0 / queue.queue_capacity as f64;
+    Ok(HttpResponse::Ok().json(StatsResponse {
+        queue_length: queue.queue_length,
+        queue_capacity: queue.queue_capacity,
+        queue_usage: (usage * 100.0).round() / 100.0,
+        workers: queue.workers,
+        busy_workers: queue.busy_workers,
+        image_instances: counts(InstanceKind::Image),
+        speech_instances: counts(InstanceKind::Speech),
+    }))
+}

@@ -1,0 +1,15 @@
+//! infergate: an asynchronous task gateway for GPU inference backends.
+
+pub mod actors;
+pub mod auth;
+pub mod backends;
+pub mod cli;
+pub mod database;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod settings;
+pub mod simulator;
+pub mod startup;
+pub mod telemetry;
+pub mod users;

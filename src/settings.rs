@@ -1,0 +1,470 @@
+//! Every setting, its built-in default, and the checks that stop a bad start.
+//!
+//! Sources, later ones winning: built-in defaults, `settings.toml` (or `--config PATH`),
+//! environment variables `INFERGATE__SECTION__KEY`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot load settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub queue: QueueSettings,
+    pub workers: WorkerSettings,
+    pub health: HealthSettings,
+    pub balancing: BalancingSettings,
+    pub image: ImageSettings,
+    pub log: LogSettings,
+    pub instances: Vec<InstanceSettings>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// Largest JSON request body accepted.
+    pub max_json_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Empty: generate a strong secret once and keep it in the database.
+    pub jwt_secret: String,
+    pub token_ttl_hours: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    pub capacity: usize,
+    pub max_wait_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// 0: one slot per unit of instance capacity.
+    pub slots: usize,
+    pub task_timeout_secs: u64,
+    /// Largest backend answer (image bytes) accepted.
+    pub max_response_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    pub interval_secs: u64,
+    pub ping_timeout_secs: u64,
+    /// Consecutive failed calls that take an instance out of rotation before its next ping.
+    pub eject_after_failures: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    RoundRobin,
+    UserHash,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalancingSettings {
+    pub image: Strategy,
+    pub speech: Strategy,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageSettings {
+    pub max_prompt_chars: usize,
+    pub default_steps: u32,
+    pub max_steps: u32,
+    pub max_side: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `infergate=debug,actix_web=info`.
+    pub level: String,
+}
+
+#[derive(
+    Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceKind {
+    Image,
+    Speech,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Qwen,
+    Fastwhisper,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSettings {
+    pub kind: InstanceKind,
+    pub url: String,
+    pub protocol: Option<Protocol>,
+    #[serde(default = "one")]
+    pub capacity: u32,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl InstanceSettings {
+    pub fn protocol(&self) -> Protocol {
+        self.protocol.unwrap_or(match self.kind {
+            InstanceKind::Image => Protocol::Qwen,
+            InstanceKind::Speech => Protocol::Fastwhisper,
+        })
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
+            queue: QueueSettings::default(),
+            workers: WorkerSettings::default(),
+            health: HealthSettings::default(),
+            balancing: BalancingSettings::default(),
+            image: ImageSettings::default(),
+            log: LogSettings::default(),
+            instances: vec![InstanceSettings {
+                kind: InstanceKind::Image,
+                url: "http://localhost:8000".into(),
+                protocol: Some(Protocol::Qwen),
+                capacity: 1,
+                weight: 1,
+            }],
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            max_json_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: "sqlite://infergate.db?mode=rwc".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            jwt_secret: String::new(),
+            token_ttl_hours: 24,
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            capacity: 100,
+            max_wait_secs: 600,
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            slots: 0,
+            task_timeout_secs: 120,
+            max_response_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            interval_secs: 30,
+            ping_timeout_secs: 5,
+            eject_after_failures: 3,
+        }
+    }
+}
+
+impl Default for BalancingSettings {
+    fn default() -> Self {
+        BalancingSettings {
+            image: Strategy::RoundRobin,
+            speech: Strategy::RoundRobin,
+        }
+    }
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            max_prompt_chars: 4000,
+            default_steps: 20,
+            max_steps: 150,
+            max_side: 2048,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `path` (required when given, else `settings.toml` when present) and the
+    /// environment over the built-in defaults, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Settings, SettingsError> {
+        let file = match path {
+            Some(path) => config::File::from(path).required(true),
+            None => config::File::with_name("settings.toml").required(false),
+        };
+        let settings: Settings = config::Config::builder()
+            .add_source(file)
+            .add_source(
+                config::Environment::with_prefix("INFERGATE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(SettingsError::Invalid {
+                key: key.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        if self.database.url.is_empty() {
+            return invalid("database.url", "must not be empty");
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+            return invalid(
+                "auth.jwt_secret",
+                "must be at least 32 bytes, or empty to generate one",
+            );
+        }
+        if self.auth.token_ttl_hours == 0 {
+            return invalid("auth.token_ttl_hours", "must be at least 1");
+        }
+        if self.queue.capacity == 0 {
+            return invalid("queue.capacity", "must be at least 1");
+        }
+        if self.queue.max_wait_secs == 0 {
+            return invalid("queue.max_wait_secs", "must be at least 1");
+        }
+        if self.workers.task_timeout_secs == 0 {
+            return invalid("workers.task_timeout_secs", "must be at least 1");
+        }
+        if self.workers.max_response_bytes < 1024 {
+            return invalid("workers.max_response_bytes", "must be at least 1024");
+        }
+        if self.health.interval_secs == 0 {
+            return invalid("health.interval_secs", "must be at least 1");
+        }
+        if self.health.ping_timeout_secs == 0 {
+            return invalid("health.ping_timeout_secs", "must be at least 1");
+        }
+        if self.health.eject_after_failures == 0 {
+            return invalid("health.eject_after_failures", "must be at least 1");
+        }
+        if self.image.max_prompt_chars == 0 {
+            return invalid("image.max_prompt_chars", "must be at least 1");
+        }
+        if self.image.default_steps == 0 || self.image.default_steps > self.image.max_steps {
+            return invalid(
+                "image.default_steps",
+                "must be between 1 and image.max_steps",
+            );
+        }
+        if self.image.max_side < 64 {
+            return invalid("image.max_side", "must be at least 64");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid("log.level", &e.to_string());
+        }
+        for (i, instance) in self.instances.iter().enumerate() {
+            let key = |field: &str| format!("instances[{i}].{field}");
+            if let Err(reason) = check_instance_url(&instance.url) {
+                return Err(SettingsError::Invalid {
+                    key: key("url"),
+                    reason,
+                });
+            }
+            if instance.capacity == 0 {
+                return invalid(&key("capacity"), "must be at least 1");
+            }
+            if instance.weight == 0 {
+                return invalid(&key("weight"), "must be at least 1");
+            }
+            let expected = match instance.kind {
+                InstanceKind::Image => Protocol::Qwen,
+                InstanceKind::Speech => Protocol::Fastwhisper,
+            };
+            if instance.protocol() != expected {
+                return invalid(
+                    &key("protocol"),
+                    "image instances speak qwen, speech instances fastwhisper",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn task_timeout(&self) -> Duration {
+        Duration::from_secs(self.workers.task_timeout_secs)
+    }
+
+    pub fn queue_max_wait(&self) -> Duration {
+        Duration::from_secs(self.queue.max_wait_secs)
+    }
+
+    /// Worker slots: the configured number, or the instances' total capacity (at least 1).
+    pub fn worker_slots(&self) -> usize {
+        if self.workers.slots > 0 {
+            return self.workers.slots;
+        }
+        let total: u32 = self
+            .instances
+            .iter()
+            .filter(|i| i.kind == InstanceKind::Image)
+            .map(|i| i.capacity)
+            .sum();
+        total.max(1) as usize
+    }
+}
+
+/// An instance URL must be absolute http(s) with a host, and no query or fragment.
+pub fn check_instance_url(raw: &str) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("scheme must be http or https".into());
+    }
+    if url.host_str().is_none() {
+        return Err("must name a host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not carry a query or fragment".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_follow_the_old_system() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.queue.capacity, 100);
+        assert_eq!(s.workers.task_timeout_secs, 120);
+        assert_eq!(s.health.interval_secs, 30);
+        assert_eq!(s.worker_slots(), 1);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let mut s = Settings::default();
+        s.queue.capacity = 0;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("queue.capacity"));
+
+        let mut s = Settings::default();
+        s.instances[0].url = "ftp://x".into();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("instances[0].url"));
+    }
+
+    #[test]
+    fn a_file_may_set_only_some_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "[queue]\ncapacity = 7\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.queue.capacity, 7);
+        assert_eq!(s.server.port, 8080);
+    }
+
+    #[test]
+    fn wrong_types_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "[server]\nport = \"eighty\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+}
