@@ -4,8 +4,8 @@ use crate::error::ApiError;
 use crate::settings::ImageSettings;
 
 /// Body of `POST /api/v1/image/async`.
+/// Unknown fields are ignored, as the old system ignored them.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ImageRequest {
     #[schema(example = "A futuristic city with flying cars")]
     pub prompt: Option<String>,

@@ -34,7 +34,7 @@ impl TryFrom<RegisterRequest> for NewUser {
         check_username(&username)?;
         let password = request.password.unwrap_or_default();
         let chars = password.chars().count();
-        if chars < MIN_PASSWORD_CHARS || chars > MAX_PASSWORD_CHARS {
+        if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
             return Err(ApiError::Validation(format!(
                 "password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
             )));

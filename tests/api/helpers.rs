@@ -1,0 +1,240 @@
+use std::time::{Duration, Instant};
+
+use entity::prelude::Task;
+use infergate::settings::{InstanceKind, InstanceSettings, Protocol, Settings};
+use infergate::simulator::{SimBackend, SimConfig};
+use infergate::startup::Application;
+use reqwest::{Response, StatusCode};
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    /// The simulated image backends, in the order given.
+    pub sims: Vec<SimBackend>,
+    pub db: DatabaseConnection,
+    pub db_url: String,
+    /// Keeps the database file alive for the test.
+    pub dir: TempDir,
+}
+
+pub struct TestUser {
+    pub token: String,
+}
+
+/// A fast simulated image backend.
+pub fn fast_sim() -> SimConfig {
+    SimConfig {
+        latency_ms: 20,
+        ..SimConfig::default()
+    }
+}
+
+/// One fast image backend, default settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(vec![fast_sim()], |_| {}).await
+}
+
+/// Starts the simulated backends, then the gateway with them as its image instances.
+pub async fn spawn_app_with(sims: Vec<SimConfig>, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on(start_sims(sims), tweak).await
+}
+
+pub fn start_sims(configs: Vec<SimConfig>) -> Vec<SimBackend> {
+    configs
+        .into_iter()
+        .map(|config| SimBackend::start(config, "127.0.0.1", 0).expect("start simulator"))
+        .collect()
+}
+
+/// The gateway with already running simulators (set up before its first ping) as its
+/// image instances.
+pub async fn spawn_app_on(sims: Vec<SimBackend>, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::default();
+    settings.server.host = "127.0.0.1".into();
+    settings.server.port = 0;
+    settings.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+    settings.auth.jwt_secret = TEST_SECRET.into();
+    settings.health.interval_secs = 1;
+    settings.instances = sims
+        .iter()
+        .map(|sim| InstanceSettings {
+            kind: InstanceKind::Image,
+            url: sim.url(),
+            protocol: Some(Protocol::Qwen),
+            capacity: 1,
+            weight: 1,
+        })
+        .collect();
+    tweak(&mut settings);
+    start(settings, sims, dir).await
+}
+
+/// Starts a gateway on an existing database directory (a restart).
+pub async fn start(settings: Settings, sims: Vec<SimBackend>, dir: TempDir) -> TestApp {
+    let db_url = settings.database.url.clone();
+    let app = Application::build(settings)
+        .await
+        .expect("build application");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+    let db = infergate::database::connect(&infergate::settings::DatabaseSettings {
+        url: db_url.clone(),
+        max_connections: 2,
+    })
+    .await
+    .expect("connect to test database");
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        sims,
+        db,
+        db_url,
+        dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Response {
+        self.client
+            .post(self.url("/register"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("register")
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.client
+            .post(self.url("/login"))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("login")
+    }
+
+    /// Registers and logs in a fresh user.
+    pub async fn new_user(&self, name: &str) -> TestUser {
+        assert_eq!(
+            self.register(name, "password123").await.status(),
+            StatusCode::CREATED
+        );
+        let body: Value = self.login(name, "password123").await.json().await.unwrap();
+        TestUser {
+            token: body["token"].as_str().expect("token").to_string(),
+        }
+    }
+
+    pub async fn submit_image(&self, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url("/api/v1/image/async"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("submit")
+    }
+
+    /// Submits a prompt and returns the task id, asserting the 202.
+    pub async fn submit_ok(&self, token: &str, prompt: &str) -> String {
+        let response = self.submit_image(token, &json!({ "prompt": prompt })).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.unwrap();
+        body["task_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get_task(&self, token: &str, task_id: &str) -> Response {
+        self.client
+            .get(self.url("/api/v1/tasks"))
+            .query(&[("task_id", task_id)])
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get task")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get")
+    }
+
+    /// Polls the task until it reaches a terminal status; returns every status seen and
+    /// the final task JSON.
+    pub async fn wait_for_end(&self, token: &str, task_id: &str) -> (Vec<String>, Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let task: Value = self.get_task(token, task_id).await.json().await.unwrap();
+            let status = task["status"].as_str().expect("status").to_string();
+            if seen.last() != Some(&status) {
+                seen.push(status.clone());
+            }
+            if matches!(status.as_str(), "DONE" | "FAILED" | "CANCELLED") {
+                return (seen, task);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {task_id} stuck in {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.client
+            .get(self.url("/api/v1/system/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `n` image instances are healthy.
+    pub async fn wait_for_healthy(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.stats().await["image_instances"]["healthy"] != n {
+            assert!(
+                Instant::now() < deadline,
+                "instances never became healthy: {}",
+                self.stats().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn task_rows(&self) -> u64 {
+        Task::find().count(&self.db).await.unwrap()
+    }
+}
+
+/// Asserts a JSON error reply: status, `code`, and a non-empty message.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "wrong status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(content_type.as_deref(), Some("application/json"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "wrong code in {body}");
+    assert!(
+        !body["error"].as_str().unwrap_or("").is_empty(),
+        "empty error message in {body}"
+    );
+    body
+}

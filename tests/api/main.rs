@@ -1,0 +1,9 @@
+//! Integration tests: the real server on a random port, a temporary SQLite file, and
+//! simulated backends on their own random ports, driven over HTTP.
+
+mod auth;
+mod bad_input;
+mod balancing;
+mod helpers;
+mod image_flow;
+mod queue;
