@@ -461,6 +461,15 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_the_file() {
+        // A key no other test asserts, since tests may share the process environment.
+        std::env::set_var("INFERGATE__IMAGE__MAX_STEPS", "77");
+        let s = Settings::load(None).unwrap();
+        std::env::remove_var("INFERGATE__IMAGE__MAX_STEPS");
+        assert_eq!(s.image.max_steps, 77);
+    }
+
+    #[test]
     fn wrong_types_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod balancing;
+mod cli;
 mod helpers;
 mod image_flow;
 mod queue;

@@ -1,0 +1,200 @@
+//! The `infergate` binary itself: user management, settings errors, and demo mode.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_infergate");
+
+fn infergate(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env(
+            "INFERGATE__DATABASE__URL",
+            format!("sqlite://{}?mode=rwc", dir.join("cli.db").display()),
+        )
+        .env("INFERGATE__LOG__LEVEL", "warn");
+    command
+}
+
+#[test]
+fn user_add_creates_an_admin_from_stdin_and_promote_changes_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = infergate(dir.path())
+        .args(["user", "add", "root_admin", "--admin", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"long enough password\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("role Admin"));
+
+    let promote = infergate(dir.path())
+        .args(["user", "promote", "root_admin", "--role", "vip"])
+        .output()
+        .unwrap();
+    assert!(
+        promote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promote.stderr)
+    );
+    let missing = infergate(dir.path())
+        .args(["user", "promote", "nobody", "--role", "vip"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no user named nobody"));
+
+    // A short password is refused, with the reason.
+    let mut child = infergate(dir.path())
+        .args(["user", "add", "shorty", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("password must be"));
+}
+
+#[test]
+fn migrate_brings_the_database_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = infergate(dir.path()).arg("migrate").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dir.path().join("cli.db").exists());
+}
+
+#[test]
+fn an_invalid_setting_stops_the_start_naming_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = infergate(dir.path())
+        .env("INFERGATE__QUEUE__CAPACITY", "0")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("queue.capacity"));
+
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[[instances]]\nkind = \"image\"\nurl = \"not a url\"\n",
+    )
+    .unwrap();
+    let output = infergate(dir.path())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("instances[0].url"));
+
+    let output = infergate(dir.path())
+        .args(["serve", "--config", "/no/such/file.toml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[actix_web::test]
+async fn demo_mode_completes_a_task_with_no_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = Running(
+        infergate(dir.path())
+            .env("INFERGATE__SERVER__HOST", "127.0.0.1")
+            .env("INFERGATE__SERVER__PORT", port.to_string())
+            .args(["serve", "--demo"])
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "demo server never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let credentials = json!({"username": "demo_user", "password": "password123"});
+    let registered = client
+        .post(format!("{base}/register"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let login: Value = client
+        .post(format!("{base}/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap();
+    let submitted: Value = client
+        .post(format!("{base}/api/v1/image/async"))
+        .bearer_auth(token)
+        .json(&json!({"prompt": "a lighthouse at dusk"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let task_id = submitted["task_id"].as_str().unwrap();
+    loop {
+        let task: Value = client
+            .get(format!("{base}/api/v1/tasks"))
+            .query(&[("task_id", task_id)])
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match task["status"].as_str().unwrap() {
+            "DONE" => break,
+            "QUEUED" | "RUNNING" => {}
+            other => panic!("demo task ended {other}: {task}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "demo task never finished: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
