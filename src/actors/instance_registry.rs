@@ -31,6 +31,10 @@ pub struct Lease {
 }
 
 impl Lease {
+    pub fn instance_id(&self) -> u64 {
+        self.instance_id
+    }
+
     pub fn release(mut self, outcome: CallOutcome) {
         self.released = true;
         self.registry.do_send(Release {
@@ -100,6 +104,7 @@ impl Instance {
 struct Waiter {
     kind: InstanceKind,
     user_id: i64,
+    avoid: Option<u64>,
     reply: oneshot::Sender<Lease>,
 }
 
@@ -148,10 +153,20 @@ impl InstanceRegistry {
         }
     }
 
-    /// The instance index the kind's strategy picks for this user, among those with room.
-    fn pick(&mut self, kind: InstanceKind, user_id: i64) -> Option<usize> {
+    fn any_healthy(&self, kind: InstanceKind, except: Option<u64>) -> bool {
+        self.instances
+            .iter()
+            .any(|i| i.config.kind == kind && i.healthy && Some(i.id) != except)
+    }
+
+    /// The instance index the kind's strategy picks for this user, among those with room
+    /// (and other than `avoid` while another healthy instance exists).
+    fn pick(&mut self, kind: InstanceKind, user_id: i64, avoid: Option<u64>) -> Option<usize> {
+        let avoid = avoid.filter(|&id| self.any_healthy(kind, Some(id)));
         let of_kind: Vec<usize> = (0..self.instances.len())
-            .filter(|&i| self.instances[i].config.kind == kind)
+            .filter(|&i| {
+                self.instances[i].config.kind == kind && Some(self.instances[i].id) != avoid
+            })
             .collect();
         if !of_kind.iter().any(|&i| self.instances[i].has_room()) {
             return None;
@@ -225,7 +240,8 @@ impl InstanceRegistry {
                 self.waiters.remove(i);
                 continue;
             }
-            let Some(index) = self.pick(self.waiters[i].kind, self.waiters[i].user_id) else {
+            let waiter = &self.waiters[i];
+            let Some(index) = self.pick(waiter.kind, waiter.user_id, waiter.avoid) else {
                 i += 1;
                 continue;
             };
@@ -365,10 +381,25 @@ impl Handler<Acquire> for InstanceRegistry {
     type Result = ResponseFuture<Result<Lease, AcquireError>>;
 
     fn handle(&mut self, msg: Acquire, ctx: &mut Context<Self>) -> Self::Result {
+        if msg.fail_fast && !self.any_healthy(msg.kind, None) {
+            return Box::pin(async { Err(AcquireError::NoHealthyInstance) });
+        }
+        if let Some(max) = msg.max_waiting {
+            let waiting = self
+                .waiters
+                .iter()
+                .filter(|w| w.kind == msg.kind && !w.reply.is_closed())
+                .count();
+            // Requests of this kind only wait while no instance has room for them.
+            if waiting >= max {
+                return Box::pin(async { Err(AcquireError::TooManyWaiting) });
+            }
+        }
         let (reply, lease) = oneshot::channel();
         self.waiters.push_back(Waiter {
             kind: msg.kind,
             user_id: msg.user_id,
+            avoid: msg.avoid,
             reply,
         });
         self.serve_waiters(ctx);

@@ -73,12 +73,36 @@ pub struct Run(pub QueuedTask);
 pub struct Acquire {
     pub kind: InstanceKind,
     pub user_id: i64,
+    /// The instance of a failed earlier attempt: skipped while another healthy one exists.
+    pub avoid: Option<u64>,
+    /// Answer `NoHealthyInstance` at once when no instance of the kind is healthy,
+    /// instead of waiting for one (synchronous callers).
+    pub fail_fast: bool,
+    /// Answer `TooManyWaiting` at once when this many requests of the kind already wait.
+    pub max_waiting: Option<usize>,
+}
+
+impl Acquire {
+    /// Wait as long as it takes (the caller bounds the wait).
+    pub fn waiting(kind: InstanceKind, user_id: i64) -> Acquire {
+        Acquire {
+            kind,
+            user_id,
+            avoid: None,
+            fail_fast: false,
+            max_waiting: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
     #[error("the instance registry stopped")]
     RegistryStopped,
+    #[error("no healthy backend instance")]
+    NoHealthyInstance,
+    #[error("too many requests are waiting for a backend instance")]
+    TooManyWaiting,
 }
 
 /// How a call on a leased instance went; feeds passive health and the instance's figures.

@@ -78,10 +78,9 @@ impl Handler<Run> for Worker {
 
 async fn run_task(deps: WorkerDeps, client: awc::Client, task: QueuedTask) {
     let deadline = tokio::time::Instant::from_std(task.enqueued_at + deps.max_wait);
-    let acquire = deps.registry.send(Acquire {
-        kind: InstanceKind::Image,
-        user_id: task.user_id,
-    });
+    let acquire = deps
+        .registry
+        .send(Acquire::waiting(InstanceKind::Image, task.user_id));
     let lease = match tokio::time::timeout_at(deadline, acquire).await {
         Ok(Ok(Ok(lease))) => lease,
         Ok(Ok(Err(e))) => return fail_queued(&deps, &task, e.to_string()).await,
