@@ -32,6 +32,10 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("the task queue is full ({capacity} tasks); retry later")]
     QueueFull { capacity: usize },
+    #[error("the task has already ended ({0})")]
+    TaskFinished(entity::task::Status),
+    #[error("the gateway is shutting down; retry later")]
+    ShuttingDown,
     #[error("the gateway is busy; retry later")]
     Busy(#[source] actix::MailboxError),
     #[error("the database is unavailable; retry later")]
@@ -63,6 +67,8 @@ impl ApiError {
             ApiError::UsernameTaken => "username_taken",
             ApiError::NotFound(_) => "not_found",
             ApiError::QueueFull { .. } => "queue_full",
+            ApiError::TaskFinished(_) => "task_finished",
+            ApiError::ShuttingDown => "shutting_down",
             ApiError::Busy(_) => "busy",
             ApiError::Database(_) => "database_unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -71,9 +77,10 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::QueueFull { .. } | ApiError::Busy(_) | ApiError::Database(_) => {
-                Some(RETRY_AFTER_SECS)
-            }
+            ApiError::QueueFull { .. }
+            | ApiError::ShuttingDown
+            | ApiError::Busy(_)
+            | ApiError::Database(_) => Some(RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -110,11 +117,12 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) | ApiError::TokenExpired | ApiError::BadCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::UsernameTaken => StatusCode::CONFLICT,
+            ApiError::UsernameTaken | ApiError::TaskFinished(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::QueueFull { .. } | ApiError::Busy(_) | ApiError::Database(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::QueueFull { .. }
+            | ApiError::ShuttingDown
+            | ApiError::Busy(_)
+            | ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -38,6 +38,8 @@ pub struct ServerSettings {
     pub port: u16,
     /// Largest JSON request body accepted.
     pub max_json_bytes: usize,
+    /// On SIGTERM/SIGINT, how long running tasks may take to finish.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -70,6 +72,10 @@ pub struct WorkerSettings {
     pub task_timeout_secs: u64,
     /// Largest backend answer (image bytes) accepted.
     pub max_response_bytes: usize,
+    /// Attempts per task, counting the first.
+    pub max_attempts: u32,
+    /// Pause before the first retry; doubles with each further attempt (with jitter).
+    pub retry_base_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -189,6 +195,7 @@ impl Default for ServerSettings {
             host: "0.0.0.0".into(),
             port: 8080,
             max_json_bytes: 64 * 1024,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -226,6 +233,8 @@ impl Default for WorkerSettings {
             slots: 0,
             task_timeout_secs: 120,
             max_response_bytes: 32 * 1024 * 1024,
+            max_attempts: 3,
+            retry_base_ms: 500,
         }
     }
 }
@@ -322,6 +331,9 @@ impl Settings {
         if self.workers.task_timeout_secs == 0 {
             return invalid("workers.task_timeout_secs", "must be at least 1");
         }
+        if !(1..=20).contains(&self.workers.max_attempts) {
+            return invalid("workers.max_attempts", "must be between 1 and 20");
+        }
         if self.workers.max_response_bytes < 1024 {
             return invalid("workers.max_response_bytes", "must be at least 1024");
         }
@@ -379,6 +391,10 @@ impl Settings {
 
     pub fn task_timeout(&self) -> Duration {
         Duration::from_secs(self.workers.task_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_grace_secs)
     }
 
     pub fn queue_max_wait(&self) -> Duration {

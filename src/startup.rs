@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use actix::Supervisor;
+use actix::{Addr, Supervisor};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
-use crate::actors::messages::RequeueOrphans;
+use crate::actors::messages::{Drain, RecoverOrphans};
 use crate::actors::worker::WorkerDeps;
 use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, Worker};
 use crate::auth::{load_or_create_secret, JwtKeys};
@@ -30,6 +30,9 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
+    /// Told to drain on SIGTERM/SIGINT.
+    dispatcher: Addr<Dispatcher>,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -44,12 +47,15 @@ impl Application {
 
         let store_db = db.clone();
         let store = Supervisor::start(move |_| TaskStore::new(store_db));
-        // Tasks a dead process left RUNNING go back to the queue before the Dispatcher loads it.
-        let orphans = store.send(RequeueOrphans).await??;
-        if orphans > 0 {
+        // Tasks a dead process left RUNNING go back to the queue (or fail, out of
+        // attempts) before the Dispatcher loads it.
+        let max_attempts = settings.workers.max_attempts as i32;
+        let (requeued, failed) = store.send(RecoverOrphans { max_attempts }).await??;
+        if requeued + failed > 0 {
             tracing::warn!(
-                tasks = orphans,
-                "re-queued tasks that were running when the gateway stopped"
+                requeued,
+                failed,
+                "recovered tasks that were running when the gateway stopped"
             );
         }
 
@@ -72,6 +78,8 @@ impl Application {
             task_timeout: settings.task_timeout(),
             max_wait: settings.queue_max_wait(),
             max_response_bytes: settings.workers.max_response_bytes,
+            max_attempts,
+            retry_base: Duration::from_millis(settings.workers.retry_base_ms),
         };
         for slot in 0..slots {
             let deps = deps.clone();
@@ -86,6 +94,8 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let max_json = settings.server.max_json_bytes;
+        let shutdown_grace = settings.shutdown_grace();
+        let drain = dispatcher.clone();
         let (db, keys, settings) = (
             web::Data::new(db),
             web::Data::new(keys),
@@ -111,17 +121,52 @@ impl Application {
                 .configure(http::configure)
                 .default_service(web::to(http::no_route))
         })
+        // Signals are ours: tasks must drain before the HTTP server stops.
+        .disable_signals()
+        .shutdown_timeout(10)
         .listen(listener)?
         .run();
         tracing::info!(port, "listening");
-        Ok(Application { port, server })
+        Ok(Application {
+            port,
+            server,
+            dispatcher: drain,
+            shutdown_grace,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully: submissions get 503,
+    /// running tasks get `server.shutdown_grace_secs` to finish, the rest stay QUEUED for
+    /// the next start, and the HTTP server stops last.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let handle = self.server.handle();
+        let mut server = actix_web::rt::spawn(self.server);
+        tokio::select! {
+            result = &mut server => return result.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
+        }
+        let drain = Drain {
+            grace: self.shutdown_grace,
+        };
+        if let Err(e) = self.dispatcher.send(drain).await {
+            tracing::error!(error = %e, "dispatcher did not drain");
+        }
+        handle.stop(true).await;
+        server
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }

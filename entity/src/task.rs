@@ -20,6 +20,13 @@ pub enum Status {
     Cancelled,
 }
 
+impl std::fmt::Display for Status {
+    /// The wire form: QUEUED, RUNNING, DONE, FAILED, CANCELLED.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_value())
+    }
+}
+
 impl Status {
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Done | Status::Failed | Status::Cancelled)

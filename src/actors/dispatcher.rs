@@ -1,18 +1,19 @@
 //! Dispatcher: admission control and the queue of admitted tasks.
 //!
-//! Owns the bounded in-memory queue (in submission order) and the set of idle workers;
-//! no one else touches either. A submission is refused while the queue (counting
-//! submissions still committing) is full, so nothing is written for a refused task. On
-//! start it reloads the QUEUED tasks from the TaskStore, which is why tasks are committed
-//! before they are queued.
+//! Owns the bounded in-memory queue (in submission order), the idle workers and which
+//! worker runs which task; no one else touches them. A submission is refused while the
+//! queue (counting submissions still committing) is full, so nothing is written for a
+//! refused task. On start it reloads the QUEUED tasks from the TaskStore, which is why
+//! tasks are committed before they are queued.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use actix::prelude::*;
 use chrono::Utc;
 use entity::task;
 use sea_orm::{DbErr, Set};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::messages::*;
@@ -27,7 +28,13 @@ pub struct Dispatcher {
     reserved: usize,
     /// Workers waiting for a task.
     idle: Vec<Addr<Worker>>,
+    /// Which worker runs which task, so a cancel or a shutdown can abort it.
+    running: HashMap<String, Addr<Worker>>,
     workers: usize,
+    /// Set by `Drain`: nothing is admitted or dispatched any more.
+    draining: bool,
+    /// Told when the last running task ends during a drain.
+    drained: Option<oneshot::Sender<()>>,
 }
 
 impl Dispatcher {
@@ -38,21 +45,29 @@ impl Dispatcher {
             queue: VecDeque::new(),
             reserved: 0,
             idle: Vec::new(),
+            running: HashMap::new(),
             workers,
+            draining: false,
+            drained: None,
         }
     }
 
     fn dispatch(&mut self) {
-        while !self.queue.is_empty() {
+        while !self.draining && !self.queue.is_empty() {
             let Some(worker) = self.idle.pop() else {
                 return;
             };
             let task = self.queue.pop_front().expect("queue is not empty");
-            if let Err(SendError::Full(Run(task)) | SendError::Closed(Run(task))) =
-                worker.try_send(Run(task))
-            {
-                // A worker that cannot take a task is not idle; its supervisor will announce it again.
-                self.queue.push_front(task);
+            let task_id = task.task_id.clone();
+            match worker.try_send(Run(task)) {
+                Ok(()) => {
+                    self.running.insert(task_id, worker);
+                }
+                // A worker that cannot take a task is not idle; its supervisor will
+                // announce it again.
+                Err(SendError::Full(Run(task)) | SendError::Closed(Run(task))) => {
+                    self.queue.push_front(task)
+                }
             }
         }
     }
@@ -70,6 +85,8 @@ fn queued_task(model: task::Model) -> QueuedTask {
             steps: model.steps as u32,
             seed: model.seed.map(|v| v as u64),
         },
+        attempts: model.attempts,
+        avoid: None,
         enqueued_at: Instant::now(),
     }
 }
@@ -80,29 +97,34 @@ impl Actor for Dispatcher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Hold every other message until the queue is rebuilt, so older tasks stay ahead.
         let reload = self.store.send(LoadQueued);
-        ctx.wait(reload.into_actor(self).map(|result, dispatcher, ctx| match result {
-            Ok(Ok(tasks)) => {
-                if !tasks.is_empty() {
-                    tracing::info!(tasks = tasks.len(), "re-queued unfinished tasks");
-                }
-                dispatcher.queue.extend(tasks.into_iter().map(queued_task));
-                dispatcher.dispatch();
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot reload queued tasks; restarting the dispatcher");
-                ctx.stop();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "task store unavailable; restarting the dispatcher");
-                ctx.stop();
-            }
-        }));
+        ctx.wait(
+            reload
+                .into_actor(self)
+                .map(|result, dispatcher, ctx| match result {
+                    Ok(Ok(tasks)) => {
+                        if !tasks.is_empty() {
+                            tracing::info!(tasks = tasks.len(), "re-queued unfinished tasks");
+                        }
+                        dispatcher.queue.extend(tasks.into_iter().map(queued_task));
+                        dispatcher.dispatch();
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot reload queued tasks; restarting");
+                        ctx.stop();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "task store unavailable; restarting");
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 }
 
 impl Supervised for Dispatcher {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        // The queue is rebuilt from the database in `started`.
+        // The queue is rebuilt from the database in `started`; tasks handed out before
+        // are guarded by the conditional QUEUED → RUNNING.
         self.queue.clear();
         self.reserved = 0;
     }
@@ -113,10 +135,12 @@ impl Handler<Submit> for Dispatcher {
     type Result = ResponseActFuture<Self, Result<String, SubmitError>>;
 
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
+        if self.draining {
+            return Box::pin(fut::ready(Err(SubmitError::ShuttingDown)));
+        }
         if self.queue.len() + self.reserved >= self.capacity {
-            return Box::pin(fut::ready(Err(SubmitError::QueueFull {
-                capacity: self.capacity,
-            })));
+            let capacity = self.capacity;
+            return Box::pin(fut::ready(Err(SubmitError::QueueFull { capacity })));
         }
         // Reserve the place before awaiting, so concurrent submissions cannot overfill.
         self.reserved += 1;
@@ -151,6 +175,8 @@ impl Handler<Submit> for Dispatcher {
                         task_id: task_id.clone(),
                         user_id,
                         job,
+                        attempts: 0,
+                        avoid: None,
                         enqueued_at: Instant::now(),
                     });
                     dispatcher.dispatch();
@@ -170,6 +196,12 @@ impl Handler<WorkerIdle> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, WorkerIdle(worker): WorkerIdle, _: &mut Context<Self>) {
+        self.running.retain(|_, w| *w != worker);
+        if self.draining && self.running.is_empty() {
+            if let Some(drained) = self.drained.take() {
+                let _ = drained.send(());
+            }
+        }
         if !self.idle.contains(&worker) {
             self.idle.push(worker);
         }
@@ -177,13 +209,80 @@ impl Handler<WorkerIdle> for Dispatcher {
     }
 }
 
-/// Back to the head of the queue.
-impl Handler<Requeue> for Dispatcher {
+/// Back to the head of the queue once the backoff has passed.
+impl Handler<RetryLater> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, Requeue(task): Requeue, _: &mut Context<Self>) {
-        self.queue.push_front(task);
-        self.dispatch();
+    fn handle(&mut self, msg: RetryLater, ctx: &mut Context<Self>) {
+        let mut task = msg.task;
+        ctx.run_later(msg.delay, move |dispatcher, _| {
+            // A fresh max wait: the instance it failed on may have been ejected.
+            task.enqueued_at = Instant::now();
+            dispatcher.queue.push_front(task);
+            dispatcher.dispatch();
+        });
+    }
+}
+
+/// Out of the queue, or abort the worker running it.
+impl Handler<TaskCancelled> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, TaskCancelled(task_id): TaskCancelled, _: &mut Context<Self>) {
+        self.queue.retain(|task| task.task_id != task_id);
+        if let Some(worker) = self.running.get(&task_id) {
+            worker.do_send(Abort(task_id));
+        }
+    }
+}
+
+/// Graceful shutdown: stop, let running tasks finish within the grace, then abort the
+/// rest and return them to QUEUED.
+impl Handler<Drain> for Dispatcher {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
+        let (tx, rx) = oneshot::channel();
+        if self.running.is_empty() {
+            let _ = tx.send(());
+        } else {
+            tracing::info!(
+                running = self.running.len(),
+                "waiting for running tasks to finish"
+            );
+            self.drained = Some(tx);
+        }
+        let wait = async move { tokio::time::timeout(msg.grace, rx).await.is_ok() };
+        Box::pin(wait.into_actor(self).then(|finished, dispatcher, _| {
+            let leftover: Vec<String> = dispatcher
+                .running
+                .drain()
+                .map(|(task_id, worker)| {
+                    worker.do_send(Abort(task_id.clone()));
+                    task_id
+                })
+                .collect();
+            if !finished {
+                tracing::warn!(
+                    tasks = leftover.len(),
+                    "grace period over; re-queueing running tasks"
+                );
+            }
+            let store = dispatcher.store.clone();
+            async move {
+                if leftover.is_empty() {
+                    return;
+                }
+                match store.send(RequeueRunning(leftover)).await {
+                    Ok(Ok(_)) => {}
+                    // Left RUNNING, they are recovered at the next start.
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot re-queue running tasks"),
+                    Err(e) => tracing::error!(error = %e, "cannot re-queue running tasks"),
+                }
+            }
+            .into_actor(dispatcher)
+        }))
     }
 }
 

@@ -439,6 +439,18 @@ impl Handler<Release> for InstanceRegistry {
     }
 }
 
+/// Requests of the kind waiting for room.
+impl Handler<CountWaiting> for InstanceRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, CountWaiting(kind): CountWaiting, _: &mut Context<Self>) -> usize {
+        self.waiters
+            .iter()
+            .filter(|w| w.kind == kind && !w.reply.is_closed())
+            .count()
+    }
+}
+
 /// Every instance's current state.
 impl Handler<ListInstances> for InstanceRegistry {
     type Result = MessageResult<ListInstances>;

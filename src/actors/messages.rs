@@ -17,6 +17,10 @@ pub struct QueuedTask {
     pub task_id: String,
     pub user_id: i64,
     pub job: ImageJob,
+    /// Attempts already made (the stored `attempts`); the next one is `attempts + 1`.
+    pub attempts: i32,
+    /// The instance the last attempt failed on, to be avoided by the next.
+    pub avoid: Option<u64>,
     /// When this process queued it; the queue's max wait counts from here.
     pub enqueued_at: Instant,
 }
@@ -35,6 +39,8 @@ pub struct Submit {
 pub enum SubmitError {
     #[error("queue is full")]
     QueueFull { capacity: usize },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
     #[error("cannot store task: {0}")]
     Store(#[from] DbErr),
 }
@@ -43,6 +49,27 @@ pub enum SubmitError {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WorkerIdle(pub Addr<Worker>);
+
+/// A failed attempt will be retried: back to the head of the queue after `delay`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetryLater {
+    pub task: QueuedTask,
+    pub delay: Duration,
+}
+
+/// The task was cancelled in the database: drop it from the queue, or abort its worker.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TaskCancelled(pub String);
+
+/// Stop admitting and dispatching; wait up to `grace` for running tasks, then abort the
+/// rest and put them back to QUEUED for the next start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub grace: Duration,
+}
 
 /// Queue figures for `/api/v1/system/stats`.
 #[derive(Message)]
@@ -63,6 +90,12 @@ pub struct QueueStats {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Run(pub QueuedTask);
+
+/// Abandon this task now if it is the one running (its backend call is dropped), and
+/// report idle.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abort(pub String);
 
 // ---- to the InstanceRegistry ----
 
@@ -132,6 +165,11 @@ pub struct Release {
 #[rtype(result = "Vec<InstanceView>")]
 pub struct ListInstances;
 
+/// How many `Acquire` requests of the kind wait for room.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountWaiting(pub InstanceKind);
+
 // ---- to the TaskStore ----
 
 /// Insert a new QUEUED task; the reply comes once the transaction holding it commits.
@@ -139,13 +177,22 @@ pub struct ListInstances;
 #[rtype(result = "Result<(), DbErr>")]
 pub struct InsertTask(pub task::ActiveModel);
 
-/// QUEUED → RUNNING on `instance`, counting an attempt. `Ok(false)` when the task is no
-/// longer QUEUED (cancelled, or already taken).
+/// QUEUED → RUNNING on `instance` as attempt `attempt`. `Ok(false)` when the task is no
+/// longer QUEUED at `attempt - 1` attempts (cancelled, or taken by someone else).
 #[derive(Message)]
 #[rtype(result = "Result<bool, DbErr>")]
 pub struct MarkRunning {
     pub task_id: String,
+    pub attempt: i32,
     pub instance: String,
+}
+
+/// The status a change expects to find; anything else means the task moved on and the
+/// change is dropped.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    Queued,
+    Running { attempt: i32 },
 }
 
 #[derive(Debug)]
@@ -157,22 +204,54 @@ pub enum TaskOutcome {
     Failed {
         error: String,
     },
+    /// Back to QUEUED for another attempt, keeping this attempt's error.
+    Retry {
+        error: String,
+    },
 }
 
-/// End a task that is still in status `from`. `Ok(false)` when it was not (it already ended).
+/// Apply an outcome to a task still as `expect`ed. `Ok(false)` when it was not.
 #[derive(Message)]
 #[rtype(result = "Result<bool, DbErr>")]
 pub struct FinishTask {
     pub task_id: String,
     pub user_id: i64,
-    pub from: task::Status,
+    pub expect: Expect,
     pub outcome: TaskOutcome,
 }
 
-/// Put tasks a dead process left RUNNING back to QUEUED (once, at start).
+/// At start: tasks a dead process left RUNNING go back to QUEUED, or FAILED once they
+/// have had `max_attempts`. Answers (re-queued, failed).
+#[derive(Message)]
+#[rtype(result = "Result<(u64, u64), DbErr>")]
+pub struct RecoverOrphans {
+    pub max_attempts: i32,
+}
+
+/// RUNNING → QUEUED for these tasks, whose attempts were aborted by a shutdown.
 #[derive(Message)]
 #[rtype(result = "Result<u64, DbErr>")]
-pub struct RequeueOrphans;
+pub struct RequeueRunning(pub Vec<String>);
+
+/// Owner's cancel: QUEUED or RUNNING → CANCELLED.
+#[derive(Message)]
+#[rtype(result = "Result<CancelOutcome, DbErr>")]
+pub struct CancelTask {
+    pub task_id: String,
+    pub user_id: i64,
+}
+
+#[derive(Debug)]
+pub enum CancelOutcome {
+    NotFound,
+    /// Cancelled now (`changed`) or earlier.
+    Cancelled {
+        task: task::Model,
+        changed: bool,
+    },
+    /// It had already ended DONE or FAILED.
+    Finished(task::Model),
+}
 
 /// Every QUEUED task in submission order, for the Dispatcher's queue.
 #[derive(Message)]
@@ -202,8 +281,3 @@ pub struct GetImage {
     pub image_id: i64,
     pub user_id: i64,
 }
-
-/// A worker could not start a task it was handed; it goes back to the head of the queue.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Requeue(pub QueuedTask);

@@ -11,10 +11,9 @@ use actix::prelude::*;
 use chrono::Utc;
 use entity::prelude::{Image, Task};
 use entity::{image, task};
-use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use tokio::sync::oneshot;
 
@@ -104,7 +103,7 @@ impl Handler<InsertTask> for TaskStore {
     }
 }
 
-/// Conditional QUEUED → RUNNING.
+/// Conditional QUEUED → RUNNING, counting the attempt.
 impl Handler<MarkRunning> for TaskStore {
     type Result = ResponseFuture<Result<bool, DbErr>>;
 
@@ -115,15 +114,13 @@ impl Handler<MarkRunning> for TaskStore {
                 .set(task::ActiveModel {
                     status: Set(task::Status::Running),
                     instance: Set(Some(msg.instance)),
+                    attempts: Set(msg.attempt),
                     updated_at: Set(Utc::now()),
                     ..Default::default()
                 })
-                .col_expr(
-                    task::Column::Attempts,
-                    Expr::col(task::Column::Attempts).add(1),
-                )
                 .filter(task::Column::TaskId.eq(msg.task_id))
                 .filter(task::Column::Status.eq(task::Status::Queued))
+                .filter(task::Column::Attempts.eq(msg.attempt - 1))
                 .exec(&db)
                 .await?;
             Ok(result.rows_affected == 1)
@@ -131,7 +128,7 @@ impl Handler<MarkRunning> for TaskStore {
     }
 }
 
-/// Conditional `from` → DONE (with its image) or FAILED (with its error).
+/// Conditional end (DONE with its image, FAILED with its error) or back to QUEUED.
 impl Handler<FinishTask> for TaskStore {
     type Result = ResponseFuture<Result<bool, DbErr>>;
 
@@ -167,14 +164,21 @@ impl Handler<FinishTask> for TaskStore {
                     update.status = Set(task::Status::Failed);
                     update.error = Set(Some(error));
                 }
+                TaskOutcome::Retry { error } => {
+                    update.status = Set(task::Status::Queued);
+                    update.error = Set(Some(error));
+                }
             }
-            let result = Task::update_many()
+            let query = Task::update_many()
                 .set(update)
-                .filter(task::Column::TaskId.eq(msg.task_id))
-                .filter(task::Column::Status.eq(msg.from))
-                .exec(&txn)
-                .await?;
-            if result.rows_affected != 1 {
+                .filter(task::Column::TaskId.eq(msg.task_id));
+            let query = match msg.expect {
+                Expect::Queued => query.filter(task::Column::Status.eq(task::Status::Queued)),
+                Expect::Running { attempt } => query
+                    .filter(task::Column::Status.eq(task::Status::Running))
+                    .filter(task::Column::Attempts.eq(attempt)),
+            };
+            if query.exec(&txn).await?.rows_affected != 1 {
                 txn.rollback().await?;
                 return Ok(false);
             }
@@ -184,23 +188,97 @@ impl Handler<FinishTask> for TaskStore {
     }
 }
 
-/// RUNNING → QUEUED for tasks whose process died.
-impl Handler<RequeueOrphans> for TaskStore {
-    type Result = ResponseFuture<Result<u64, DbErr>>;
+/// RUNNING tasks of a dead process: FAILED when out of attempts, else QUEUED.
+impl Handler<RecoverOrphans> for TaskStore {
+    type Result = ResponseFuture<Result<(u64, u64), DbErr>>;
 
-    fn handle(&mut self, _: RequeueOrphans, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: RecoverOrphans, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
         Box::pin(async move {
-            let result = Task::update_many()
+            let now = Utc::now();
+            let txn = db.begin().await?;
+            let failed = Task::update_many()
                 .set(task::ActiveModel {
-                    status: Set(task::Status::Queued),
-                    updated_at: Set(Utc::now()),
+                    status: Set(task::Status::Failed),
+                    error: Set(Some(format!(
+                        "the gateway stopped during the last of {} attempts",
+                        msg.max_attempts
+                    ))),
+                    updated_at: Set(now),
                     ..Default::default()
                 })
                 .filter(task::Column::Status.eq(task::Status::Running))
+                .filter(task::Column::Attempts.gte(msg.max_attempts))
+                .exec(&txn)
+                .await?
+                .rows_affected;
+            let requeued = requeue_running(&txn, None).await?;
+            txn.commit().await?;
+            Ok((requeued, failed))
+        })
+    }
+}
+
+/// RUNNING → QUEUED for the given tasks.
+impl Handler<RequeueRunning> for TaskStore {
+    type Result = ResponseFuture<Result<u64, DbErr>>;
+
+    fn handle(&mut self, msg: RequeueRunning, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { requeue_running(&db, Some(msg.0)).await })
+    }
+}
+
+/// RUNNING → QUEUED for `only` these tasks, or for all.
+async fn requeue_running(
+    db: &impl ConnectionTrait,
+    only: Option<Vec<String>>,
+) -> Result<u64, DbErr> {
+    let mut query = Task::update_many()
+        .set(task::ActiveModel {
+            status: Set(task::Status::Queued),
+            updated_at: Set(Utc::now()),
+            ..Default::default()
+        })
+        .filter(task::Column::Status.eq(task::Status::Running));
+    if let Some(ids) = only {
+        query = query.filter(task::Column::TaskId.is_in(ids));
+    }
+    Ok(query.exec(db).await?.rows_affected)
+}
+
+/// The owner's cancel: conditional QUEUED/RUNNING → CANCELLED, then what the task is now.
+impl Handler<CancelTask> for TaskStore {
+    type Result = ResponseFuture<Result<CancelOutcome, DbErr>>;
+
+    fn handle(&mut self, msg: CancelTask, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            let changed = Task::update_many()
+                .set(task::ActiveModel {
+                    status: Set(task::Status::Cancelled),
+                    updated_at: Set(Utc::now()),
+                    ..Default::default()
+                })
+                .filter(task::Column::TaskId.eq(msg.task_id.as_str()))
+                .filter(task::Column::UserId.eq(msg.user_id))
+                .filter(task::Column::Status.is_in([task::Status::Queued, task::Status::Running]))
                 .exec(&db)
+                .await?
+                .rows_affected
+                == 1;
+            let found = Task::find()
+                .filter(task::Column::TaskId.eq(msg.task_id))
+                .filter(task::Column::UserId.eq(msg.user_id))
+                .one(&db)
                 .await?;
-            Ok(result.rows_affected)
+            Ok(match found {
+                None => CancelOutcome::NotFound,
+                Some(task) if task.status == task::Status::Cancelled => {
+                    CancelOutcome::Cancelled { task, changed }
+                }
+                Some(task) => CancelOutcome::Finished(task),
+            })
         })
     }
 }

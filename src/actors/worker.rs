@@ -1,13 +1,14 @@
 //! Worker: one slot, one task at a time.
 //!
-//! Owns its awc client and nothing else; everything it learns goes to the actor that
-//! owns it: a lease back to the InstanceRegistry, the task's end to the TaskStore, and
+//! Owns its awc client and the handle of the task it runs (so a cancel or a shutdown can
+//! drop the backend call at once); everything it learns goes to the actor that owns it:
+//! a lease back to the InstanceRegistry, the task's end to the TaskStore, a retry and
 //! its own idleness to the Dispatcher, which then hands it the next task.
 
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use entity::task::Status;
+use rand::Rng;
 use tracing::Instrument;
 
 use super::instance_registry::Lease;
@@ -15,6 +16,9 @@ use super::messages::*;
 use super::{Dispatcher, InstanceRegistry, TaskStore};
 use crate::backends::{qwen, BackendError};
 use crate::settings::InstanceKind;
+
+/// Longest pause between two attempts of one task.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What a worker needs from the rest of the gateway.
 #[derive(Clone)]
@@ -26,6 +30,9 @@ pub struct WorkerDeps {
     /// A task that finds no instance with room for this long fails.
     pub max_wait: Duration,
     pub max_response_bytes: usize,
+    pub max_attempts: i32,
+    /// Pause before the first retry; doubles with each further attempt.
+    pub retry_base: Duration,
 }
 
 pub struct Worker {
@@ -33,6 +40,8 @@ pub struct Worker {
     deps: WorkerDeps,
     /// Backend calls; created in `started` because awc clients are bound to their thread.
     client: Option<awc::Client>,
+    /// The task running now, and the handle that drops it.
+    current: Option<(String, SpawnHandle)>,
 }
 
 impl Worker {
@@ -41,7 +50,13 @@ impl Worker {
             slot,
             deps,
             client: None,
+            current: None,
         }
+    }
+
+    fn report_idle(&mut self, ctx: &mut Context<Self>) {
+        self.current = None;
+        self.deps.dispatcher.do_send(WorkerIdle(ctx.address()));
     }
 }
 
@@ -56,7 +71,7 @@ impl Actor for Worker {
                 .timeout(Duration::from_secs(24 * 3600))
                 .finish(),
         );
-        self.deps.dispatcher.do_send(WorkerIdle(ctx.address()));
+        self.report_idle(ctx);
     }
 }
 
@@ -67,56 +82,61 @@ impl Handler<Run> for Worker {
     type Result = ();
 
     fn handle(&mut self, Run(task): Run, ctx: &mut Context<Self>) {
-        let span = tracing::info_span!("task", task_id = %task.task_id, user_id = task.user_id, slot = self.slot, instance = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.task_id,
+            user_id = task.user_id,
+            attempt = task.attempts + 1,
+            slot = self.slot,
+            instance = tracing::field::Empty,
+        );
+        let task_id = task.task_id.clone();
         let client = self.client.clone().expect("client is created in started");
         let run = run_task(self.deps.clone(), client, task).instrument(span);
-        ctx.spawn(run.into_actor(self).map(|_, worker, ctx| {
-            worker.deps.dispatcher.do_send(WorkerIdle(ctx.address()));
-        }));
+        let handle = ctx.spawn(
+            run.into_actor(self)
+                .map(|_, worker, ctx| worker.report_idle(ctx)),
+        );
+        self.current = Some((task_id, handle));
     }
 }
 
-async fn run_task(deps: WorkerDeps, client: awc::Client, task: QueuedTask) {
-    let deadline = tokio::time::Instant::from_std(task.enqueued_at + deps.max_wait);
-    let acquire = deps
-        .registry
-        .send(Acquire::waiting(InstanceKind::Image, task.user_id));
-    let lease = match tokio::time::timeout_at(deadline, acquire).await {
-        Ok(Ok(Ok(lease))) => lease,
-        Ok(Ok(Err(e))) => return fail_queued(&deps, &task, e.to_string()).await,
-        Ok(Err(e)) => {
-            return fail_queued(
-                &deps,
-                &task,
-                format!("the instance registry is unavailable: {e}"),
-            )
-            .await
+/// Drops the running task's future (its backend call and lease with it) if it is this one.
+impl Handler<Abort> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, Abort(task_id): Abort, ctx: &mut Context<Self>) {
+        if let Some((running, handle)) = self.current.take() {
+            if running == task_id {
+                ctx.cancel_future(handle);
+                tracing::info!(%task_id, slot = self.slot, "task aborted");
+                self.report_idle(ctx);
+            } else {
+                self.current = Some((running, handle));
+            }
         }
-        Err(_) => {
-            let error = format!(
-                "no healthy backend instance within {}s",
-                deps.max_wait.as_secs()
-            );
-            return fail_queued(&deps, &task, error).await;
-        }
+    }
+}
+
+async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
+    let Some(lease) = acquire(&deps, &task).await else {
+        return;
     };
     tracing::Span::current().record("instance", lease.url.as_str());
-
-    match deps
-        .store
-        .send(MarkRunning {
-            task_id: task.task_id.clone(),
-            instance: lease.url.clone(),
-        })
-        .await
-    {
+    let attempt = task.attempts + 1;
+    let marked = deps.store.send(MarkRunning {
+        task_id: task.task_id.clone(),
+        attempt,
+        instance: lease.url.clone(),
+    });
+    match marked.await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => {
             tracing::info!("task is no longer queued; skipping it");
             return lease.release(CallOutcome::Neutral);
         }
-        Ok(Err(e)) => return requeue(&deps, task, lease, e.to_string()).await,
-        Err(e) => return requeue(&deps, task, lease, e.to_string()).await,
+        Ok(Err(e)) => return retry_soon(&deps, task, lease, e.to_string()),
+        Err(e) => return retry_soon(&deps, task, lease, e.to_string()),
     }
 
     tracing::info!("calling backend");
@@ -129,7 +149,8 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, task: QueuedTask) {
         deps.max_response_bytes,
     )
     .await;
-    let outcome = match result {
+    let expect = Expect::Running { attempt };
+    let error = match result {
         Ok(image) => {
             lease.release(CallOutcome::Success {
                 latency: started.elapsed(),
@@ -139,30 +160,77 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, task: QueuedTask) {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "task done"
             );
-            TaskOutcome::Done {
+            let outcome = TaskOutcome::Done {
                 content_type: image.content_type,
                 bytes: image.bytes,
-            }
+            };
+            finish(&deps, &task, expect, outcome).await;
+            return;
         }
-        Err(error) => {
-            let fault = classify(&error);
-            lease.release(fault);
-            tracing::warn!(%error, "task failed");
-            TaskOutcome::Failed {
-                error: error.to_string(),
-            }
-        }
+        Err(error) => error,
     };
-    finish(&deps, &task, Status::Running, outcome).await;
+
+    let instance_id = lease.instance_id();
+    lease.release(classify(&error));
+    if error.is_instance_fault() && attempt < deps.max_attempts {
+        let delay = backoff(deps.retry_base, attempt);
+        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
+        let outcome = TaskOutcome::Retry {
+            error: error.to_string(),
+        };
+        if finish(&deps, &task, expect, outcome).await {
+            task.attempts = attempt;
+            task.avoid = Some(instance_id);
+            deps.dispatcher.do_send(RetryLater { task, delay });
+        }
+        return;
+    }
+    tracing::warn!(%error, "task failed");
+    let error = if attempt > 1 {
+        format!("{error} (attempt {attempt} of {})", deps.max_attempts)
+    } else {
+        error.to_string()
+    };
+    finish(&deps, &task, expect, TaskOutcome::Failed { error }).await;
 }
 
-/// The store could not take the task; give it back and pause so a failing database is not
-/// hammered in a loop.
-async fn requeue(deps: &WorkerDeps, task: QueuedTask, lease: Lease, error: String) {
-    tracing::error!(%error, "cannot mark the task running; putting it back in the queue");
+/// A lease on an instance with room, or `None` once the task has been failed for want
+/// of one.
+async fn acquire(deps: &WorkerDeps, task: &QueuedTask) -> Option<Lease> {
+    let deadline = tokio::time::Instant::from_std(task.enqueued_at + deps.max_wait);
+    let mut request = Acquire::waiting(InstanceKind::Image, task.user_id);
+    request.avoid = task.avoid;
+    let error = match tokio::time::timeout_at(deadline, deps.registry.send(request)).await {
+        Ok(Ok(Ok(lease))) => return Some(lease),
+        Ok(Ok(Err(e))) => e.to_string(),
+        Ok(Err(e)) => format!("the instance registry is unavailable: {e}"),
+        Err(_) => format!(
+            "no healthy backend instance within {}s",
+            deps.max_wait.as_secs()
+        ),
+    };
+    tracing::warn!(%error, "task failed before reaching a backend");
+    let outcome = TaskOutcome::Failed { error };
+    finish(deps, task, Expect::Queued, outcome).await;
+    None
+}
+
+/// The store could not mark the task running; hand it back for a later try so a failing
+/// database is not hammered in a loop.
+fn retry_soon(deps: &WorkerDeps, task: QueuedTask, lease: Lease, error: String) {
+    tracing::error!(%error, "cannot mark the task running; it goes back to the queue");
     lease.release(CallOutcome::Neutral);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    deps.dispatcher.do_send(Requeue(task));
+    let delay = Duration::from_secs(1);
+    deps.dispatcher.do_send(RetryLater { task, delay });
+}
+
+/// Exponential backoff with equal jitter: half the step fixed, half random.
+fn backoff(base: Duration, attempt: i32) -> Duration {
+    let step = base
+        .saturating_mul(1 << (attempt - 1).clamp(0, 16))
+        .min(MAX_BACKOFF);
+    let half = step / 2;
+    half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
 }
 
 fn classify(error: &BackendError) -> CallOutcome {
@@ -175,25 +243,51 @@ fn classify(error: &BackendError) -> CallOutcome {
     }
 }
 
-async fn fail_queued(deps: &WorkerDeps, task: &QueuedTask, error: String) {
-    tracing::warn!(%error, "task failed before reaching a backend");
-    finish(deps, task, Status::Queued, TaskOutcome::Failed { error }).await;
-}
-
-async fn finish(deps: &WorkerDeps, task: &QueuedTask, from: Status, outcome: TaskOutcome) {
+/// Applies the outcome if the task is still as expected; `true` when it was applied.
+async fn finish(
+    deps: &WorkerDeps,
+    task: &QueuedTask,
+    expect: Expect,
+    outcome: TaskOutcome,
+) -> bool {
     let message = FinishTask {
         task_id: task.task_id.clone(),
         user_id: task.user_id,
-        from,
+        expect,
         outcome,
     };
     match deps.store.send(message).await {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => tracing::info!("task had already ended; outcome dropped"),
+        Ok(Ok(applied)) => {
+            if !applied {
+                tracing::info!("task had already moved on (cancelled or ended); outcome dropped");
+            }
+            applied
+        }
         // The task stays as stored; the start-up recovery pass picks it up again.
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot store the task's end"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot store the task's outcome");
+            false
+        }
         Err(e) => {
-            tracing::error!(error = %e, "task store unavailable; cannot store the task's end")
+            tracing::error!(error = %e, "task store unavailable; cannot store the task's outcome");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for _ in 0..100 {
+            let first = backoff(base, 1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff(base, 3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            assert!(backoff(base, 40) <= MAX_BACKOFF);
         }
     }
 }

@@ -14,7 +14,7 @@ use super::{accounts, image, system, tasks};
     paths(
         accounts::register, accounts::login,
         image::submit, image::get_image,
-        tasks::get_tasks,
+        tasks::get_tasks, tasks::cancel_task,
         system::health, system::stats,
     ),
     components(schemas(crate::error::ErrorBody)),

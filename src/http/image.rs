@@ -56,6 +56,7 @@ pub async fn submit(
         .await?
         .map_err(|e| match e {
             SubmitError::QueueFull { capacity } => ApiError::QueueFull { capacity },
+            SubmitError::ShuttingDown => ApiError::ShuttingDown,
             SubmitError::Store(e) => ApiError::Database(e),
         })?;
     tracing::Span::current().record("task_id", task_id.as_str());

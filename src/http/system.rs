@@ -4,7 +4,7 @@ use actix::Addr;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
-use crate::actors::messages::{GetQueueStats, ListInstances};
+use crate::actors::messages::{CountWaiting, GetQueueStats, ListInstances};
 use crate::actors::{Dispatcher, InstanceRegistry};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ACTOR_REPLY_TIMEOUT;
@@ -45,6 +45,8 @@ pub struct InstanceCounts {
     pub total: usize,
     pub healthy: usize,
     pub in_flight: u32,
+    /// Requests waiting for an instance with room (none healthy, or all busy).
+    pub waiting: usize,
 }
 
 /// Queue and instance figures.
@@ -62,16 +64,27 @@ pub async fn stats(
         .send(ListInstances)
         .timeout(ACTOR_REPLY_TIMEOUT)
         .await?;
-    let counts = |kind: InstanceKind| {
-        instances
-            .iter()
-            .filter(|i| i.kind == kind)
-            .fold(InstanceCounts::default(), |mut c, i| {
+    let waiting_image = registry
+        .send(CountWaiting(InstanceKind::Image))
+        .timeout(ACTOR_REPLY_TIMEOUT)
+        .await?;
+    let waiting_speech = registry
+        .send(CountWaiting(InstanceKind::Speech))
+        .timeout(ACTOR_REPLY_TIMEOUT)
+        .await?;
+    let counts = |kind: InstanceKind, waiting: usize| {
+        instances.iter().filter(|i| i.kind == kind).fold(
+            InstanceCounts {
+                waiting,
+                ..Default::default()
+            },
+            |mut c, i| {
                 c.total += 1;
                 c.healthy += usize::from(i.state == "healthy");
                 c.in_flight += i.in_flight;
                 c
-            })
+            },
+        )
     };
     let usage = queue.queue_length as f64 * 100.0 / queue.queue_capacity as f64;
     Ok(HttpResponse::Ok().json(StatsResponse {
@@ -80,7 +93,7 @@ pub async fn stats(
         queue_usage: (usage * 100.0).round() / 100.0,
         workers: queue.workers,
         busy_workers: queue.busy_workers,
-        image_instances: counts(InstanceKind::Image),
-        speech_instances: counts(InstanceKind::Speech),
+        image_instances: counts(InstanceKind::Image, waiting_image),
+        speech_instances: counts(InstanceKind::Speech, waiting_speech),
     }))
 }

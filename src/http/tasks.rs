@@ -1,4 +1,4 @@
-//! `GET /api/v1/tasks`: one task by id, or the user's newest tasks.
+//! `GET /api/v1/tasks` (one task by id, or the user's newest tasks) and cancelling a task.
 
 use actix::Addr;
 use actix_web::{web, HttpResponse};
@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use entity::task;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::messages::{GetTask, ListTasks};
-use crate::actors::TaskStore;
+use crate::actors::messages::{CancelOutcome, CancelTask, GetTask, ListTasks, TaskCancelled};
+use crate::actors::{Dispatcher, TaskStore};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ACTOR_REPLY_TIMEOUT;
@@ -16,7 +16,12 @@ pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/tasks", web::get().to(get_tasks));
+    cfg.route("/api/v1/tasks", web::get().to(get_tasks))
+        .route(
+            "/api/v1/tasks/{task_id}/cancel",
+            web::post().to(cancel_task),
+        )
+        .route("/api/v1/tasks/{task_id}", web::delete().to(cancel_task));
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -42,6 +47,8 @@ pub struct TaskView {
     /// Why it failed, once FAILED.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Backend attempts made so far (a failed attempt is retried on another instance).
+    pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -55,6 +62,7 @@ impl From<task::Model> for TaskView {
             prompt: task.prompt,
             status: task.status,
             error: task.error,
+            attempts: task.attempts,
             created_at: task.created_at,
             updated_at: task.updated_at,
         }
@@ -102,4 +110,43 @@ pub async fn get_tasks(
         .timeout(ACTOR_REPLY_TIMEOUT)
         .await??;
     Ok(HttpResponse::Ok().json(tasks.into_iter().map(TaskView::from).collect::<Vec<_>>()))
+}
+
+/// Cancel one of your tasks: a QUEUED task leaves the queue, a RUNNING task's backend
+/// call is dropped. Repeating it is harmless; a task that already ended answers 409.
+#[utoipa::path(post, path = "/api/v1/tasks/{task_id}/cancel", tag = "tasks",
+    params(("task_id" = String, Path, description = "The task to cancel")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The task, now CANCELLED", body = TaskView),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 404, description = "No such task of yours", body = ErrorBody),
+        (status = 409, description = "The task already ended DONE or FAILED", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(user_id = user.id, task_id = %task_id))]
+pub async fn cancel_task(
+    user: AuthUser,
+    store: web::Data<Addr<TaskStore>>,
+    dispatcher: web::Data<Addr<Dispatcher>>,
+    task_id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let task_id = task_id.into_inner();
+    let outcome = store
+        .send(CancelTask {
+            task_id: task_id.clone(),
+            user_id: user.id,
+        })
+        .timeout(ACTOR_REPLY_TIMEOUT)
+        .await??;
+    match outcome {
+        CancelOutcome::NotFound => Err(ApiError::NotFound("task")),
+        CancelOutcome::Finished(task) => Err(ApiError::TaskFinished(task.status)),
+        CancelOutcome::Cancelled { task, changed } => {
+            if changed {
+                tracing::info!("task cancelled");
+                dispatcher.do_send(TaskCancelled(task_id));
+            }
+            Ok(HttpResponse::Ok().json(TaskView::from(task)))
+        }
+    }
 }

@@ -1,25 +1,13 @@
 //! The `infergate` binary itself: user management, settings errors, and demo mode.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_infergate");
-
-fn infergate(dir: &std::path::Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(dir)
-        .env(
-            "INFERGATE__DATABASE__URL",
-            format!("sqlite://{}?mode=rwc", dir.join("cli.db").display()),
-        )
-        .env("INFERGATE__LOG__LEVEL", "warn");
-    command
-}
+use crate::process::{free_port, infergate, Gateway};
 
 #[test]
 fn user_add_creates_an_admin_from_stdin_and_promote_changes_roles() {
@@ -78,7 +66,7 @@ fn migrate_brings_the_database_up_to_date() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(dir.path().join("cli.db").exists());
+    assert!(dir.path().join("gateway.db").exists());
 }
 
 #[test]
@@ -113,39 +101,13 @@ fn an_invalid_setting_stops_the_start_naming_its_key() {
     assert!(!output.status.success());
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[actix_web::test]
 async fn demo_mode_completes_a_task_with_no_gpu() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _server = Running(
-        infergate(dir.path())
-            .env("INFERGATE__SERVER__HOST", "127.0.0.1")
-            .env("INFERGATE__SERVER__PORT", port.to_string())
-            .args(["serve", "--demo"])
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
+    let gateway = Gateway::start(dir.path(), None, free_port(), &["--demo"]).await;
+    let base = gateway.base.clone();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "demo server never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let credentials = json!({"username": "demo_user", "password": "password123"});
     let registered = client
         .post(format!("{base}/register"))

@@ -61,6 +61,7 @@ pub async fn spawn_app_on(sims: Vec<SimBackend>, tweak: impl FnOnce(&mut Setting
     settings.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
     settings.auth.jwt_secret = TEST_SECRET.into();
     settings.health.interval_secs = 1;
+    settings.workers.retry_base_ms = 20;
     settings.instances = sims
         .iter()
         .map(|sim| InstanceSettings {

@@ -72,7 +72,11 @@ async fn a_hanging_backend_fails_the_task_at_the_timeout() {
         hang_rate: 1.0,
         ..SimConfig::default()
     };
-    let app = spawn_app_with(vec![hanging], |s| s.workers.task_timeout_secs = 1).await;
+    let app = spawn_app_with(vec![hanging], |s| {
+        s.workers.task_timeout_secs = 1;
+        s.workers.max_attempts = 1;
+    })
+    .await;
     let user = app.new_user("alice").await;
     let id = app.submit_ok(&user.token, "a cat").await;
     let (_, task) = app.wait_for_end(&user.token, &id).await;

@@ -1,0 +1,209 @@
+//! Backends failing, hanging, lying or dying: every task still ends, with a reason.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use infergate::settings::{InstanceKind, InstanceSettings, Protocol};
+use infergate::simulator::SimConfig;
+
+use crate::fake_backend::{spawn_answering, spawn_dying};
+use crate::helpers::{fast_sim, spawn_app_on, spawn_app_with, start_sims};
+
+fn image_instance(url: String) -> InstanceSettings {
+    InstanceSettings {
+        kind: InstanceKind::Image,
+        url,
+        protocol: Some(Protocol::Qwen),
+        capacity: 1,
+        weight: 1,
+    }
+}
+
+#[actix_web::test]
+async fn a_failed_attempt_is_retried_on_another_instance() {
+    let failing = SimConfig {
+        latency_ms: 1,
+        failure_rate: 1.0,
+        ..SimConfig::default()
+    };
+    let app = spawn_app_with(vec![failing, fast_sim()], |s| {
+        s.health.eject_after_failures = 100
+    })
+    .await;
+    let user = app.new_user("alice").await;
+    app.wait_for_healthy(2).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(app.submit_ok(&user.token, &format!("prompt {i}")).await);
+    }
+    let mut retried = 0;
+    for id in &ids {
+        let (_, task) = app.wait_for_end(&user.token, id).await;
+        assert_eq!(task["status"], "DONE", "{task}");
+        let attempts = task["attempts"].as_i64().unwrap();
+        // Never twice on the failing instance: the retry goes to the other one.
+        assert!(attempts <= 2, "{task}");
+        retried += (attempts == 2) as usize;
+    }
+    assert!(
+        retried > 0,
+        "round-robin never sent a task to the failing instance"
+    );
+    assert_eq!(app.sims[1].generated(), 8);
+}
+
+#[actix_web::test]
+async fn a_flapping_instance_does_not_fail_tasks() {
+    let flapping = SimConfig {
+        latency_ms: 1,
+        failure_rate: 0.5,
+        ..SimConfig::default()
+    };
+    let app = spawn_app_with(vec![flapping, fast_sim()], |_| {}).await;
+    let user = app.new_user("alice").await;
+    app.wait_for_healthy(2).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(app.submit_ok(&user.token, &format!("prompt {i}")).await);
+    }
+    for id in &ids {
+        let (_, task) = app.wait_for_end(&user.token, id).await;
+        assert_eq!(task["status"], "DONE", "{task}");
+    }
+}
+
+#[actix_web::test]
+async fn a_4xx_answer_fails_the_task_at_once() {
+    let url = spawn_answering(|| {
+        HttpResponse::UnprocessableEntity().body("prompt rejected by safety filter")
+    });
+    let app = spawn_app_on(vec![], |s| s.instances = vec![image_instance(url)]).await;
+    let user = app.new_user("alice").await;
+    let id = app.submit_ok(&user.token, "a cat").await;
+    let (_, task) = app.wait_for_end(&user.token, &id).await;
+    assert_eq!(task["status"], "FAILED");
+    assert_eq!(task["attempts"], 1);
+    assert_eq!(
+        task["error"],
+        "backend answered 422: prompt rejected by safety filter"
+    );
+}
+
+#[actix_web::test]
+async fn a_garbage_answer_is_retried_then_fails_with_the_reason() {
+    let url = spawn_answering(|| {
+        HttpResponse::Ok()
+            .content_type("text/html")
+            .body("<html>oops</html>")
+    });
+    let app = spawn_app_on(vec![], |s| {
+        s.instances = vec![image_instance(url)];
+        s.health.eject_after_failures = 100;
+    })
+    .await;
+    let user = app.new_user("alice").await;
+    let id = app.submit_ok(&user.token, "a cat").await;
+    let (_, task) = app.wait_for_end(&user.token, &id).await;
+    assert_eq!(task["status"], "FAILED");
+    assert_eq!(task["attempts"], 3);
+    let error = task["error"].as_str().unwrap();
+    assert!(
+        error.contains("expected an image") && error.contains("attempt 3 of 3"),
+        "{error}"
+    );
+}
+
+#[actix_web::test]
+async fn an_oversized_or_empty_image_is_refused() {
+    let big = spawn_answering(|| {
+        HttpResponse::Ok()
+            .content_type("image/png")
+            .body(vec![0u8; 10_000])
+    });
+    let empty = spawn_answering(|| HttpResponse::Ok().content_type("image/png").finish());
+    for (url, expected) in [(big, "larger than 2048 bytes"), (empty, "empty image")] {
+        let app = spawn_app_on(vec![], |s| {
+            s.instances = vec![image_instance(url)];
+            s.workers.max_response_bytes = 2048;
+            s.workers.max_attempts = 1;
+        })
+        .await;
+        let user = app.new_user("alice").await;
+        let id = app.submit_ok(&user.token, "a cat").await;
+        let (_, task) = app.wait_for_end(&user.token, &id).await;
+        assert_eq!(task["status"], "FAILED");
+        assert!(task["error"].as_str().unwrap().contains(expected), "{task}");
+    }
+}
+
+#[actix_web::test]
+async fn a_backend_dying_mid_request_is_retried_and_ejected() {
+    let dying = spawn_dying();
+    let app = spawn_app_on(start_sims(vec![fast_sim()]), |s| {
+        s.instances.push(image_instance(dying));
+        s.health.eject_after_failures = 1;
+        s.health.interval_secs = 3600;
+    })
+    .await;
+    let user = app.new_user("alice").await;
+    app.wait_for_healthy(2).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(app.submit_ok(&user.token, &format!("prompt {i}")).await);
+    }
+    for id in &ids {
+        let (_, task) = app.wait_for_end(&user.token, id).await;
+        assert_eq!(task["status"], "DONE", "{task}");
+    }
+    // One failed call took the dying instance out until its next (hour-away) ping.
+    let stats = app.stats().await;
+    assert_eq!(stats["image_instances"]["healthy"], 1, "{stats}");
+    assert_eq!(app.sims[0].generated(), 6);
+}
+
+#[actix_web::test]
+async fn a_dead_only_instance_fails_the_task_after_its_attempts() {
+    let dying = spawn_dying();
+    let app = spawn_app_on(vec![], |s| {
+        s.instances = vec![image_instance(dying)];
+        s.health.eject_after_failures = 100;
+    })
+    .await;
+    let user = app.new_user("alice").await;
+    let id = app.submit_ok(&user.token, "a cat").await;
+    let (_, task) = app.wait_for_end(&user.token, &id).await;
+    assert_eq!(task["status"], "FAILED");
+    assert_eq!(task["attempts"], 3);
+    assert!(
+        task["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("backend unreachable"),
+        "{task}"
+    );
+}
+
+#[actix_web::test]
+async fn tasks_wait_while_every_instance_is_down_and_run_when_one_returns() {
+    let sims = start_sims(vec![fast_sim()]);
+    sims[0].set_ready(false);
+    let app = spawn_app_on(sims, |_| {}).await;
+    let user = app.new_user("alice").await;
+    let ids = [
+        app.submit_ok(&user.token, "one").await,
+        app.submit_ok(&user.token, "two").await,
+    ];
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in &ids {
+        let task: serde_json::Value = app.get_task(&user.token, id).await.json().await.unwrap();
+        assert_eq!(task["status"], "QUEUED");
+    }
+    let stats = app.stats().await;
+    assert_eq!(stats["image_instances"]["waiting"], 1, "{stats}");
+    assert_eq!(stats["queue_length"], 1, "{stats}");
+
+    app.sims[0].set_ready(true);
+    for id in &ids {
+        assert_eq!(app.wait_for_end(&user.token, id).await.1["status"], "DONE");
+    }
+}
