@@ -218,6 +218,16 @@ impl TestApp {
         }
     }
 
+    pub async fn cancelled_count(&self, token: &str) -> u64 {
+        let tasks: Vec<Value> = self
+            .get("/api/v1/tasks?limit=100", token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        tasks.iter().filter(|t| t["status"] == "CANCELLED").count() as u64
+    }
+
     pub async fn task_rows(&self) -> u64 {
         Task::find().count(&self.db).await.unwrap()
     }

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod balancing;
+mod cancel;
 mod cli;
 mod fake_backend;
 mod faults;
@@ -11,3 +12,4 @@ mod helpers;
 mod image_flow;
 mod process;
 mod queue;
+mod recovery;
