@@ -34,6 +34,8 @@ pub enum ApiError {
     QueueFull { capacity: usize },
     #[error("the task has already ended ({0})")]
     TaskFinished(entity::task::Status),
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
     #[error("the gateway is shutting down; retry later")]
     ShuttingDown,
     #[error("the gateway is busy; retry later")]
@@ -68,6 +70,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::TaskFinished(_) => "task_finished",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Busy(_) => "busy",
             ApiError::Database(_) => "database_unavailable",
@@ -119,6 +122,7 @@ impl ResponseError for ApiError {
             }
             ApiError::UsernameTaken | ApiError::TaskFinished(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::QueueFull { .. }
             | ApiError::ShuttingDown
             | ApiError::Busy(_)

@@ -55,6 +55,10 @@ pub struct Model {
     /// URL of the backend instance of the latest attempt.
     pub instance: Option<String>,
     pub attempts: i32,
+    /// The client's `Idempotency-Key`, unique per user.
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the request that came with the key, to tell a replay from a reuse.
+    pub request_hash: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -132,7 +132,7 @@ impl Supervised for Dispatcher {
 
 /// Admission control, then commit, then queue.
 impl Handler<Submit> for Dispatcher {
-    type Result = ResponseActFuture<Self, Result<String, SubmitError>>;
+    type Result = ResponseActFuture<Self, Result<Submitted, SubmitError>>;
 
     fn handle(&mut self, msg: Submit, _: &mut Context<Self>) -> Self::Result {
         if self.draining {
@@ -161,16 +161,32 @@ impl Handler<Submit> for Dispatcher {
             error: Set(None),
             instance: Set(None),
             attempts: Set(0),
+            idempotency_key: Set(msg.idempotency.as_ref().map(|i| i.key.clone())),
+            request_hash: Set(msg.idempotency.as_ref().map(|i| i.request_hash.clone())),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
         };
         let insert = self.store.send(InsertTask(row));
         let user_id = msg.user_id;
+        let request_hash = msg.idempotency.map(|i| i.request_hash);
         Box::pin(insert.into_actor(self).map(move |result, dispatcher, _| {
             dispatcher.reserved -= 1;
             match result {
-                Ok(Ok(())) => {
+                Ok(Ok(Inserted::Existing {
+                    task_id,
+                    request_hash: stored,
+                })) => {
+                    if stored == request_hash {
+                        Ok(Submitted {
+                            task_id,
+                            replayed: true,
+                        })
+                    } else {
+                        Err(SubmitError::KeyReused)
+                    }
+                }
+                Ok(Ok(Inserted::New)) => {
                     dispatcher.queue.push_back(QueuedTask {
                         task_id: task_id.clone(),
                         user_id,
@@ -180,7 +196,10 @@ impl Handler<Submit> for Dispatcher {
                         enqueued_at: Instant::now(),
                     });
                     dispatcher.dispatch();
-                    Ok(task_id)
+                    Ok(Submitted {
+                        task_id,
+                        replayed: false,
+                    })
                 }
                 Ok(Err(e)) => Err(SubmitError::Store(e)),
                 Err(e) => Err(SubmitError::Store(DbErr::Custom(format!(

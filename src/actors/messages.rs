@@ -8,7 +8,7 @@ use sea_orm::DbErr;
 
 use super::instance_registry::{InstanceView, Lease};
 use super::worker::Worker;
-use crate::domain::ImageJob;
+use crate::domain::{Idempotency, ImageJob};
 use crate::settings::InstanceKind;
 
 /// A task admitted to the queue, as a worker needs it.
@@ -29,10 +29,18 @@ pub struct QueuedTask {
 
 /// Admit a new image task: refused when the queue is full, otherwise committed, then queued.
 #[derive(Message)]
-#[rtype(result = "Result<String, SubmitError>")]
+#[rtype(result = "Result<Submitted, SubmitError>")]
 pub struct Submit {
     pub user_id: i64,
     pub job: ImageJob,
+    pub idempotency: Option<Idempotency>,
+}
+
+#[derive(Debug)]
+pub struct Submitted {
+    pub task_id: String,
+    /// The idempotency key was already used for this same request: nothing new was made.
+    pub replayed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +49,8 @@ pub enum SubmitError {
     QueueFull { capacity: usize },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("the idempotency key was used for another request")]
+    KeyReused,
     #[error("cannot store task: {0}")]
     Store(#[from] DbErr),
 }
@@ -174,8 +184,26 @@ pub struct CountWaiting(pub InstanceKind);
 
 /// Insert a new QUEUED task; the reply comes once the transaction holding it commits.
 #[derive(Message)]
-#[rtype(result = "Result<(), DbErr>")]
+#[rtype(result = "Result<Inserted, DbErr>")]
 pub struct InsertTask(pub task::ActiveModel);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// The user already had a task under this idempotency key; nothing was inserted.
+    Existing {
+        task_id: String,
+        request_hash: Option<String>,
+    },
+}
+
+/// The user's task submitted under this idempotency key, if any.
+#[derive(Message)]
+#[rtype(result = "Result<Option<task::Model>, DbErr>")]
+pub struct FindByIdempotencyKey {
+    pub user_id: i64,
+    pub key: String,
+}
 
 /// QUEUED → RUNNING on `instance` as attempt `attempt`. `Ok(false)` when the task is no
 /// longer QUEUED at `attempt - 1` attempts (cancelled, or taken by someone else).

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use entity::prelude::{Image, Task};
 use entity::{image, task};
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
@@ -22,7 +23,7 @@ use super::messages::*;
 /// Rows per group commit; keeps one statement well under SQLite's variable limit.
 const MAX_BATCH: usize = 512;
 
-type Committed = oneshot::Sender<Result<(), DbErr>>;
+type Committed = oneshot::Sender<Result<Inserted, DbErr>>;
 
 pub struct TaskStore {
     db: DatabaseConnection,
@@ -50,17 +51,18 @@ impl TaskStore {
         let (rows, waiters): (Vec<_>, Vec<_>) = self.pending.drain(..take).unzip();
         let db = self.db.clone();
         let commit = async move {
-            let result = insert_batch(&db, rows).await;
-            if let Err(e) = &result {
-                tracing::error!(error = %e, batch = waiters.len(), "group commit failed");
-            }
-            for waiter in waiters {
-                let _ = waiter.send(
-                    result
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| DbErr::Custom(e.to_string())),
-                );
+            match insert_batch(&db, rows).await {
+                Ok(outcomes) => {
+                    for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                        let _ = waiter.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batch = waiters.len(), "group commit failed");
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(DbErr::Custom(e.to_string())));
+                    }
+                }
             }
         };
         ctx.spawn(commit.into_actor(self).map(|_, store, ctx| {
@@ -70,10 +72,56 @@ impl TaskStore {
     }
 }
 
-async fn insert_batch(db: &DatabaseConnection, rows: Vec<task::ActiveModel>) -> Result<(), DbErr> {
+/// Inserts the rows in one transaction. A row whose idempotency key the user already
+/// used is skipped (`ON CONFLICT DO NOTHING`, safe against racing duplicates) and
+/// answered with the task that holds the key.
+async fn insert_batch(
+    db: &DatabaseConnection,
+    rows: Vec<task::ActiveModel>,
+) -> Result<Vec<Inserted>, DbErr> {
+    let keyed: Vec<Option<(i64, String, String)>> = rows
+        .iter()
+        .map(|row| {
+            let key = row.idempotency_key.clone().take().flatten()?;
+            Some((
+                row.user_id.clone().take()?,
+                key,
+                row.task_id.clone().take()?,
+            ))
+        })
+        .collect();
     let txn = db.begin().await?;
-    Task::insert_many(rows).exec(&txn).await?;
-    txn.commit().await
+    let conflict = OnConflict::columns([task::Column::UserId, task::Column::IdempotencyKey])
+        .do_nothing()
+        .to_owned();
+    Task::insert_many(rows)
+        .on_conflict(conflict)
+        .do_nothing()
+        .exec(&txn)
+        .await?;
+    let mut outcomes = Vec::with_capacity(keyed.len());
+    for key in keyed {
+        let Some((user_id, key, task_id)) = key else {
+            outcomes.push(Inserted::New);
+            continue;
+        };
+        let holder = Task::find()
+            .filter(task::Column::UserId.eq(user_id))
+            .filter(task::Column::IdempotencyKey.eq(key))
+            .one(&txn)
+            .await?
+            .ok_or(DbErr::RecordNotInserted)?;
+        outcomes.push(if holder.task_id == task_id {
+            Inserted::New
+        } else {
+            Inserted::Existing {
+                task_id: holder.task_id,
+                request_hash: holder.request_hash,
+            }
+        });
+    }
+    txn.commit().await?;
+    Ok(outcomes)
 }
 
 impl Actor for TaskStore {
@@ -90,7 +138,7 @@ impl Supervised for TaskStore {
 
 /// Queues the row for the next group commit.
 impl Handler<InsertTask> for TaskStore {
-    type Result = ResponseFuture<Result<(), DbErr>>;
+    type Result = ResponseFuture<Result<Inserted, DbErr>>;
 
     fn handle(&mut self, msg: InsertTask, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -294,6 +342,22 @@ impl Handler<LoadQueued> for TaskStore {
                 .filter(task::Column::Status.eq(task::Status::Queued))
                 .order_by_asc(task::Column::Id)
                 .all(&db)
+                .await
+        })
+    }
+}
+
+/// The user's task under an idempotency key.
+impl Handler<FindByIdempotencyKey> for TaskStore {
+    type Result = ResponseFuture<Result<Option<task::Model>, DbErr>>;
+
+    fn handle(&mut self, msg: FindByIdempotencyKey, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            Task::find()
+                .filter(task::Column::UserId.eq(msg.user_id))
+                .filter(task::Column::IdempotencyKey.eq(msg.key))
+                .one(&db)
                 .await
         })
     }

@@ -1,8 +1,10 @@
 //! Domain types: input is parsed into these at the HTTP boundary, so everything past a
 //! handler holds only valid values.
 
+mod idempotency;
 mod image_job;
 mod new_user;
 
+pub use idempotency::Idempotency;
 pub use image_job::{ImageJob, ImageRequest};
 pub use new_user::{NewUser, RegisterRequest};

@@ -2,13 +2,13 @@
 
 use actix::Addr;
 use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use crate::actors::messages::{GetImage, Submit, SubmitError};
+use crate::actors::messages::{FindByIdempotencyKey, GetImage, Submit, SubmitError};
 use crate::actors::{Dispatcher, TaskStore};
 use crate::auth::AuthUser;
-use crate::domain::{ImageJob, ImageRequest};
+use crate::domain::{Idempotency, ImageJob, ImageRequest};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ACTOR_REPLY_TIMEOUT;
 use crate::settings::Settings;
@@ -37,35 +37,75 @@ pub struct SubmitResponse {
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 503, description = "Queue full (see Retry-After)", body = ErrorBody),
-    ))]
+        (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
+        (status = 503, description = "Queue full or shutting down (see Retry-After)", body = ErrorBody),
+    ),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Retry-safe submission: the same key and request answer the same task_id and create nothing")))]
 #[tracing::instrument(skip_all, fields(user_id = user.id, task_id))]
 pub async fn submit(
     user: AuthUser,
+    req: HttpRequest,
     settings: web::Data<Settings>,
     dispatcher: web::Data<Addr<Dispatcher>>,
+    store: web::Data<Addr<TaskStore>>,
     body: web::Json<ImageRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let job = ImageJob::parse(body.into_inner(), &settings.image)?;
-    let task_id = dispatcher
+    let idempotency = match req.headers().get(IDEMPOTENCY_KEY) {
+        Some(value) => {
+            let key = value.to_str().map_err(|_| {
+                ApiError::Validation("Idempotency-Key must be visible ASCII".into())
+            })?;
+            Some(Idempotency::parse(key, &job)?)
+        }
+        None => None,
+    };
+    // A replay answers even when the queue is full, so check before admission.
+    if let Some(idempotency) = &idempotency {
+        let find = FindByIdempotencyKey {
+            user_id: user.id,
+            key: idempotency.key.clone(),
+        };
+        if let Some(task) = store.send(find).timeout(ACTOR_REPLY_TIMEOUT).await?? {
+            if task.request_hash.as_deref() != Some(idempotency.request_hash.as_str()) {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            return Ok(accepted(task.task_id, true));
+        }
+    }
+    let submitted = dispatcher
         .send(Submit {
             user_id: user.id,
             job,
+            idempotency,
         })
         .timeout(ACTOR_REPLY_TIMEOUT)
         .await?
         .map_err(|e| match e {
             SubmitError::QueueFull { capacity } => ApiError::QueueFull { capacity },
             SubmitError::ShuttingDown => ApiError::ShuttingDown,
+            SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
             SubmitError::Store(e) => ApiError::Database(e),
         })?;
-    tracing::Span::current().record("task_id", task_id.as_str());
-    tracing::info!("task queued");
-    Ok(HttpResponse::Accepted().json(SubmitResponse {
+    tracing::Span::current().record("task_id", submitted.task_id.as_str());
+    tracing::info!(replayed = submitted.replayed, "task queued");
+    Ok(accepted(submitted.task_id, submitted.replayed))
+}
+
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// The 202; a replay says so in `Idempotent-Replayed`, as payment APIs do.
+fn accepted(task_id: String, replayed: bool) -> HttpResponse {
+    let mut response = HttpResponse::Accepted();
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response.json(SubmitResponse {
         task_id,
         status: "QUEUED",
         message: "task submitted successfully",
-    }))
+    })
 }
 
 /// The image a task produced, with its Content-Type.

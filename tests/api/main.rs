@@ -9,6 +9,7 @@ mod cli;
 mod fake_backend;
 mod faults;
 mod helpers;
+mod idempotency;
 mod image_flow;
 mod process;
 mod queue;
