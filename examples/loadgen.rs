@@ -1,0 +1,333 @@
+//! Load benchmark for infergate, on loopback only, bounded in count and time.
+//!
+//! Starts the simulated backend and the gateway as separate processes (the release
+//! binary next to this example), drives the gateway over HTTP, prints numbers, and
+//! stops everything it started.
+//!
+//!     cargo build --release --bins --examples
+//!     target/release/examples/loadgen submit     # durable submissions/s, p50/p99 at 64 clients
+//!     target/release/examples/loadgen e2e        # end-to-end tasks/s, zero-latency backend
+//!     target/release/examples/loadgen recovery   # SIGKILL with 10,000 queued, time to resume
+//!     target/release/examples/loadgen all
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Gives up on any scenario after this long.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(300);
+
+fn binary() -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    let bin = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("infergate");
+    assert!(
+        bin.exists(),
+        "build the gateway first: cargo build --release --bins --examples"
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    sim_url: String,
+    _sim: Proc,
+    gateway: Option<Proc>,
+    base: String,
+    port: u16,
+    client: reqwest::Client,
+}
+
+impl Rig {
+    /// A simulator (`latency_ms`, `capacity`) and a gateway using it.
+    async fn start(latency_ms: u64, capacity: u32) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let sim_port = free_port();
+        let sim = Command::new(binary())
+            .args(["simulate", "--port", &sim_port.to_string()])
+            .args(["--latency-ms", &latency_ms.to_string()])
+            .args(["--capacity", &capacity.to_string()])
+            .env("INFERGATE__LOG__LEVEL", "warn")
+            .current_dir(dir.path())
+            .spawn()
+            .expect("start simulator");
+        let sim_url = format!("http://127.0.0.1:{sim_port}");
+        let config = format!(
+            "[queue]\ncapacity = 1000000\n[health]\ninterval_secs = 1\n[log]\nlevel = \"warn\"\n\
+             [database]\nurl = \"sqlite://{}?mode=rwc\"\n\
+             [[instances]]\nkind = \"image\"\nurl = \"{sim_url}\"\ncapacity = {capacity}\n",
+            dir.path().join("bench.db").display()
+        );
+        std::fs::write(dir.path().join("settings.toml"), config).unwrap();
+        let mut rig = Rig {
+            dir,
+            sim_url,
+            _sim: Proc(sim),
+            gateway: None,
+            base: String::new(),
+            port: free_port(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .unwrap(),
+        };
+        rig.start_gateway().await;
+        rig
+    }
+
+    async fn start_gateway(&mut self) {
+        let child = Command::new(binary())
+            .args(["serve", "--config", "settings.toml"])
+            .env("INFERGATE__SERVER__HOST", "127.0.0.1")
+            .env("INFERGATE__SERVER__PORT", self.port.to_string())
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start gateway");
+        self.gateway = Some(Proc(child));
+        self.base = format!("http://127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .client
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "gateway did not start");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn kill_gateway(&mut self) {
+        let mut gateway = self.gateway.take().expect("running");
+        gateway.0.kill().unwrap();
+        gateway.0.wait().unwrap();
+    }
+
+    async fn stats(&self) -> Value {
+        self.client
+            .get(format!("{}/api/v1/system/stats", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.stats().await["image_instances"]["healthy"] != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "simulator at {} never healthy",
+                self.sim_url
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn token(&self, name: &str) -> String {
+        let credentials = json!({"username": name, "password": "benchmark-password"});
+        self.client
+            .post(format!("{}/register", self.base))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap();
+        let login: Value = self
+            .client
+            .post(format!("{}/login", self.base))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        login["token"].as_str().expect("token").to_string()
+    }
+
+    /// `total` submissions from `clients` concurrent clients; returns each latency and
+    /// the wall time.
+    async fn submit_load(&self, clients: usize, total: usize) -> (Vec<Duration>, Duration) {
+        let token = Arc::new(self.token("bench_user").await);
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                let (client, base, token, next) = (
+                    self.client.clone(),
+                    self.base.clone(),
+                    token.clone(),
+                    next.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total || started.elapsed() > SCENARIO_LIMIT {
+                            return latencies;
+                        }
+                        let sent = Instant::now();
+                        let response = client
+                            .post(format!("{base}/api/v1/image/async"))
+                            .bearer_auth(token.as_str())
+                            .json(&json!({"prompt": format!("benchmark prompt {i}")}))
+                            .send()
+                            .await
+                            .expect("submit");
+                        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+                        latencies.push(sent.elapsed());
+                    }
+                })
+            })
+            .collect();
+        let mut latencies = Vec::with_capacity(total);
+        for worker in workers {
+            latencies.extend(worker.await.unwrap());
+        }
+        (latencies, started.elapsed())
+    }
+
+    async fn count(&self, status: &str) -> u64 {
+        let db = sqlx_count(&self.dir.path().join("bench.db"), status).await;
+        db
+    }
+}
+
+async fn sqlx_count(path: &Path, status: &str) -> u64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = infergate::database::connect(&infergate::settings::DatabaseSettings {
+        url: format!("sqlite://{}", path.display()),
+        max_connections: 1,
+    })
+    .await
+    .unwrap();
+    let row = db
+        .query_one(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM tasks WHERE status = ?",
+            [status.into()],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap() as u64
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+async fn submit_scenario() {
+    let (clients, total) = (64, 20_000);
+    // A backend that never finishes in time: only the submission path is measured.
+    let rig = Rig::start(600_000, 1).await;
+    rig.wait_healthy().await;
+    let (mut latencies, elapsed) = rig.submit_load(clients, total).await;
+    latencies.sort();
+    println!(
+        "submit: {} durable submissions from {clients} clients in {:.2}s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+    );
+}
+
+async fn e2e_scenario() {
+    let (clients, total, capacity) = (64, 10_000, 8);
+    let rig = Rig::start(0, capacity).await;
+    rig.wait_healthy().await;
+    let started = Instant::now();
+    let (_, submitted_in) = rig.submit_load(clients, total).await;
+    while rig.count("DONE").await < total as u64 {
+        assert!(started.elapsed() < SCENARIO_LIMIT, "e2e did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "e2e: {total} tasks submitted ({:.2}s) and DONE in {:.2}s = {:.0} tasks/s (zero-latency backend, {capacity} slots)",
+        submitted_in.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+}
+
+async fn recovery_scenario() {
+    let total = 10_000;
+    let mut rig = Rig::start(600_000, 1).await;
+    rig.wait_healthy().await;
+    rig.submit_load(64, total).await;
+    let killed = Instant::now();
+    rig.kill_gateway();
+    rig.start_gateway().await;
+    let answering = killed.elapsed();
+    // All tasks back in the queue (or on the worker) and the worker running again.
+    loop {
+        let stats = rig.stats().await;
+        let queued = stats["queue_length"].as_u64().unwrap();
+        let busy = stats["busy_workers"].as_u64().unwrap();
+        if queued + busy >= total as u64 && stats["image_instances"]["in_flight"] == 1 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < SCENARIO_LIMIT,
+            "recovery did not finish: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!(
+        "recovery: {total} queued tasks, SIGKILL → gateway answering {:.0} ms → all re-queued and running again {:.0} ms",
+        answering.as_secs_f64() * 1e3,
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    match scenario.as_str() {
+        "submit" => submit_scenario().await,
+        "e2e" => e2e_scenario().await,
+        "recovery" => recovery_scenario().await,
+        "all" => {
+            submit_scenario().await;
+            e2e_scenario().await;
+            recovery_scenario().await;
+        }
+        other => {
+            eprintln!("unknown scenario {other}: submit | e2e | recovery | all");
+            std::process::exit(2);
+        }
+    }
+}
