@@ -427,17 +427,41 @@ impl Settings {
     fn validate_speech(&self) -> Result<(), SettingsError> {
         let s = &self.speech;
         let checks = [
-            ("speech.max_upload_bytes", s.max_upload_bytes >= 1024, "must be at least 1024"),
-            ("speech.max_pcm_seconds", s.max_pcm_seconds >= 1, "must be at least 1"),
-            ("speech.read_timeout_secs", s.read_timeout_secs >= 1, "must be at least 1"),
+            (
+                "speech.max_upload_bytes",
+                s.max_upload_bytes >= 1024,
+                "must be at least 1024",
+            ),
+            (
+                "speech.max_pcm_seconds",
+                s.max_pcm_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.read_timeout_secs",
+                s.read_timeout_secs >= 1,
+                "must be at least 1",
+            ),
             (
                 "speech.max_upload_secs",
                 s.max_upload_secs >= s.max_pcm_seconds,
                 "must be at least speech.max_pcm_seconds (devices stream in real time)",
             ),
-            ("speech.max_wait_secs", s.max_wait_secs >= 1, "must be at least 1"),
-            ("speech.max_waiting", s.max_waiting >= 1, "must be at least 1"),
-            ("speech.timeout_secs", s.timeout_secs >= 1, "must be at least 1"),
+            (
+                "speech.max_wait_secs",
+                s.max_wait_secs >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.max_waiting",
+                s.max_waiting >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.timeout_secs",
+                s.timeout_secs >= 1,
+                "must be at least 1",
+            ),
         ];
         match checks.into_iter().find(|(_, ok, _)| !ok) {
             Some((key, _, reason)) => Err(SettingsError::Invalid {

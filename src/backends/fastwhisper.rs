@@ -147,7 +147,11 @@ impl FileForm {
                 c => c,
             })
             .collect();
-        let filename = if filename.is_empty() { "audio" } else { &filename };
+        let filename = if filename.is_empty() {
+            "audio"
+        } else {
+            &filename
+        };
         Bytes::from(format!(
             "--{}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
              Content-Type: {content_type}\r\n\r\n",
@@ -177,7 +181,14 @@ pub async fn transcribe_pcm(
     base: &str,
     body: impl Stream<Item = Result<Bytes, std::io::Error>> + 'static,
 ) -> Result<SpeechToTextResponse, BackendError> {
-    call(client, base, "/api/v1/asr/pcm", "application/octet-stream", body).await
+    call(
+        client,
+        base,
+        "/api/v1/asr/pcm",
+        "application/octet-stream",
+        body,
+    )
+    .await
 }
 
 async fn call(
@@ -217,7 +228,10 @@ mod tests {
         let form = FileForm::default();
         let opening = form.opening("a\"b\r\nX-Evil: 1.wav", "audio/wav");
         let text = std::str::from_utf8(&opening).unwrap();
-        assert!(text.contains("filename=\"a_b__X-Evil: 1.wav\"\r\n"), "{text}");
+        assert!(
+            text.contains("filename=\"a_b__X-Evil: 1.wav\"\r\n"),
+            "{text}"
+        );
         assert!(text.starts_with(&format!("--{}\r\n", form.boundary)));
         assert_eq!(form.closing(), format!("\r\n--{}--\r\n", form.boundary));
     }

@@ -372,9 +372,7 @@ fn too_slow(limits: &SpeechSettings) -> ApiError {
 }
 
 fn odd_length() -> ApiError {
-    ApiError::Validation(
-        "PCM body must hold whole 16-bit samples (an even number of bytes)".into(),
-    )
+    ApiError::Validation("PCM body must hold whole 16-bit samples (an even number of bytes)".into())
 }
 
 fn secs(n: u64) -> Duration {

@@ -7,4 +7,6 @@ mod balancing;
 mod cli;
 mod helpers;
 mod image_flow;
+mod keys;
 mod queue;
+mod speech;
