@@ -102,14 +102,15 @@ pub async fn transcribe(
             "body must be multipart/form-data with the audio in field `file`".into(),
         ));
     }
-    if content_length(&req).is_some_and(|n| n > limits.max_upload_bytes as u64 + FORM_FRAMING_BYTES)
-    {
+    let max_form = limits.max_upload_bytes as u64 + FORM_FRAMING_BYTES;
+    if content_length(&req).is_some_and(|n| n > max_form) {
         return Err(too_large(limits));
     }
     let mut form = Multipart::new(req.headers(), payload);
-    let (field, received) = tokio::time::timeout_at(upload_deadline, find_file(&mut form, limits))
-        .await
-        .map_err(|_| too_slow(limits))??;
+    let (mut field, mut received) =
+        tokio::time::timeout_at(upload_deadline, find_file(&mut form, limits))
+            .await
+            .map_err(|_| too_slow(limits))??;
     let disposition = field.content_disposition();
     let filename = disposition.and_then(|d| d.get_filename()).unwrap_or("");
     let content_type = field
@@ -126,8 +127,6 @@ pub async fn transcribe(
     let pump = async move {
         // The form stays alive while its field is read: a field reads through it.
         let _form = form;
-        let mut field = field;
-        let mut received = received;
         body.send(opening).await.map_err(Fault::Backend)?;
         while let Some(chunk) = read_timed(field.next(), limits)
             .await

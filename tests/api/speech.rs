@@ -279,7 +279,9 @@ async fn a_request_that_finds_every_instance_busy_waits_then_gets_503() {
     .await;
     let auth = Auth::Bearer(&user.token);
     let (first, second) = tokio::join!(app.send_pcm(auth, pcm(1.0)), async {
+        let deadline = Instant::now() + Duration::from_secs(10);
         while app.stats().await["speech_instances"]["in_flight"] != 1 {
+            assert!(Instant::now() < deadline, "the first request never started");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         app.send_pcm(auth, pcm(1.0)).await
