@@ -7,6 +7,8 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::backends::BackendError;
+
 /// Seconds a client is told to wait after a 503 it may retry.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -28,8 +30,14 @@ pub enum ApiError {
     BadCredentials,
     #[error("username is already taken")]
     UsernameTaken,
+    #[error("{0}")]
+    UploadTimeout(String),
+    #[error("audio is longer than {max_secs}s of 16 kHz 16-bit mono PCM")]
+    AudioTooLong { max_secs: u64 },
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("you already have {max} API keys; revoke one first")]
+    TooManyKeys { max: usize },
     #[error("the task queue is full ({capacity} tasks); retry later")]
     QueueFull { capacity: usize },
     #[error("the task has already ended ({0})")]
@@ -40,6 +48,13 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the gateway is busy; retry later")]
     Busy(#[source] actix::MailboxError),
+    #[error("no healthy speech backend instance; retry later")]
+    NoHealthyInstance,
+    #[error("every speech backend instance is busy; retry later")]
+    InstancesBusy,
+    /// A backend call that failed; its own message is the client's.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error("the database is unavailable; retry later")]
     Database(#[from] sea_orm::DbErr),
     #[error("internal error")]
@@ -67,12 +82,19 @@ impl ApiError {
             ApiError::TokenExpired => "token_expired",
             ApiError::BadCredentials => "invalid_credentials",
             ApiError::UsernameTaken => "username_taken",
+            ApiError::UploadTimeout(_) => "upload_timeout",
+            ApiError::AudioTooLong { .. } => "audio_too_long",
             ApiError::NotFound(_) => "not_found",
+            ApiError::TooManyKeys { .. } => "too_many_keys",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::TaskFinished(_) => "task_finished",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Busy(_) => "busy",
+            ApiError::NoHealthyInstance => "no_healthy_instance",
+            ApiError::InstancesBusy => "instances_busy",
+            ApiError::Backend(BackendError::Timeout(_)) => "backend_timeout",
+            ApiError::Backend(_) => "backend_error",
             ApiError::Database(_) => "database_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -83,6 +105,8 @@ impl ApiError {
             ApiError::QueueFull { .. }
             | ApiError::ShuttingDown
             | ApiError::Busy(_)
+            | ApiError::NoHealthyInstance
+            | ApiError::InstancesBusy
             | ApiError::Database(_) => Some(RETRY_AFTER_SECS),
             _ => None,
         }
@@ -115,18 +139,27 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Validation(_) | ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::AudioTooLong { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized(_) | ApiError::TokenExpired | ApiError::BadCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::UsernameTaken | ApiError::TaskFinished(_) => StatusCode::CONFLICT,
+            ApiError::UsernameTaken | ApiError::TaskFinished(_) | ApiError::TooManyKeys { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::QueueFull { .. }
             | ApiError::ShuttingDown
             | ApiError::Busy(_)
+            | ApiError::NoHealthyInstance
+            | ApiError::InstancesBusy
             | ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Backend(BackendError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Backend(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

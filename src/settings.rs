@@ -27,6 +27,7 @@ pub struct Settings {
     pub health: HealthSettings,
     pub balancing: BalancingSettings,
     pub image: ImageSettings,
+    pub speech: SpeechSettings,
     pub log: LogSettings,
     pub instances: Vec<InstanceSettings>,
 }
@@ -110,6 +111,36 @@ pub struct ImageSettings {
     pub max_side: u32,
 }
 
+/// Limits of the synchronous speech endpoints.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeechSettings {
+    /// Largest form data (the file plus any other fields) of one upload.
+    pub max_upload_bytes: usize,
+    /// Longest PCM stream, in seconds of 16 kHz 16-bit mono audio.
+    pub max_pcm_seconds: u64,
+    /// A client that sends nothing for this long mid-upload is cut off.
+    pub read_timeout_secs: u64,
+    /// Longest a whole upload may take, so a trickling client cannot hold an instance.
+    pub max_upload_secs: u64,
+    /// Longest wait for a free healthy speech instance.
+    pub max_wait_secs: u64,
+    /// Requests that may wait for a free instance at once; more are refused at once.
+    pub max_waiting: usize,
+    /// The backend's time to answer once it has the whole upload.
+    pub timeout_secs: u64,
+}
+
+impl SpeechSettings {
+    /// `max_pcm_seconds` in bytes of 16 kHz 16-bit mono PCM.
+    pub fn max_pcm_bytes(&self) -> u64 {
+        self.max_pcm_seconds * PCM_BYTES_PER_SEC
+    }
+}
+
+/// Bytes per second of 16 kHz 16-bit mono PCM, the only format the PCM endpoint takes.
+pub const PCM_BYTES_PER_SEC: u64 = 32_000;
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -177,6 +208,7 @@ impl Default for Settings {
             health: HealthSettings::default(),
             balancing: BalancingSettings::default(),
             image: ImageSettings::default(),
+            speech: SpeechSettings::default(),
             log: LogSettings::default(),
             instances: vec![InstanceSettings {
                 kind: InstanceKind::Image,
@@ -265,6 +297,20 @@ impl Default for ImageSettings {
             default_steps: 20,
             max_steps: 150,
             max_side: 2048,
+        }
+    }
+}
+
+impl Default for SpeechSettings {
+    fn default() -> Self {
+        SpeechSettings {
+            max_upload_bytes: 10 * 1024 * 1024,
+            max_pcm_seconds: 60,
+            read_timeout_secs: 10,
+            max_upload_secs: 120,
+            max_wait_secs: 5,
+            max_waiting: 32,
+            timeout_secs: 30,
         }
     }
 }
@@ -358,6 +404,7 @@ impl Settings {
         if self.image.max_side < 64 {
             return invalid("image.max_side", "must be at least 64");
         }
+        self.validate_speech()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", &e.to_string());
         }
@@ -387,6 +434,54 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    fn validate_speech(&self) -> Result<(), SettingsError> {
+        let s = &self.speech;
+        let checks = [
+            (
+                "speech.max_upload_bytes",
+                s.max_upload_bytes >= 1024,
+                "must be at least 1024",
+            ),
+            (
+                "speech.max_pcm_seconds",
+                s.max_pcm_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.read_timeout_secs",
+                s.read_timeout_secs >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.max_upload_secs",
+                s.max_upload_secs >= s.max_pcm_seconds,
+                "must be at least speech.max_pcm_seconds (devices stream in real time)",
+            ),
+            (
+                "speech.max_wait_secs",
+                s.max_wait_secs >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.max_waiting",
+                s.max_waiting >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.timeout_secs",
+                s.timeout_secs >= 1,
+                "must be at least 1",
+            ),
+        ];
+        match checks.into_iter().find(|(_, ok, _)| !ok) {
+            Some((key, _, reason)) => Err(SettingsError::Invalid {
+                key: key.into(),
+                reason: reason.into(),
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn task_timeout(&self) -> Duration {
@@ -445,6 +540,9 @@ mod tests {
         assert_eq!(s.workers.task_timeout_secs, 120);
         assert_eq!(s.health.interval_secs, 30);
         assert_eq!(s.worker_slots(), 1);
+        assert_eq!(s.speech.timeout_secs, 30);
+        assert_eq!(s.speech.max_upload_bytes, 10 * 1024 * 1024);
+        assert_eq!(s.speech.max_pcm_bytes(), 1_920_000);
     }
 
     #[test]
@@ -464,6 +562,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("instances[0].url"));
+
+        let mut s = Settings::default();
+        s.speech.max_upload_secs = s.speech.max_pcm_seconds - 1;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("speech.max_upload_secs"));
     }
 
     #[test]

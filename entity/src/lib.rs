@@ -1,5 +1,6 @@
 //! sea-orm entities of the infergate database.
 
+pub mod api_key;
 pub mod image;
 pub mod meta;
 pub mod prelude;

@@ -1,3 +1,4 @@
+pub use super::api_key::Entity as ApiKey;
 pub use super::image::Entity as Image;
 pub use super::meta::Entity as Meta;
 pub use super::task::Entity as Task;

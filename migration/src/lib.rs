@@ -2,6 +2,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_initial;
+mod m20261128_000002_api_keys;
 mod m20261128_000003_idempotency_keys;
 
 pub struct Migrator;
@@ -11,6 +12,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(m20261128_000001_initial::Migration),
+            Box::new(m20261128_000002_api_keys::Migration),
             Box::new(m20261128_000003_idempotency_keys::Migration),
         ]
     }

@@ -3,7 +3,7 @@ use std::future::{ready, Ready};
 use actix_web::{http::header, web, FromRequest, HttpRequest};
 use entity::user::Role;
 
-use super::JwtKeys;
+use super::{api_keys, JwtKeys};
 use crate::error::ApiError;
 
 /// The authenticated caller, taken from `Authorization: Bearer <JWT>`.
@@ -19,19 +19,24 @@ impl FromRequest for AuthUser {
     type Future = Ready<Result<AuthUser, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(authenticate(req))
+        ready(bearer_token(req).and_then(|token| {
+            if api_keys::is_api_key(token) {
+                return Err(ApiError::Unauthorized(
+                    "API keys are accepted only by the speech endpoints; log in for a token",
+                ));
+            }
+            verify_jwt(req, token)
+        }))
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
-    let keys = req
-        .app_data::<web::Data<JwtKeys>>()
-        .ok_or_else(|| ApiError::Internal("JwtKeys missing from app data".into()))?;
+/// The credential of `Authorization: Bearer <credential>`.
+pub(super) fn bearer_token(req: &HttpRequest) -> Result<&str, ApiError> {
     let value = req
         .headers()
         .get(header::AUTHORIZATION)
         .ok_or(ApiError::Unauthorized("missing Authorization header"))?;
-    let token = value
+    value
         .to_str()
         .ok()
         .and_then(|v| {
@@ -42,7 +47,13 @@ fn authenticate(req: &HttpRequest) -> Result<AuthUser, ApiError> {
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized(
             "Authorization header must be `Bearer <token>`",
-        ))?;
+        ))
+}
+
+pub(super) fn verify_jwt(req: &HttpRequest, token: &str) -> Result<AuthUser, ApiError> {
+    let keys = req
+        .app_data::<web::Data<JwtKeys>>()
+        .ok_or_else(|| ApiError::Internal("JwtKeys missing from app data".into()))?;
     let claims = keys.verify(token)?;
     let id = claims
         .sub

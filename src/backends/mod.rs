@@ -1,5 +1,6 @@
 //! Clients for the backend protocols the existing Python servers speak.
 
+pub mod fastwhisper;
 pub mod qwen;
 
 /// Why a backend call failed; the Worker decides what to do by matching on it.

@@ -2,11 +2,11 @@
 //! Swagger UI at `/docs`.
 
 use actix_web::{web, HttpResponse};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{accounts, image, system, tasks};
+use super::{accounts, image, keys, speech, system, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,22 +15,26 @@ use super::{accounts, image, system, tasks};
         accounts::register, accounts::login,
         image::submit, image::get_image,
         tasks::get_tasks, tasks::cancel_task,
+        speech::transcribe, speech::pcm,
+        keys::create_key, keys::list_keys, keys::delete_key,
         system::health, system::stats,
     ),
     components(schemas(crate::error::ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "accounts", description = "Registration and login"),
         (name = "image", description = "Asynchronous text-to-image"),
         (name = "tasks", description = "Task status"),
+        (name = "speech", description = "Synchronous speech to text (JWT or device API key)"),
+        (name = "keys", description = "Device API keys"),
         (name = "system", description = "Health and queue figures"),
     )
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
+struct SecuritySchemes;
 
-impl Modify for BearerAuth {
+impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
@@ -41,6 +45,13 @@ impl Modify for BearerAuth {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        // Devices: the speech endpoints also take `Authorization: Bearer igk_…`.
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(
+                crate::auth::API_KEY_HEADER,
+            ))),
         );
     }
 }

@@ -5,6 +5,8 @@ pub mod accounts;
 pub mod docs;
 pub mod extract;
 pub mod image;
+pub mod keys;
+pub mod speech;
 pub mod system;
 pub mod tasks;
 
@@ -22,6 +24,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(accounts::configure)
         .configure(image::configure)
         .configure(tasks::configure)
+        .configure(speech::configure)
+        .configure(keys::configure)
         .configure(docs::configure);
 }
 

@@ -4,7 +4,8 @@ use entity::prelude::Task;
 use infergate::settings::{InstanceKind, InstanceSettings, Protocol, Settings};
 use infergate::simulator::{SimBackend, SimConfig};
 use infergate::startup::Application;
-use reqwest::{Response, StatusCode};
+use reqwest::multipart::Form;
+use reqwest::{RequestBuilder, Response, StatusCode};
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -16,6 +17,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The simulated image backends, in the order given.
     pub sims: Vec<SimBackend>,
+    /// The simulated speech backends, in the order given (see `spawn_app_with_speech`).
+    pub speech_sims: Vec<SimBackend>,
     pub db: DatabaseConnection,
     pub db_url: String,
     /// Keeps the database file alive for the test.
@@ -76,6 +79,31 @@ pub async fn spawn_app_on(sims: Vec<SimBackend>, tweak: impl FnOnce(&mut Setting
     start(settings, sims, dir).await
 }
 
+/// One fast image backend, and already running simulators (set up before their first
+/// ping) as the speech instances, capacity 1 each.
+pub async fn spawn_app_with_speech(
+    speech_sims: Vec<SimBackend>,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let speech: Vec<InstanceSettings> = speech_sims
+        .iter()
+        .map(|sim| InstanceSettings {
+            kind: InstanceKind::Speech,
+            url: sim.url(),
+            protocol: Some(Protocol::Fastwhisper),
+            capacity: 1,
+            weight: 1,
+        })
+        .collect();
+    let mut app = spawn_app_on(start_sims(vec![fast_sim()]), |settings| {
+        settings.instances.extend(speech);
+        tweak(settings);
+    })
+    .await;
+    app.speech_sims = speech_sims;
+    app
+}
+
 /// Starts a gateway on an existing database directory (a restart).
 pub async fn start(settings: Settings, sims: Vec<SimBackend>, dir: TempDir) -> TestApp {
     let db_url = settings.database.url.clone();
@@ -94,6 +122,7 @@ pub async fn start(settings: Settings, sims: Vec<SimBackend>, dir: TempDir) -> T
         address,
         client: reqwest::Client::new(),
         sims,
+        speech_sims: Vec::new(),
         db,
         db_url,
         dir,
@@ -230,6 +259,89 @@ impl TestApp {
 
     pub async fn task_rows(&self) -> u64 {
         Task::find().count(&self.db).await.unwrap()
+    }
+}
+
+/// How a speech request authenticates.
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    /// `Authorization: Bearer` with a JWT or an API key.
+    Bearer(&'a str),
+    /// `X-API-Key`.
+    ApiKey(&'a str),
+}
+
+impl Auth<'_> {
+    pub fn apply(self, request: RequestBuilder) -> RequestBuilder {
+        match self {
+            Auth::Bearer(credential) => request.bearer_auth(credential),
+            Auth::ApiKey(key) => request.header("X-API-Key", key),
+        }
+    }
+}
+
+/// `seconds` of 16 kHz 16-bit mono PCM (silence).
+pub fn pcm(seconds: f64) -> Vec<u8> {
+    vec![0; (seconds * 32_000.0) as usize]
+}
+
+impl TestApp {
+    /// Uploads `form` to `/api/v1/speech/transcribe`.
+    pub async fn transcribe(&self, auth: Auth<'_>, form: Form) -> Response {
+        auth.apply(self.client.post(self.url("/api/v1/speech/transcribe")))
+            .multipart(form)
+            .send()
+            .await
+            .expect("transcribe")
+    }
+
+    /// Sends `body` to `/api/v1/speech/pcm`.
+    pub async fn send_pcm(&self, auth: Auth<'_>, body: impl Into<reqwest::Body>) -> Response {
+        auth.apply(self.client.post(self.url("/api/v1/speech/pcm")))
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .expect("send pcm")
+    }
+
+    /// Creates an API key, asserting the 201; returns the reply.
+    pub async fn create_key(&self, token: &str, name: &str) -> Value {
+        let response = self
+            .client
+            .post(self.url("/api/v1/keys"))
+            .bearer_auth(token)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .expect("create key");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    /// Waits until `n` speech instances are healthy.
+    pub async fn wait_for_healthy_speech(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.stats().await["speech_instances"]["healthy"] != n {
+            assert!(
+                Instant::now() < deadline,
+                "speech instances never reached {n} healthy: {}",
+                self.stats().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until no speech call holds an instance.
+    pub async fn wait_for_speech_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.stats().await["speech_instances"]["in_flight"] != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "a speech lease was never released"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -11,6 +11,8 @@ mod faults;
 mod helpers;
 mod idempotency;
 mod image_flow;
+mod keys;
 mod process;
 mod queue;
 mod recovery;
+mod speech;
