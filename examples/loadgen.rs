@@ -265,7 +265,7 @@ async fn submit_scenario() {
 }
 
 async fn e2e_scenario() {
-    let (clients, total, capacity) = (64, 10_000, 8);
+    let (clients, total, capacity) = (64, 10_000, 64);
     let rig = Rig::start(0, capacity).await;
     rig.wait_healthy().await;
     let started = Instant::now();

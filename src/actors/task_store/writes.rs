@@ -1,0 +1,230 @@
+//! The statements of a group commit: every write a batch holds, in one transaction.
+
+use chrono::Utc;
+use entity::prelude::{Image, Task};
+use entity::{image, task};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, Set, TransactionTrait,
+};
+use tokio::sync::oneshot;
+
+use crate::actors::messages::{Expect, FinishTask, Inserted, MarkRunning, TaskOutcome};
+
+type Reply<T> = oneshot::Sender<Result<T, DbErr>>;
+
+/// A write waiting for a group commit, with the channel its sender awaits.
+pub enum Write {
+    Insert(Box<task::ActiveModel>, Reply<Inserted>),
+    MarkRunning(MarkRunning, Reply<bool>),
+    Finish(FinishTask, Reply<bool>),
+}
+
+/// A conditional status change, answered with whether it applied.
+enum Update {
+    MarkRunning(MarkRunning),
+    Finish(FinishTask),
+}
+
+/// Applies the batch in one transaction, then answers every writer: each its own
+/// outcome once committed, or all the error if anything failed.
+pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) {
+    let mut inserts = Vec::new();
+    let mut insert_replies = Vec::new();
+    let mut updates = Vec::new();
+    let mut update_replies = Vec::new();
+    for write in batch {
+        match write {
+            Write::Insert(row, reply) => {
+                inserts.push(*row);
+                insert_replies.push(reply);
+            }
+            Write::MarkRunning(msg, reply) => {
+                updates.push(Update::MarkRunning(msg));
+                update_replies.push(reply);
+            }
+            Write::Finish(msg, reply) => {
+                updates.push(Update::Finish(msg));
+                update_replies.push(reply);
+            }
+        }
+    }
+    let result = async {
+        let txn = db.begin().await?;
+        let inserted = insert_rows(&txn, inserts).await?;
+        let mut applied = Vec::with_capacity(updates.len());
+        for update in &updates {
+            applied.push(match update {
+                Update::MarkRunning(msg) => mark_running(&txn, msg).await?,
+                Update::Finish(msg) => finish(&txn, msg).await?,
+            });
+        }
+        txn.commit().await?;
+        Ok::<_, DbErr>((inserted, applied))
+    }
+    .await;
+    match result {
+        Ok((inserted, applied)) => {
+            for (reply, outcome) in insert_replies.into_iter().zip(inserted) {
+                let _ = reply.send(Ok(outcome));
+            }
+            for (reply, applied) in update_replies.into_iter().zip(applied) {
+                let _ = reply.send(Ok(applied));
+            }
+        }
+        Err(e) => {
+            let size = insert_replies.len() + update_replies.len();
+            tracing::error!(error = %e, batch = size, "group commit failed");
+            for reply in insert_replies {
+                let _ = reply.send(Err(DbErr::Custom(e.to_string())));
+            }
+            for reply in update_replies {
+                let _ = reply.send(Err(DbErr::Custom(e.to_string())));
+            }
+        }
+    }
+}
+
+/// Inserts the rows. A row whose idempotency key the user already used is skipped
+/// (`ON CONFLICT DO NOTHING`, safe against racing duplicates) and answered with the task
+/// that holds the key.
+async fn insert_rows(
+    txn: &DatabaseTransaction,
+    rows: Vec<task::ActiveModel>,
+) -> Result<Vec<Inserted>, DbErr> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keyed: Vec<Option<(i64, String, String)>> = rows
+        .iter()
+        .map(|row| {
+            let key = row.idempotency_key.clone().take().flatten()?;
+            Some((
+                row.user_id.clone().take()?,
+                key,
+                row.task_id.clone().take()?,
+            ))
+        })
+        .collect();
+    let conflict = OnConflict::columns([task::Column::UserId, task::Column::IdempotencyKey])
+        .do_nothing()
+        .to_owned();
+    Task::insert_many(rows)
+        .on_conflict(conflict)
+        .do_nothing()
+        .exec(txn)
+        .await?;
+    let mut outcomes = Vec::with_capacity(keyed.len());
+    for key in keyed {
+        let Some((user_id, key, task_id)) = key else {
+            outcomes.push(Inserted::New);
+            continue;
+        };
+        let holder = Task::find()
+            .filter(task::Column::UserId.eq(user_id))
+            .filter(task::Column::IdempotencyKey.eq(key))
+            .one(txn)
+            .await?
+            .ok_or(DbErr::RecordNotInserted)?;
+        outcomes.push(if holder.task_id == task_id {
+            Inserted::New
+        } else {
+            Inserted::Existing {
+                task_id: holder.task_id,
+                request_hash: holder.request_hash,
+            }
+        });
+    }
+    Ok(outcomes)
+}
+
+/// QUEUED → RUNNING as attempt `msg.attempt`, if still QUEUED after `attempt - 1`.
+async fn mark_running(txn: &DatabaseTransaction, msg: &MarkRunning) -> Result<bool, DbErr> {
+    let result = Task::update_many()
+        .set(task::ActiveModel {
+            status: Set(task::Status::Running),
+            instance: Set(Some(msg.instance.clone())),
+            attempts: Set(msg.attempt),
+            updated_at: Set(Utc::now()),
+            ..Default::default()
+        })
+        .filter(task::Column::TaskId.eq(msg.task_id.as_str()))
+        .filter(task::Column::Status.eq(task::Status::Queued))
+        .filter(task::Column::Attempts.eq(msg.attempt - 1))
+        .exec(txn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// The outcome, if the task is still as expected. A DONE's image is inserted first (its
+/// id goes into the same conditional update) and removed again if the update did not
+/// apply, so a losing race leaves nothing behind.
+async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbErr> {
+    let now = Utc::now();
+    let mut update = task::ActiveModel {
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    let mut image_id = None;
+    match &msg.outcome {
+        TaskOutcome::Done {
+            content_type,
+            bytes,
+        } => {
+            let row = image::ActiveModel {
+                user_id: Set(msg.user_id),
+                task_id: Set(msg.task_id.clone()),
+                content_type: Set(content_type.clone()),
+                data: Set(bytes.clone()),
+                created_at: Set(now),
+                ..Default::default()
+            };
+            // Only the id comes back, not the whole row with its bytes.
+            image_id = Some(Image::insert(row).exec(txn).await?.last_insert_id);
+            update.status = Set(task::Status::Done);
+            update.image_id = Set(image_id);
+            update.error = Set(None);
+        }
+        TaskOutcome::Failed { error } => {
+            update.status = Set(task::Status::Failed);
+            update.error = Set(Some(error.clone()));
+        }
+        TaskOutcome::Retry { error } => {
+            update.status = Set(task::Status::Queued);
+            update.error = Set(Some(error.clone()));
+        }
+    }
+    let query = Task::update_many()
+        .set(update)
+        .filter(task::Column::TaskId.eq(msg.task_id.as_str()));
+    let query = match msg.expect {
+        Expect::Queued => query.filter(task::Column::Status.eq(task::Status::Queued)),
+        Expect::Running { attempt } => query
+            .filter(task::Column::Status.eq(task::Status::Running))
+            .filter(task::Column::Attempts.eq(attempt)),
+    };
+    let applied = query.exec(txn).await?.rows_affected == 1;
+    if let (false, Some(id)) = (applied, image_id) {
+        Image::delete_by_id(id).exec(txn).await?;
+    }
+    Ok(applied)
+}
+
+/// RUNNING → QUEUED for `only` these tasks, or for all.
+pub async fn requeue_running(
+    db: &impl ConnectionTrait,
+    only: Option<Vec<String>>,
+) -> Result<u64, DbErr> {
+    let mut query = Task::update_many()
+        .set(task::ActiveModel {
+            status: Set(task::Status::Queued),
+            updated_at: Set(Utc::now()),
+            ..Default::default()
+        })
+        .filter(task::Column::Status.eq(task::Status::Running));
+    if let Some(ids) = only {
+        query = query.filter(task::Column::TaskId.is_in(ids));
+    }
+    Ok(query.exec(db).await?.rows_affected)
+}
