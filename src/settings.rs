@@ -583,6 +583,24 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_settings_file_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("settings.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shipped: Settings = toml_from(&text);
+        // Unknown keys are refused by deny_unknown_fields; values must be the defaults.
+        assert_eq!(format!("{shipped:?}"), format!("{:?}", Settings::default()));
+    }
+
+    fn toml_from(text: &str) -> Settings {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         // A key no other test asserts, since tests may share the process environment.
         std::env::set_var("INFERGATE__IMAGE__MAX_STEPS", "77");
