@@ -79,6 +79,7 @@ impl Rig {
         let sim_url = format!("http://127.0.0.1:{sim_port}");
         let config = format!(
             "[queue]\ncapacity = 1000000\n[health]\ninterval_secs = 1\n[log]\nlevel = \"warn\"\n\
+             [limits]\nsubmit_per_minute = 0\nmax_queued_per_user = 0\n\
              [database]\nurl = \"sqlite://{}?mode=rwc\"\n\
              [[instances]]\nkind = \"image\"\nurl = \"{sim_url}\"\ncapacity = {capacity}\n",
             dir.path().join("bench.db").display()

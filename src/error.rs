@@ -4,10 +4,11 @@
 use std::fmt;
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use serde::Serialize;
 
 use crate::backends::BackendError;
+use crate::limits::{Limited, RateInfo};
 
 /// Seconds a client is told to wait after a 503 it may retry.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -44,6 +45,12 @@ pub enum ApiError {
     TaskFinished(entity::task::Status),
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
+    #[error("too many requests; retry in {}s", .0.retry_after_secs)]
+    RateLimited(Limited),
+    #[error(
+        "you have {limit} unfinished tasks, the most allowed; wait for one to finish or cancel one"
+    )]
+    QuotaExceeded { limit: u32 },
     #[error("the gateway is shutting down; retry later")]
     ShuttingDown,
     #[error("the gateway is busy; retry later")]
@@ -89,6 +96,8 @@ impl ApiError {
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::TaskFinished(_) => "task_finished",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Busy(_) => "busy",
             ApiError::NoHealthyInstance => "no_healthy_instance",
@@ -107,7 +116,9 @@ impl ApiError {
             | ApiError::Busy(_)
             | ApiError::NoHealthyInstance
             | ApiError::InstancesBusy
+            | ApiError::QuotaExceeded { .. }
             | ApiError::Database(_) => Some(RETRY_AFTER_SECS),
+            ApiError::RateLimited(limited) => Some(limited.retry_after_secs),
             _ => None,
         }
     }
@@ -152,6 +163,9 @@ impl ResponseError for ApiError {
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited(_) | ApiError::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::QueueFull { .. }
             | ApiError::ShuttingDown
             | ApiError::Busy(_)
@@ -176,9 +190,20 @@ impl ResponseError for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
+        if let ApiError::RateLimited(limited) = self {
+            insert_rate_headers(&mut response, &limited.info);
+        }
         response.json(ErrorBody {
             error: self.to_string(),
             code: self.code(),
         })
     }
+}
+
+/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds until the bucket is full).
+pub fn insert_rate_headers(response: &mut HttpResponseBuilder, info: &RateInfo) {
+    response
+        .insert_header(("X-RateLimit-Limit", info.limit.to_string()))
+        .insert_header(("X-RateLimit-Remaining", info.remaining.to_string()))
+        .insert_header(("X-RateLimit-Reset", info.reset_secs.to_string()));
 }

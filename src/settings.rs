@@ -28,6 +28,7 @@ pub struct Settings {
     pub balancing: BalancingSettings,
     pub image: ImageSettings,
     pub speech: SpeechSettings,
+    pub limits: LimitSettings,
     pub log: LogSettings,
     pub instances: Vec<InstanceSettings>,
 }
@@ -209,6 +210,7 @@ impl Default for Settings {
             balancing: BalancingSettings::default(),
             image: ImageSettings::default(),
             speech: SpeechSettings::default(),
+            limits: LimitSettings::default(),
             log: LogSettings::default(),
             instances: vec![InstanceSettings {
                 kind: InstanceKind::Image,
@@ -315,6 +317,49 @@ impl Default for SpeechSettings {
     }
 }
 
+/// Fairness between users: rate limits, quotas, fair order and VIP priority.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Image submissions per user per minute (token bucket refill); 0 = no limit.
+    pub submit_per_minute: u32,
+    /// Submissions a user may make at once before the per-minute rate applies.
+    pub submit_burst: u32,
+    /// Speech requests per user per minute; 0 = no limit.
+    pub speech_per_minute: u32,
+    pub speech_burst: u32,
+    /// Login attempts per username and per client address per minute; 0 = no limit.
+    pub login_per_minute: u32,
+    pub login_burst: u32,
+    /// Unfinished (queued or running) image tasks per user; 0 = no quota.
+    pub max_queued_per_user: u32,
+    /// Serve users with queued tasks in turn; false: strict submission order.
+    pub fair_order: bool,
+    /// While normal tasks wait, VIP tasks get at most this many dispatches in a row
+    /// before a normal task gets one (the aging bound); 0 = no VIP priority.
+    pub vip_share: u32,
+    /// Take the client address for login limits from X-Forwarded-For / Forwarded (only
+    /// behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            submit_per_minute: 60,
+            submit_burst: 20,
+            speech_per_minute: 60,
+            speech_burst: 10,
+            login_per_minute: 10,
+            login_burst: 5,
+            max_queued_per_user: 20,
+            fair_order: true,
+            vip_share: 4,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
@@ -405,6 +450,19 @@ impl Settings {
             return invalid("image.max_side", "must be at least 64");
         }
         self.validate_speech()?;
+        let limits = &self.limits;
+        for (key, per_minute, burst) in [
+            ("submit", limits.submit_per_minute, limits.submit_burst),
+            ("speech", limits.speech_per_minute, limits.speech_burst),
+            ("login", limits.login_per_minute, limits.login_burst),
+        ] {
+            if per_minute > 0 && burst == 0 {
+                return invalid(
+                    &format!("limits.{key}_burst"),
+                    "must be at least 1 while the rate is limited",
+                );
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", &e.to_string());
         }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Supervisor};
@@ -14,6 +15,7 @@ use crate::actors::messages::{Drain, RecoverOrphans};
 use crate::actors::worker::WorkerDeps;
 use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, Worker};
 use crate::auth::{load_or_create_secret, JwtKeys};
+use crate::limits::Limits;
 use crate::settings::{InstanceKind, Settings};
 use crate::{database, http};
 
@@ -69,8 +71,9 @@ impl Application {
 
         let slots = settings.worker_slots();
         let (capacity, dispatcher_store) = (settings.queue.capacity, store.clone());
+        let limits = settings.limits.clone();
         let dispatcher =
-            Supervisor::start(move |_| Dispatcher::new(dispatcher_store, capacity, slots));
+            Supervisor::start(move |_| Dispatcher::new(dispatcher_store, capacity, slots, &limits));
         let deps = WorkerDeps {
             dispatcher: dispatcher.clone(),
             store: store.clone(),
@@ -96,6 +99,8 @@ impl Application {
         let max_json = settings.server.max_json_bytes;
         let shutdown_grace = settings.shutdown_grace();
         let drain = dispatcher.clone();
+        let limits = web::Data::new(Limits::new(&settings.limits));
+        actix_web::rt::spawn(forget_idle_clients(limits.clone().into_inner()));
         let (db, keys, settings) = (
             web::Data::new(db),
             web::Data::new(keys),
@@ -115,6 +120,7 @@ impl Application {
                 .app_data(db.clone())
                 .app_data(keys.clone())
                 .app_data(settings.clone())
+                .app_data(limits.clone())
                 .app_data(store.clone())
                 .app_data(dispatcher.clone())
                 .app_data(app_registry.clone())
@@ -159,6 +165,15 @@ impl Application {
         server
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+/// Keeps the rate limiters' memory to the clients seen lately.
+async fn forget_idle_clients(limits: Arc<Limits>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        limits.forget_idle();
     }
 }
 

@@ -33,6 +33,30 @@ impl Status {
     }
 }
 
+/// Which line a queued task waits in: `vip` tasks are served first, within a bound.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    Serialize,
+    Deserialize,
+)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    #[sea_orm(string_value = "normal")]
+    Normal,
+    #[sea_orm(string_value = "vip")]
+    Vip,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "tasks")]
 pub struct Model {
@@ -59,6 +83,7 @@ pub struct Model {
     pub idempotency_key: Option<String>,
     /// SHA-256 of the request that came with the key, to tell a replay from a reuse.
     pub request_hash: Option<String>,
+    pub priority: Priority,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use entity::task::Priority;
 use entity::{image, task};
 use sea_orm::DbErr;
 
@@ -16,6 +17,7 @@ use crate::settings::InstanceKind;
 pub struct QueuedTask {
     pub task_id: String,
     pub user_id: i64,
+    pub priority: Priority,
     pub job: ImageJob,
     /// Attempts already made (the stored `attempts`); the next one is `attempts + 1`.
     pub attempts: i32,
@@ -32,6 +34,7 @@ pub struct QueuedTask {
 #[rtype(result = "Result<Submitted, SubmitError>")]
 pub struct Submit {
     pub user_id: i64,
+    pub priority: Priority,
     pub job: ImageJob,
     pub idempotency: Option<Idempotency>,
 }
@@ -47,6 +50,8 @@ pub struct Submitted {
 pub enum SubmitError {
     #[error("queue is full")]
     QueueFull { capacity: usize },
+    #[error("the user has {limit} unfinished tasks")]
+    QuotaExceeded { limit: u32 },
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("the idempotency key was used for another request")]
@@ -71,7 +76,18 @@ pub struct RetryLater {
 /// The task was cancelled in the database: drop it from the queue, or abort its worker.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct TaskCancelled(pub String);
+pub struct TaskCancelled {
+    pub task_id: String,
+    pub user_id: i64,
+}
+
+/// The 1-based queue positions of these tasks of the user (`None`: not queued here).
+#[derive(Message)]
+#[rtype(result = "Vec<Option<usize>>")]
+pub struct QueuePositions {
+    pub user_id: i64,
+    pub task_ids: Vec<String>,
+}
 
 /// Stop admitting and dispatching; wait up to `grace` for running tasks, then abort the
 /// rest and put them back to QUEUED for the next start.

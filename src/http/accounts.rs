@@ -1,6 +1,8 @@
 //! `POST /register` and `POST /login`.
 
-use actix_web::{web, HttpResponse};
+use std::net::{IpAddr, SocketAddr};
+
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use entity::user::{self, Role};
 use sea_orm::DatabaseConnection;
@@ -9,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{verify_password, JwtKeys};
 use crate::domain::{NewUser, RegisterRequest};
 use crate::error::{ApiError, ErrorBody};
+use crate::limits::Limits;
 use crate::users;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -81,14 +84,24 @@ pub async fn register(
     responses(
         (status = 200, description = "Logged in", body = LoginResponse),
         (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 429, description = "Too many attempts for this username or from this address (Retry-After)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(username = %body.username))]
 pub async fn login(
+    req: HttpRequest,
     db: web::Data<DatabaseConnection>,
     keys: web::Data<JwtKeys>,
+    limits: web::Data<Limits>,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let LoginRequest { username, password } = body.into_inner();
+    // Password guessing is throttled per account and per client, before any hashing.
+    if let Some(limit) = &limits.login_name {
+        limit.check(&username).map_err(ApiError::RateLimited)?;
+    }
+    if let (Some(limit), Some(addr)) = (&limits.login_addr, client_addr(&req, &limits)) {
+        limit.check(&addr).map_err(ApiError::RateLimited)?;
+    }
     let found = users::find_by_username(&db, &username).await?;
     let stored = found.as_ref().map(|u| u.password_hash.clone());
     let valid = web::block(move || verify_password(&password, stored.as_deref()))
@@ -103,4 +116,19 @@ pub async fn login(
         token,
         user: user.into(),
     }))
+}
+
+/// The client's address: the TCP peer, or what a trusted proxy says it forwarded.
+fn client_addr(req: &HttpRequest, limits: &Limits) -> Option<IpAddr> {
+    let forwarded = limits.trust_forwarded_for.then(|| {
+        let info = req.connection_info();
+        info.realip_remote_addr().and_then(|addr| {
+            addr.parse::<IpAddr>()
+                .ok()
+                .or_else(|| addr.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        })
+    });
+    forwarded
+        .flatten()
+        .or_else(|| req.peer_addr().map(|addr| addr.ip()))
 }

@@ -3,14 +3,17 @@
 use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use entity::task::Priority;
+use entity::user::Role;
 use serde::Serialize;
 
 use crate::actors::messages::{FindByIdempotencyKey, GetImage, Submit, SubmitError};
 use crate::actors::{Dispatcher, TaskStore};
 use crate::auth::AuthUser;
 use crate::domain::{Idempotency, ImageJob, ImageRequest};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{insert_rate_headers, ApiError, ErrorBody};
 use crate::http::ACTOR_REPLY_TIMEOUT;
+use crate::limits::{Limits, RateInfo};
 use crate::settings::Settings;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -38,6 +41,7 @@ pub struct SubmitResponse {
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
+        (status = 429, description = "Over the submission rate (Retry-After, X-RateLimit-*) or the unfinished-task quota", body = ErrorBody),
         (status = 503, description = "Queue full or shutting down (see Retry-After)", body = ErrorBody),
     ),
     params(("Idempotency-Key" = Option<String>, Header,
@@ -49,9 +53,14 @@ pub async fn submit(
     settings: web::Data<Settings>,
     dispatcher: web::Data<Addr<Dispatcher>>,
     store: web::Data<Addr<TaskStore>>,
+    limits: web::Data<Limits>,
     body: web::Json<ImageRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let job = ImageJob::parse(body.into_inner(), &settings.image)?;
+    let rate = match &limits.submit {
+        Some(limit) => Some(limit.check(&user.id).map_err(ApiError::RateLimited)?),
+        None => None,
+    };
     let idempotency = match req.headers().get(IDEMPOTENCY_KEY) {
         Some(value) => {
             let key = value.to_str().map_err(|_| {
@@ -71,12 +80,13 @@ pub async fn submit(
             if task.request_hash.as_deref() != Some(idempotency.request_hash.as_str()) {
                 return Err(ApiError::IdempotencyKeyReused);
             }
-            return Ok(accepted(task.task_id, true));
+            return Ok(accepted(task.task_id, true, rate));
         }
     }
     let submitted = dispatcher
         .send(Submit {
             user_id: user.id,
+            priority: priority_of(user.role),
             job,
             idempotency,
         })
@@ -84,22 +94,35 @@ pub async fn submit(
         .await?
         .map_err(|e| match e {
             SubmitError::QueueFull { capacity } => ApiError::QueueFull { capacity },
+            SubmitError::QuotaExceeded { limit } => ApiError::QuotaExceeded { limit },
             SubmitError::ShuttingDown => ApiError::ShuttingDown,
             SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
             SubmitError::Store(e) => ApiError::Database(e),
         })?;
     tracing::Span::current().record("task_id", submitted.task_id.as_str());
     tracing::info!(replayed = submitted.replayed, "task queued");
-    Ok(accepted(submitted.task_id, submitted.replayed))
+    Ok(accepted(submitted.task_id, submitted.replayed, rate))
+}
+
+/// VIP users' tasks wait in the priority line; everyone else's (admins too) in the normal one.
+fn priority_of(role: Role) -> Priority {
+    match role {
+        Role::Vip => Priority::Vip,
+        Role::User | Role::Admin => Priority::Normal,
+    }
 }
 
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
-/// The 202; a replay says so in `Idempotent-Replayed`, as payment APIs do.
-fn accepted(task_id: String, replayed: bool) -> HttpResponse {
+/// The 202, with the user's rate-limit figures; a replay says so in
+/// `Idempotent-Replayed`, as payment APIs do.
+fn accepted(task_id: String, replayed: bool, rate: Option<RateInfo>) -> HttpResponse {
     let mut response = HttpResponse::Accepted();
     if replayed {
         response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    if let Some(rate) = rate {
+        insert_rate_headers(&mut response, &rate);
     }
     response.json(SubmitResponse {
         task_id,

@@ -27,6 +27,7 @@ use crate::auth::DeviceOrUser;
 use crate::backends::fastwhisper::{self, FileForm, SpeechToTextResponse};
 use crate::backends::BackendError;
 use crate::error::{ApiError, ErrorBody};
+use crate::limits::Limits;
 use crate::settings::{InstanceKind, Settings, SpeechSettings};
 
 /// Multipart framing (boundaries, part headers) allowed on top of `max_upload_bytes` when
@@ -78,6 +79,7 @@ enum Fault {
         (status = 401, description = "Missing or bad token or API key", body = ErrorBody),
         (status = 408, description = "The upload stalled or took too long", body = ErrorBody),
         (status = 413, description = "Upload larger than speech.max_upload_bytes", body = ErrorBody),
+        (status = 429, description = "Over the speech request rate (Retry-After, X-RateLimit-*)", body = ErrorBody),
         (status = 502, description = "The backend failed", body = ErrorBody),
         (status = 503, description = "No healthy speech instance, or all busy (see Retry-After)", body = ErrorBody),
         (status = 504, description = "The backend did not answer in time", body = ErrorBody),
@@ -89,7 +91,9 @@ pub async fn transcribe(
     payload: web::Payload,
     settings: web::Data<Settings>,
     registry: web::Data<Addr<InstanceRegistry>>,
+    rates: web::Data<Limits>,
 ) -> Result<HttpResponse, ApiError> {
+    check_rate(&rates, caller.user_id)?;
     let limits = &settings.speech;
     let upload_deadline = tokio::time::Instant::now() + secs(limits.max_upload_secs);
     let is_form = req
@@ -158,6 +162,7 @@ pub async fn transcribe(
         (status = 401, description = "Missing or bad token or API key", body = ErrorBody),
         (status = 408, description = "The upload stalled or took too long", body = ErrorBody),
         (status = 413, description = "Longer than speech.max_pcm_seconds", body = ErrorBody),
+        (status = 429, description = "Over the speech request rate (Retry-After, X-RateLimit-*)", body = ErrorBody),
         (status = 502, description = "The backend failed", body = ErrorBody),
         (status = 503, description = "No healthy speech instance, or all busy (see Retry-After)", body = ErrorBody),
         (status = 504, description = "The backend did not answer in time", body = ErrorBody),
@@ -170,7 +175,9 @@ pub async fn pcm(
     query: web::Query<PcmQuery>,
     settings: web::Data<Settings>,
     registry: web::Data<Addr<InstanceRegistry>>,
+    rates: web::Data<Limits>,
 ) -> Result<HttpResponse, ApiError> {
+    check_rate(&rates, caller.user_id)?;
     let limits = &settings.speech;
     let upload_deadline = tokio::time::Instant::now() + secs(limits.max_upload_secs);
     if query.sample_rate.is_some_and(|rate| rate != SAMPLE_RATE) {
@@ -213,6 +220,17 @@ pub async fn pcm(
     let answer = relay(lease, call, pump, limits, upload_deadline).await?;
     tracing::info!(code = answer.code, "pcm transcribed");
     Ok(HttpResponse::Ok().json(answer))
+}
+
+/// The user's speech request rate (its own bucket, apart from image submissions).
+fn check_rate(rates: &Limits, user_id: i64) -> Result<(), ApiError> {
+    match &rates.speech {
+        Some(limit) => limit
+            .check(&user_id)
+            .map(drop)
+            .map_err(ApiError::RateLimited),
+        None => Ok(()),
+    }
 }
 
 /// A lease on a free healthy speech instance: 503 at once when none is healthy or too many

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use entity::task;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::messages::{CancelOutcome, CancelTask, GetTask, ListTasks, TaskCancelled};
+use crate::actors::messages::{
+    CancelOutcome, CancelTask, GetTask, ListTasks, QueuePositions, TaskCancelled,
+};
 use crate::actors::{Dispatcher, TaskStore};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
@@ -49,6 +51,9 @@ pub struct TaskView {
     pub error: Option<String>,
     /// Backend attempts made so far (a failed attempt is retried on another instance).
     pub attempts: i32,
+    /// While QUEUED: the place it will be served in (1 = next), for "3 ahead of you".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<usize>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -63,6 +68,7 @@ impl From<task::Model> for TaskView {
             status: task.status,
             error: task.error,
             attempts: task.attempts,
+            queue_position: None,
             created_at: task.created_at,
             updated_at: task.updated_at,
         }
@@ -82,6 +88,7 @@ impl From<task::Model> for TaskView {
 pub async fn get_tasks(
     user: AuthUser,
     store: web::Data<Addr<TaskStore>>,
+    dispatcher: web::Data<Addr<Dispatcher>>,
     query: web::Query<TasksQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let TasksQuery { task_id, limit } = query.into_inner();
@@ -94,7 +101,8 @@ pub async fn get_tasks(
             .timeout(ACTOR_REPLY_TIMEOUT)
             .await??
             .ok_or(ApiError::NotFound("task"))?;
-        return Ok(HttpResponse::Ok().json(TaskView::from(task)));
+        let views = with_positions(&dispatcher, user.id, vec![task]).await?;
+        return Ok(HttpResponse::Ok().json(&views[0]));
     }
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -109,7 +117,30 @@ pub async fn get_tasks(
         })
         .timeout(ACTOR_REPLY_TIMEOUT)
         .await??;
-    Ok(HttpResponse::Ok().json(tasks.into_iter().map(TaskView::from).collect::<Vec<_>>()))
+    Ok(HttpResponse::Ok().json(with_positions(&dispatcher, user.id, tasks).await?))
+}
+
+/// Task views, with the queue position of those still QUEUED.
+async fn with_positions(
+    dispatcher: &Addr<Dispatcher>,
+    user_id: i64,
+    tasks: Vec<task::Model>,
+) -> Result<Vec<TaskView>, ApiError> {
+    let mut views: Vec<TaskView> = tasks.into_iter().map(TaskView::from).collect();
+    let queued: Vec<usize> = (0..views.len())
+        .filter(|&i| views[i].status == task::Status::Queued)
+        .collect();
+    if !queued.is_empty() {
+        let task_ids = queued.iter().map(|&i| views[i].task_id.clone()).collect();
+        let positions = dispatcher
+            .send(QueuePositions { user_id, task_ids })
+            .timeout(ACTOR_REPLY_TIMEOUT)
+            .await?;
+        for (i, position) in queued.into_iter().zip(positions) {
+            views[i].queue_position = position;
+        }
+    }
+    Ok(views)
 }
 
 /// Cancel one of your tasks: a QUEUED task leaves the queue, a RUNNING task's backend
@@ -144,7 +175,10 @@ pub async fn cancel_task(
         CancelOutcome::Cancelled { task, changed } => {
             if changed {
                 tracing::info!("task cancelled");
-                dispatcher.do_send(TaskCancelled(task_id));
+                dispatcher.do_send(TaskCancelled {
+                    task_id,
+                    user_id: user.id,
+                });
             }
             Ok(HttpResponse::Ok().json(TaskView::from(task)))
         }

@@ -65,6 +65,11 @@ pub async fn spawn_app_on(sims: Vec<SimBackend>, tweak: impl FnOnce(&mut Setting
     settings.auth.jwt_secret = TEST_SECRET.into();
     settings.health.interval_secs = 1;
     settings.workers.retry_base_ms = 20;
+    // Limits get their own tests; elsewhere they would only get in the way.
+    settings.limits.submit_per_minute = 0;
+    settings.limits.speech_per_minute = 0;
+    settings.limits.login_per_minute = 0;
+    settings.limits.max_queued_per_user = 0;
     settings.instances = sims
         .iter()
         .map(|sim| InstanceSettings {

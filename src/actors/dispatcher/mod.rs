@@ -1,12 +1,15 @@
 //! Dispatcher: admission control and the queue of admitted tasks.
 //!
-//! Owns the bounded in-memory queue (in submission order), the idle workers and which
-//! worker runs which task; no one else touches them. A submission is refused while the
-//! queue (counting submissions still committing) is full, so nothing is written for a
-//! refused task. On start it reloads the QUEUED tasks from the TaskStore, which is why
-//! tasks are committed before they are queued.
+//! Owns the bounded in-memory queue (served in fair order, see `fair_queue`), each
+//! user's count of unfinished tasks (for the quota), the idle workers and which worker
+//! runs which task; no one else touches them. A submission is refused while the queue
+//! (counting submissions still committing) is full or the user is at their quota, so
+//! nothing is written for a refused task. On start it reloads the QUEUED tasks from the
+//! TaskStore, which is why tasks are committed before they are queued.
 
-use std::collections::{HashMap, VecDeque};
+mod fair_queue;
+
+use std::collections::HashMap;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -19,17 +22,23 @@ use uuid::Uuid;
 use super::messages::*;
 use super::{TaskStore, Worker};
 use crate::domain::ImageJob;
+use crate::settings::LimitSettings;
+use fair_queue::FairQueue;
 
 pub struct Dispatcher {
     store: Addr<TaskStore>,
     capacity: usize,
-    queue: VecDeque<QueuedTask>,
+    queue: FairQueue,
     /// Admitted submissions whose insert has not committed yet; they hold queue places.
     reserved: usize,
+    /// Unfinished tasks per user (committing, queued, waiting to retry or running).
+    unfinished: HashMap<i64, u32>,
+    /// Most unfinished tasks per user; 0 = no quota.
+    quota: u32,
     /// Workers waiting for a task.
     idle: Vec<Addr<Worker>>,
-    /// Which worker runs which task, so a cancel or a shutdown can abort it.
-    running: HashMap<String, Addr<Worker>>,
+    /// Which worker runs which user's task, so a cancel or a shutdown can abort it.
+    running: HashMap<String, (Addr<Worker>, i64)>,
     workers: usize,
     /// Set by `Drain`: nothing is admitted or dispatched any more.
     draining: bool,
@@ -38,12 +47,19 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(store: Addr<TaskStore>, capacity: usize, workers: usize) -> Dispatcher {
+    pub fn new(
+        store: Addr<TaskStore>,
+        capacity: usize,
+        workers: usize,
+        limits: &LimitSettings,
+    ) -> Dispatcher {
         Dispatcher {
             store,
             capacity,
-            queue: VecDeque::new(),
+            queue: FairQueue::new(limits.fair_order, limits.vip_share),
             reserved: 0,
+            unfinished: HashMap::new(),
+            quota: limits.max_queued_per_user,
             idle: Vec::new(),
             running: HashMap::new(),
             workers,
@@ -57,11 +73,11 @@ impl Dispatcher {
             let Some(worker) = self.idle.pop() else {
                 return;
             };
-            let task = self.queue.pop_front().expect("queue is not empty");
-            let task_id = task.task_id.clone();
+            let task = self.queue.pop().expect("queue is not empty");
+            let (task_id, user_id) = (task.task_id.clone(), task.user_id);
             match worker.try_send(Run(task)) {
                 Ok(()) => {
-                    self.running.insert(task_id, worker);
+                    self.running.insert(task_id, (worker, user_id));
                 }
                 // A worker that cannot take a task is not idle; its supervisor will
                 // announce it again.
@@ -71,12 +87,26 @@ impl Dispatcher {
             }
         }
     }
+
+    fn count_in(&mut self, user_id: i64) {
+        *self.unfinished.entry(user_id).or_default() += 1;
+    }
+
+    fn count_out(&mut self, user_id: i64) {
+        if let Some(count) = self.unfinished.get_mut(&user_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.unfinished.remove(&user_id);
+            }
+        }
+    }
 }
 
 fn queued_task(model: task::Model) -> QueuedTask {
     QueuedTask {
         task_id: model.task_id,
         user_id: model.user_id,
+        priority: model.priority,
         job: ImageJob {
             prompt: model.prompt,
             negative_prompt: model.negative_prompt,
@@ -105,7 +135,10 @@ impl Actor for Dispatcher {
                         if !tasks.is_empty() {
                             tracing::info!(tasks = tasks.len(), "re-queued unfinished tasks");
                         }
-                        dispatcher.queue.extend(tasks.into_iter().map(queued_task));
+                        for task in tasks {
+                            dispatcher.count_in(task.user_id);
+                            dispatcher.queue.push_back(queued_task(task));
+                        }
                         dispatcher.dispatch();
                     }
                     Ok(Err(e)) => {
@@ -127,6 +160,7 @@ impl Supervised for Dispatcher {
         // are guarded by the conditional QUEUED → RUNNING.
         self.queue.clear();
         self.reserved = 0;
+        self.unfinished.clear();
     }
 }
 
@@ -142,8 +176,14 @@ impl Handler<Submit> for Dispatcher {
             let capacity = self.capacity;
             return Box::pin(fut::ready(Err(SubmitError::QueueFull { capacity })));
         }
+        let user_id = msg.user_id;
+        if self.quota > 0 && self.unfinished.get(&user_id).copied().unwrap_or(0) >= self.quota {
+            let limit = self.quota;
+            return Box::pin(fut::ready(Err(SubmitError::QuotaExceeded { limit })));
+        }
         // Reserve the place before awaiting, so concurrent submissions cannot overfill.
         self.reserved += 1;
+        self.count_in(user_id);
         let task_id = Uuid::new_v4().to_string();
         let now = Utc::now();
         let job = msg.job;
@@ -161,6 +201,7 @@ impl Handler<Submit> for Dispatcher {
             error: Set(None),
             instance: Set(None),
             attempts: Set(0),
+            priority: Set(msg.priority),
             idempotency_key: Set(msg.idempotency.as_ref().map(|i| i.key.clone())),
             request_hash: Set(msg.idempotency.as_ref().map(|i| i.request_hash.clone())),
             created_at: Set(now),
@@ -168,10 +209,13 @@ impl Handler<Submit> for Dispatcher {
             ..Default::default()
         };
         let insert = self.store.send(InsertTask(row));
-        let user_id = msg.user_id;
+        let priority = msg.priority;
         let request_hash = msg.idempotency.map(|i| i.request_hash);
         Box::pin(insert.into_actor(self).map(move |result, dispatcher, _| {
             dispatcher.reserved -= 1;
+            if !matches!(result, Ok(Ok(Inserted::New))) {
+                dispatcher.count_out(user_id);
+            }
             match result {
                 Ok(Ok(Inserted::Existing {
                     task_id,
@@ -190,6 +234,7 @@ impl Handler<Submit> for Dispatcher {
                     dispatcher.queue.push_back(QueuedTask {
                         task_id: task_id.clone(),
                         user_id,
+                        priority,
                         job,
                         attempts: 0,
                         avoid: None,
@@ -215,7 +260,15 @@ impl Handler<WorkerIdle> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, WorkerIdle(worker): WorkerIdle, _: &mut Context<Self>) {
-        self.running.retain(|_, w| *w != worker);
+        let finished = self
+            .running
+            .iter()
+            .find(|(_, (w, _))| *w == worker)
+            .map(|(task_id, (_, user_id))| (task_id.clone(), *user_id));
+        if let Some((task_id, user_id)) = finished {
+            self.running.remove(&task_id);
+            self.count_out(user_id);
+        }
         if self.draining && self.running.is_empty() {
             if let Some(drained) = self.drained.take() {
                 let _ = drained.send(());
@@ -234,6 +287,8 @@ impl Handler<RetryLater> for Dispatcher {
 
     fn handle(&mut self, msg: RetryLater, ctx: &mut Context<Self>) {
         let mut task = msg.task;
+        // Still unfinished after its worker reports idle (which comes after this).
+        self.count_in(task.user_id);
         ctx.run_later(msg.delay, move |dispatcher, _| {
             // A fresh max wait: the instance it failed on may have been ejected.
             task.enqueued_at = Instant::now();
@@ -247,11 +302,28 @@ impl Handler<RetryLater> for Dispatcher {
 impl Handler<TaskCancelled> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, TaskCancelled(task_id): TaskCancelled, _: &mut Context<Self>) {
-        self.queue.retain(|task| task.task_id != task_id);
-        if let Some(worker) = self.running.get(&task_id) {
-            worker.do_send(Abort(task_id));
+    fn handle(&mut self, msg: TaskCancelled, _: &mut Context<Self>) {
+        if self.queue.remove(&msg.task_id, msg.user_id).is_some() {
+            self.count_out(msg.user_id);
         }
+        // A running task is counted out when its worker reports idle.
+        if let Some((worker, _)) = self.running.get(&msg.task_id) {
+            worker.do_send(Abort(msg.task_id));
+        }
+    }
+}
+
+/// Where the user's tasks stand in the queue.
+impl Handler<QueuePositions> for Dispatcher {
+    type Result = MessageResult<QueuePositions>;
+
+    fn handle(&mut self, msg: QueuePositions, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            msg.task_ids
+                .iter()
+                .map(|task_id| self.queue.position(task_id, msg.user_id))
+                .collect(),
+        )
     }
 }
 
@@ -277,7 +349,7 @@ impl Handler<Drain> for Dispatcher {
             let leftover: Vec<String> = dispatcher
                 .running
                 .drain()
-                .map(|(task_id, worker)| {
+                .map(|(task_id, (worker, _))| {
                     worker.do_send(Abort(task_id.clone()));
                     task_id
                 })

@@ -1,0 +1,291 @@
+//! The order queued tasks are served in: VIP tasks before normal ones (but never more
+//! than `vip_share` in a row while normal tasks wait), users in turn within a class
+//! (round-robin over users with queued work), and first in, first out within a user.
+
+use std::collections::{HashMap, VecDeque};
+
+use entity::task::Priority;
+
+use crate::actors::messages::QueuedTask;
+
+/// Who a lane belongs to: the user under fair order, everyone (0) otherwise.
+type Owner = i64;
+
+pub struct FairQueue {
+    fair: bool,
+    vip_share: u32,
+    lanes: HashMap<(Priority, Owner), VecDeque<QueuedTask>>,
+    /// Owners with queued tasks, in the order they will be served, per class.
+    vip_ring: VecDeque<Owner>,
+    normal_ring: VecDeque<Owner>,
+    /// VIP dispatches in a row while normal tasks waited.
+    vip_streak: u32,
+    len: usize,
+}
+
+impl FairQueue {
+    pub fn new(fair: bool, vip_share: u32) -> FairQueue {
+        FairQueue {
+            fair,
+            vip_share,
+            lanes: HashMap::new(),
+            vip_ring: VecDeque::new(),
+            normal_ring: VecDeque::new(),
+            vip_streak: 0,
+            len: 0,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        *self = FairQueue::new(self.fair, self.vip_share);
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn class(&self, task: &QueuedTask) -> Priority {
+        // With no VIP share there is one class.
+        if self.vip_share == 0 {
+            Priority::Normal
+        } else {
+            task.priority
+        }
+    }
+
+    fn owner(&self, user_id: i64) -> Owner {
+        if self.fair {
+            user_id
+        } else {
+            0
+        }
+    }
+
+    fn ring(&mut self, class: Priority) -> &mut VecDeque<Owner> {
+        match class {
+            Priority::Vip => &mut self.vip_ring,
+            Priority::Normal => &mut self.normal_ring,
+        }
+    }
+
+    /// A new task: last of its user's tasks.
+    pub fn push_back(&mut self, task: QueuedTask) {
+        let key = (self.class(&task), self.owner(task.user_id));
+        let lane = self.lanes.entry(key).or_default();
+        let new_owner = lane.is_empty();
+        lane.push_back(task);
+        if new_owner {
+            self.ring(key.0).push_back(key.1);
+        }
+        self.len += 1;
+    }
+
+    /// A task coming back for another attempt: first of its user's tasks, and its user
+    /// first in line if it had nothing else queued.
+    pub fn push_front(&mut self, task: QueuedTask) {
+        let key = (self.class(&task), self.owner(task.user_id));
+        let lane = self.lanes.entry(key).or_default();
+        let new_owner = lane.is_empty();
+        lane.push_front(task);
+        if new_owner {
+            self.ring(key.0).push_front(key.1);
+        }
+        self.len += 1;
+    }
+
+    /// The next task to run.
+    pub fn pop(&mut self) -> Option<QueuedTask> {
+        let vip_waiting = !self.vip_ring.is_empty();
+        let normal_waiting = !self.normal_ring.is_empty();
+        let class = match (vip_waiting, normal_waiting) {
+            (true, true) if self.vip_streak < self.vip_share => {
+                self.vip_streak += 1;
+                Priority::Vip
+            }
+            (true, true) | (false, true) => {
+                self.vip_streak = 0;
+                Priority::Normal
+            }
+            (true, false) => {
+                self.vip_streak = 0;
+                Priority::Vip
+            }
+            (false, false) => return None,
+        };
+        let owner = self.ring(class).pop_front()?;
+        let lane = self.lanes.get_mut(&(class, owner))?;
+        let task = lane.pop_front();
+        if lane.is_empty() {
+            self.lanes.remove(&(class, owner));
+        } else {
+            self.ring(class).push_back(owner);
+        }
+        self.len -= 1;
+        task
+    }
+
+    /// Takes a queued task out (a cancel).
+    pub fn remove(&mut self, task_id: &str, user_id: i64) -> Option<QueuedTask> {
+        let owner = self.owner(user_id);
+        for class in [Priority::Vip, Priority::Normal] {
+            let Some(lane) = self.lanes.get_mut(&(class, owner)) else {
+                continue;
+            };
+            let Some(index) = lane.iter().position(|t| t.task_id == task_id) else {
+                continue;
+            };
+            let task = lane.remove(index);
+            if lane.is_empty() {
+                self.lanes.remove(&(class, owner));
+                self.ring(class).retain(|o| *o != owner);
+            }
+            self.len -= 1;
+            return task;
+        }
+        None
+    }
+
+    /// The 1-based place the task will be served in, if it is queued. Exact within its
+    /// class; across classes it assumes the VIP share as it stands.
+    pub fn position(&self, task_id: &str, user_id: i64) -> Option<usize> {
+        let owner = self.owner(user_id);
+        let (class, index) = [Priority::Vip, Priority::Normal]
+            .into_iter()
+            .find_map(|class| {
+                let lane = self.lanes.get(&(class, owner))?;
+                Some((class, lane.iter().position(|t| t.task_id == task_id)?))
+            })?;
+        let ring = match class {
+            Priority::Vip => &self.vip_ring,
+            Priority::Normal => &self.normal_ring,
+        };
+        // Users take one task per round; those before this user in the ring get one more
+        // round than those after it.
+        let mut ahead = index;
+        let mut before = true;
+        for other in ring {
+            if *other == owner {
+                before = false;
+                continue;
+            }
+            let queued = self.lanes.get(&(class, *other)).map_or(0, VecDeque::len);
+            ahead += queued.min(index + usize::from(before));
+        }
+        let other_class = |class: Priority| -> usize {
+            let ring = match class {
+                Priority::Vip => &self.vip_ring,
+                Priority::Normal => &self.normal_ring,
+            };
+            ring.iter()
+                .map(|o| self.lanes.get(&(class, *o)).map_or(0, VecDeque::len))
+                .sum()
+        };
+        let share = self.vip_share as usize;
+        let interleaved = match class {
+            Priority::Vip if share > 0 => other_class(Priority::Normal).min(ahead / share),
+            Priority::Normal => other_class(Priority::Vip)
+                .min((share * (ahead + 1)).saturating_sub(self.vip_streak as usize)),
+            Priority::Vip => 0,
+        };
+        Some(ahead + interleaved + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::domain::ImageJob;
+
+    fn task(id: &str, user_id: i64, priority: Priority) -> QueuedTask {
+        QueuedTask {
+            task_id: id.into(),
+            user_id,
+            priority,
+            job: ImageJob {
+                prompt: id.into(),
+                negative_prompt: None,
+                width: None,
+                height: None,
+                steps: 20,
+                seed: None,
+            },
+            attempts: 0,
+            avoid: None,
+            enqueued_at: Instant::now(),
+        }
+    }
+
+    fn drain(queue: &mut FairQueue) -> Vec<String> {
+        std::iter::from_fn(|| queue.pop())
+            .map(|t| t.task_id)
+            .collect()
+    }
+
+    #[test]
+    fn users_are_served_in_turn_and_each_in_order() {
+        let mut queue = FairQueue::new(true, 4);
+        for i in 0..3 {
+            queue.push_back(task(&format!("a{i}"), 1, Priority::Normal));
+        }
+        queue.push_back(task("b0", 2, Priority::Normal));
+        queue.push_back(task("c0", 3, Priority::Normal));
+        assert_eq!(queue.position("c0", 3), Some(3));
+        assert_eq!(queue.position("a2", 1), Some(5));
+        assert_eq!(drain(&mut queue), ["a0", "b0", "c0", "a1", "a2"]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn without_fair_order_it_is_first_come_first_served() {
+        let mut queue = FairQueue::new(false, 4);
+        for i in 0..3 {
+            queue.push_back(task(&format!("a{i}"), 1, Priority::Normal));
+        }
+        queue.push_back(task("b0", 2, Priority::Normal));
+        assert_eq!(queue.position("b0", 2), Some(4));
+        assert_eq!(drain(&mut queue), ["a0", "a1", "a2", "b0"]);
+    }
+
+    #[test]
+    fn vip_first_but_normal_tasks_age_in() {
+        let mut queue = FairQueue::new(true, 2);
+        queue.push_back(task("n0", 1, Priority::Normal));
+        queue.push_back(task("n1", 1, Priority::Normal));
+        for i in 0..5 {
+            queue.push_back(task(&format!("v{i}"), 2, Priority::Vip));
+        }
+        assert_eq!(queue.position("v0", 2), Some(1));
+        assert_eq!(queue.position("n0", 1), Some(3));
+        assert_eq!(
+            drain(&mut queue),
+            ["v0", "v1", "n0", "v2", "v3", "n1", "v4"]
+        );
+    }
+
+    #[test]
+    fn a_zero_share_means_one_class() {
+        let mut queue = FairQueue::new(true, 0);
+        queue.push_back(task("n0", 1, Priority::Normal));
+        queue.push_back(task("v0", 2, Priority::Vip));
+        assert_eq!(drain(&mut queue), ["n0", "v0"]);
+    }
+
+    #[test]
+    fn removed_and_retried_tasks_keep_the_order_sound() {
+        let mut queue = FairQueue::new(true, 4);
+        queue.push_back(task("a0", 1, Priority::Normal));
+        queue.push_back(task("b0", 2, Priority::Normal));
+        queue.push_back(task("b1", 2, Priority::Normal));
+        assert_eq!(queue.remove("a0", 1).map(|t| t.task_id), Some("a0".into()));
+        assert_eq!(queue.remove("a0", 1).map(|t| t.task_id), None);
+        queue.push_front(task("a1", 1, Priority::Normal));
+        assert_eq!(queue.len(), 3);
+        assert_eq!(drain(&mut queue), ["a1", "b0", "b1"]);
+    }
+}
