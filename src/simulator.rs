@@ -58,6 +58,8 @@ pub struct SimState {
     pub generated: AtomicU64,
     pub transcribed: AtomicU64,
     pub pings: AtomicU64,
+    /// Prompts in the order their generation requests arrived (for ordering tests).
+    arrived_prompts: Mutex<Vec<String>>,
     /// Bytes of the PCM upload in progress received so far (for streaming tests).
     pub pcm_bytes_received: AtomicU64,
 }
@@ -87,6 +89,7 @@ impl SimBackend {
             generated: AtomicU64::new(0),
             transcribed: AtomicU64::new(0),
             pings: AtomicU64::new(0),
+            arrived_prompts: Mutex::new(Vec::new()),
             pcm_bytes_received: AtomicU64::new(0),
         });
         let data = web::Data::from(state.clone());
@@ -136,6 +139,15 @@ impl SimBackend {
             .lock()
             .expect("sim config lock")
             .latency_ms = latency.as_millis() as u64;
+    }
+
+    /// Prompts in the order their generation requests arrived.
+    pub fn arrived_prompts(&self) -> Vec<String> {
+        self.state
+            .arrived_prompts
+            .lock()
+            .expect("sim prompts lock")
+            .clone()
     }
 
     pub fn generated(&self) -> u64 {
@@ -201,6 +213,11 @@ async fn generate(state: web::Data<SimState>, body: web::Json<GenerateRequest>) 
         return HttpResponse::UnprocessableEntity()
             .json(json!({"detail": "prompt must not be empty"}));
     }
+    state
+        .arrived_prompts
+        .lock()
+        .expect("sim prompts lock")
+        .push(body.prompt.clone());
     if let Err(answer) = occupy_gpu(&state).await {
         return answer;
     }

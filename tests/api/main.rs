@@ -6,6 +6,7 @@ mod bad_input;
 mod balancing;
 mod cancel;
 mod cli;
+mod fairness;
 mod fake_backend;
 mod faults;
 mod helpers;
