@@ -8,6 +8,7 @@
 //!     target/release/examples/loadgen submit     # durable submissions/s, p50/p99 at 64 clients
 //!     target/release/examples/loadgen e2e        # end-to-end tasks/s, zero-latency backend
 //!     target/release/examples/loadgen recovery   # SIGKILL with 10,000 queued, time to resume
+//!     target/release/examples/loadgen fairness   # one user flooding: the others' waits
 //!     target/release/examples/loadgen all
 
 use std::path::{Path, PathBuf};
@@ -66,6 +67,11 @@ struct Rig {
 impl Rig {
     /// A simulator (`latency_ms`, `capacity`) and a gateway using it.
     async fn start(latency_ms: u64, capacity: u32) -> Rig {
+        Rig::start_with(latency_ms, capacity, "").await
+    }
+
+    /// As `start`, with extra `[limits]` lines.
+    async fn start_with(latency_ms: u64, capacity: u32, limits: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let sim_port = free_port();
         let sim = Command::new(binary())
@@ -79,7 +85,7 @@ impl Rig {
         let sim_url = format!("http://127.0.0.1:{sim_port}");
         let config = format!(
             "[queue]\ncapacity = 1000000\n[health]\ninterval_secs = 1\n[log]\nlevel = \"warn\"\n\
-             [limits]\nsubmit_per_minute = 0\nmax_queued_per_user = 0\n\
+             [limits]\nsubmit_per_minute = 0\nlogin_per_minute = 0\nmax_queued_per_user = 0\n{limits}\n\
              [database]\nurl = \"sqlite://{}?mode=rwc\"\n\
              [[instances]]\nkind = \"image\"\nurl = \"{sim_url}\"\ncapacity = {capacity}\n",
             dir.path().join("bench.db").display()
@@ -217,6 +223,21 @@ impl Rig {
         (latencies, started.elapsed())
     }
 
+    /// One submission; its task id.
+    async fn submit(&self, token: &str, prompt: String) -> String {
+        let response = self
+            .client
+            .post(format!("{}/api/v1/image/async", self.base))
+            .bearer_auth(token)
+            .json(&json!({ "prompt": prompt }))
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["task_id"].as_str().unwrap().to_string()
+    }
+
     async fn count(&self, status: &str) -> u64 {
         let db = sqlx_count(&self.dir.path().join("bench.db"), status).await;
         db
@@ -314,6 +335,64 @@ async fn recovery_scenario() {
     );
 }
 
+/// One user floods the queue, nine others submit now and then: how long do the nine wait?
+async fn fairness_scenario() {
+    for fair in [true, false] {
+        let rig = Rig::start_with(20, 1, &format!("fair_order = {fair}")).await;
+        rig.wait_healthy().await;
+        let flooder = rig.token("flooder").await;
+        let mut others = Vec::new();
+        for i in 0..9 {
+            others.push(rig.token(&format!("user_{i}")).await);
+        }
+        let flood = (0..300).map(|i| rig.submit(&flooder, format!("flood {i}")));
+        futures_util::future::join_all(flood).await;
+        // Each of the nine submits one task every 400 ms, ten times, and times it to DONE.
+        let mut timed = Vec::new();
+        for round in 0..10 {
+            for (i, token) in others.iter().enumerate() {
+                let (client, base, token) = (rig.client.clone(), rig.base.clone(), token.clone());
+                let sent = Instant::now();
+                let task_id = rig.submit(&token, format!("user {i} round {round}")).await;
+                timed.push(tokio::spawn(async move {
+                    loop {
+                        let task: Value = client
+                            .get(format!("{base}/api/v1/tasks"))
+                            .query(&[("task_id", &task_id)])
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                            .unwrap()
+                            .json()
+                            .await
+                            .unwrap();
+                        if task["status"] == "DONE" {
+                            return sent.elapsed();
+                        }
+                        assert!(
+                            sent.elapsed() < SCENARIO_LIMIT,
+                            "task never finished: {task}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let mut waits = Vec::new();
+        for handle in timed {
+            waits.push(handle.await.unwrap());
+        }
+        waits.sort();
+        println!(
+            "fairness (fair_order = {fair}): 1 user floods 300 tasks, 9 users submit 90 over 4 s \
+             (20 ms GPU): their submit-to-DONE p50 {:.0} ms, p99 {:.0} ms",
+            percentile(&waits, 0.50).as_secs_f64() * 1e3,
+            percentile(&waits, 0.99).as_secs_f64() * 1e3,
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -321,13 +400,15 @@ async fn main() {
         "submit" => submit_scenario().await,
         "e2e" => e2e_scenario().await,
         "recovery" => recovery_scenario().await,
+        "fairness" => fairness_scenario().await,
         "all" => {
             submit_scenario().await;
             e2e_scenario().await;
             recovery_scenario().await;
+            fairness_scenario().await;
         }
         other => {
-            eprintln!("unknown scenario {other}: submit | e2e | recovery | all");
+            eprintln!("unknown scenario {other}: submit | e2e | recovery | fairness | all");
             std::process::exit(2);
         }
     }
