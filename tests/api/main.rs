@@ -13,6 +13,7 @@ mod helpers;
 mod idempotency;
 mod image_flow;
 mod keys;
+mod postgres;
 mod process;
 mod queue;
 mod recovery;
