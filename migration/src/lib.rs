@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_initial;
 mod m20261128_000002_api_keys;
 mod m20261128_000003_idempotency_keys;
+mod m20261128_000004_instances;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_api_keys::Migration),
             Box::new(m20261128_000003_idempotency_keys::Migration),
+            Box::new(m20261128_000004_instances::Migration),
         ]
     }
 }
