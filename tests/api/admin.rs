@@ -546,3 +546,24 @@ async fn the_admin_api_is_in_the_openapi_document() {
         assert!(schemas[schema].is_object(), "schema {schema} missing");
     }
 }
+
+#[actix_web::test]
+async fn least_loaded_tries_a_slow_starter_again_later() {
+    // The first instance's first call is slow, as a GPU warming up: least-loaded then
+    // prefers the other, but re-measures the first once enough work went elsewhere.
+    let app = spawn_app_with(vec![slow_sim(300), fast_sim()], |_| {}).await;
+    let user = app.new_user("alice").await;
+    app.wait_for_healthy(2).await;
+    let first = app.submit_ok(&user.token, "warm-up").await;
+    app.wait_for_end(&user.token, &first).await;
+    assert_eq!(app.sims[0].generated(), 1, "tried first: no latency yet");
+    app.sims[0].set_latency(Duration::from_millis(20));
+    for i in 0..110 {
+        let task = app.submit_ok(&user.token, &format!("prompt {i}")).await;
+        app.wait_for_end(&user.token, &task).await;
+    }
+    assert!(
+        app.sims[0].generated() >= 2,
+        "the warmed-up instance was never tried again"
+    );
+}

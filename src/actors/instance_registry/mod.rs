@@ -34,6 +34,17 @@ use balancing::Candidate;
 /// order); API-added instances keep their database id, which never gets this far.
 pub const SETTINGS_ID_BASE: u64 = 1_000_000_000_000;
 
+/// Least-loaded trusts an instance's latency only while the instance keeps getting work:
+/// after this many leases of its kind went elsewhere, its latency is forgotten and it is
+/// tried again, so one slow call (a cold start, a stall) cannot keep it out of ties for
+/// good. Costs at most about one call in this many per instance.
+const LATENCY_TRUSTED_FOR_LEASES: u64 = 100;
+
+/// The latency to rank by, or `None` when it is too old to trust.
+fn trusted_latency(latency_ms: Option<f64>, last_lease: u64, leases: u64) -> Option<f64> {
+    latency_ms.filter(|_| leases - last_lease <= LATENCY_TRUSTED_FOR_LEASES)
+}
+
 /// A claim on one call's worth of an instance's capacity. Give it back with
 /// [`Lease::release`]; dropping it releases it as `Neutral`, so a cancelled or panicking
 /// caller never leaks capacity.
@@ -134,6 +145,8 @@ struct Instance {
     failed: u64,
     consecutive_failures: u32,
     latency_ms: Option<f64>,
+    /// The kind's lease count when this instance was last leased.
+    last_lease: u64,
     last_error: Option<String>,
     last_check: Option<DateTime<Utc>>,
 }
@@ -155,6 +168,7 @@ impl Instance {
             failed: 0,
             consecutive_failures: 0,
             latency_ms: None,
+            last_lease: 0,
             last_error: None,
             last_check: None,
         }
@@ -217,6 +231,8 @@ pub struct InstanceRegistry {
     strategies: HashMap<InstanceKind, Strategy>,
     /// Round-robin position per kind.
     cursors: HashMap<InstanceKind, usize>,
+    /// Leases handed out per kind, to tell how stale an instance's latency is.
+    leases: HashMap<InstanceKind, u64>,
     /// Acquire requests waiting for room, oldest first.
     waiters: VecDeque<Waiter>,
     health: HealthSettings,
@@ -250,6 +266,7 @@ impl InstanceRegistry {
                 .collect(),
             strategies,
             cursors: HashMap::new(),
+            leases: HashMap::new(),
             waiters: VecDeque::new(),
             health,
             client: None,
@@ -270,6 +287,7 @@ impl InstanceRegistry {
     fn pick(&mut self, kind: InstanceKind, user_id: i64, avoid: Option<u64>) -> Option<usize> {
         let avoid = avoid.filter(|&id| self.any_takes_work(kind, Some(id)));
         let slow_start = Duration::from_secs(self.health.slow_start_secs);
+        let leases = self.leases.get(&kind).copied().unwrap_or(0);
         let indices: Vec<usize> = (0..self.instances.len())
             .filter(|&i| {
                 let instance = &self.instances[i];
@@ -285,7 +303,7 @@ impl InstanceRegistry {
                     in_flight: instance.in_flight,
                     capacity: instance.usable_capacity(slow_start),
                     weight: instance.config.weight,
-                    latency_ms: instance.latency_ms,
+                    latency_ms: trusted_latency(instance.latency_ms, instance.last_lease, leases),
                 }
             })
             .collect();
@@ -300,6 +318,13 @@ impl InstanceRegistry {
 
     fn lease(&mut self, index: usize, ctx: &Context<Self>) -> Lease {
         let instance = &mut self.instances[index];
+        let leases = self.leases.entry(instance.config.kind).or_insert(0);
+        *leases += 1;
+        if trusted_latency(instance.latency_ms, instance.last_lease, *leases - 1).is_none() {
+            // Measured afresh from this call, not blended into a stale average.
+            instance.latency_ms = None;
+        }
+        instance.last_lease = *leases;
         instance.in_flight += 1;
         Lease {
             instance_id: instance.id,
@@ -462,5 +487,18 @@ impl Handler<ListInstances> for InstanceRegistry {
 
     fn handle(&mut self, _: ListInstances, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.instances.iter().map(Instance::view).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_latency_is_trusted_only_while_the_instance_gets_work() {
+        let limit = LATENCY_TRUSTED_FOR_LEASES;
+        assert_eq!(trusted_latency(Some(80.0), 10, 10 + limit), Some(80.0));
+        assert_eq!(trusted_latency(Some(80.0), 10, 11 + limit), None);
+        assert_eq!(trusted_latency(None, 10, 10), None);
     }
 }
