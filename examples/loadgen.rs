@@ -62,7 +62,7 @@ struct Rig {
     instances: usize,
     /// For counting tasks: one connection for the rig, not one per poll, so polling
     /// takes little CPU from the gateway.
-    db: Option<sea_orm::DatabaseConnection>,
+    db: sea_orm::DatabaseConnection,
     gateway: Option<Proc>,
     base: String,
     port: u16,
@@ -110,11 +110,19 @@ impl Rig {
             ));
         }
         std::fs::write(dir.path().join("settings.toml"), config).unwrap();
+        let database = infergate::settings::DatabaseSettings {
+            url: format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("bench.db").display()
+            ),
+            max_connections: 1,
+        };
+        let db = infergate::database::connect(&database).await.unwrap();
         let mut rig = Rig {
             dir,
             _sims: sims,
             instances: instances.len(),
-            db: None,
+            db,
             gateway: None,
             base: String::new(),
             port: free_port(),
@@ -124,11 +132,6 @@ impl Rig {
                 .unwrap(),
         };
         rig.start_gateway().await;
-        let database = infergate::settings::DatabaseSettings {
-            url: format!("sqlite://{}", rig.dir.path().join("bench.db").display()),
-            max_connections: 1,
-        };
-        rig.db = Some(infergate::database::connect(&database).await.unwrap());
         rig
     }
 
@@ -248,10 +251,6 @@ impl Rig {
         (latencies, started.elapsed())
     }
 
-    fn db(&self) -> &sea_orm::DatabaseConnection {
-        self.db.as_ref().expect("connected at launch")
-    }
-
     async fn count(&self, status: &str) -> u64 {
         self.count_where("status = ?", [status.into()]).await
     }
@@ -268,7 +267,7 @@ impl Rig {
 
     async fn count_where<const N: usize>(&self, filter: &str, values: [sea_orm::Value; N]) -> u64 {
         use sea_orm::{ConnectionTrait, Statement};
-        let db = self.db();
+        let db = &self.db;
         let row = db
             .query_one(Statement::from_sql_and_values(
                 db.get_database_backend(),
