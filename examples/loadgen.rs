@@ -8,6 +8,7 @@
 //!     target/release/examples/loadgen submit     # durable submissions/s, p50/p99 at 64 clients
 //!     target/release/examples/loadgen e2e        # end-to-end tasks/s, zero-latency backend
 //!     target/release/examples/loadgen recovery   # SIGKILL with 10,000 queued, time to resume
+//!     target/release/examples/loadgen balance    # 3 GPUs of 20/40/80 ms: makespan per strategy
 //!     target/release/examples/loadgen fairness   # one user flooding: the others' waits
 //!     target/release/examples/loadgen all
 
@@ -56,45 +57,73 @@ impl Drop for Proc {
 
 struct Rig {
     dir: tempfile::TempDir,
-    sim_url: String,
-    _sim: Proc,
+    /// The simulators this rig started (none when they are shared between rigs).
+    _sims: Vec<Proc>,
+    /// Image instances the gateway is configured with.
+    instances: usize,
+    /// For counting tasks: one connection for the rig, not one per poll, so polling
+    /// takes little CPU from the gateway.
+    db: sea_orm::DatabaseConnection,
     gateway: Option<Proc>,
     base: String,
     port: u16,
     client: reqwest::Client,
 }
 
+/// `infergate simulate` with this latency and capacity; answers its URL.
+fn start_sim(dir: &Path, latency_ms: u64, capacity: u32) -> (Proc, String) {
+    let port = free_port();
+    let sim = Command::new(binary())
+        .args(["simulate", "--port", &port.to_string()])
+        .args(["--latency-ms", &latency_ms.to_string()])
+        .args(["--capacity", &capacity.to_string()])
+        .env("INFERGATE__LOG__LEVEL", "warn")
+        .current_dir(dir)
+        .spawn()
+        .expect("start simulator");
+    (Proc(sim), format!("http://127.0.0.1:{port}"))
+}
+
 impl Rig {
     /// A simulator (`latency_ms`, `capacity`) and a gateway using it.
     async fn start(latency_ms: u64, capacity: u32) -> Rig {
-        Rig::start_with(latency_ms, capacity, "").await
+        let dir = tempfile::tempdir().unwrap();
+        let (sim, url) = start_sim(dir.path(), latency_ms, capacity);
+        Rig::launch(dir, vec![sim], &[(url, capacity)], "").await
     }
 
-    /// As `start`, with extra `[limits]` lines.
-    async fn start_with(latency_ms: u64, capacity: u32, limits: &str) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let sim_port = free_port();
-        let sim = Command::new(binary())
-            .args(["simulate", "--port", &sim_port.to_string()])
-            .args(["--latency-ms", &latency_ms.to_string()])
-            .args(["--capacity", &capacity.to_string()])
-            .env("INFERGATE__LOG__LEVEL", "warn")
-            .current_dir(dir.path())
-            .spawn()
-            .expect("start simulator");
-        let sim_url = format!("http://127.0.0.1:{sim_port}");
-        let config = format!(
-            "[queue]\ncapacity = 1000000\n[health]\ninterval_secs = 1\n[log]\nlevel = \"warn\"\n\
-             [limits]\nsubmit_per_minute = 0\nlogin_per_minute = 0\nmax_queued_per_user = 0\n{limits}\n\
-             [database]\nurl = \"sqlite://{}?mode=rwc\"\n\
-             [[instances]]\nkind = \"image\"\nurl = \"{sim_url}\"\ncapacity = {capacity}\n",
+    /// A gateway whose image instances are `instances` (url, capacity), with a large
+    /// queue and `extra` settings.
+    async fn launch(
+        dir: tempfile::TempDir,
+        sims: Vec<Proc>,
+        instances: &[(String, u32)],
+        extra: &str,
+    ) -> Rig {
+        let mut config = format!(
+            "{extra}\n[queue]\ncapacity = 1000000\n[health]\ninterval_secs = 1\n[log]\nlevel = \"warn\"\n\
+             [database]\nurl = \"sqlite://{}?mode=rwc\"\n",
             dir.path().join("bench.db").display()
         );
+        for (url, capacity) in instances {
+            config.push_str(&format!(
+                "[[instances]]\nkind = \"image\"\nurl = \"{url}\"\ncapacity = {capacity}\n"
+            ));
+        }
         std::fs::write(dir.path().join("settings.toml"), config).unwrap();
+        let database = infergate::settings::DatabaseSettings {
+            url: format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("bench.db").display()
+            ),
+            max_connections: 1,
+        };
+        let db = infergate::database::connect(&database).await.unwrap();
         let mut rig = Rig {
             dir,
-            sim_url,
-            _sim: Proc(sim),
+            _sims: sims,
+            instances: instances.len(),
+            db,
             gateway: None,
             base: String::new(),
             port: free_port(),
@@ -112,6 +141,10 @@ impl Rig {
             .args(["serve", "--config", "settings.toml"])
             .env("INFERGATE__SERVER__HOST", "127.0.0.1")
             .env("INFERGATE__SERVER__PORT", self.port.to_string())
+            // The load comes from a few users: per-user limits would only measure themselves.
+            .env("INFERGATE__LIMITS__SUBMIT_PER_MINUTE", "0")
+            .env("INFERGATE__LIMITS__LOGIN_PER_MINUTE", "0")
+            .env("INFERGATE__LIMITS__MAX_QUEUED_PER_USER", "0")
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .spawn()
@@ -150,11 +183,11 @@ impl Rig {
 
     async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.stats().await["image_instances"]["healthy"] != 1 {
+        while self.stats().await["image_instances"]["healthy"] != self.instances {
             assert!(
                 Instant::now() < deadline,
-                "simulator at {} never healthy",
-                self.sim_url
+                "simulators never all healthy: {}",
+                self.stats().await
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -239,29 +272,33 @@ impl Rig {
     }
 
     async fn count(&self, status: &str) -> u64 {
-        let db = sqlx_count(&self.dir.path().join("bench.db"), status).await;
-        db
+        self.count_where("status = ?", [status.into()]).await
     }
-}
 
-async fn sqlx_count(path: &Path, status: &str) -> u64 {
-    use sea_orm::{ConnectionTrait, Statement};
-    let db = infergate::database::connect(&infergate::settings::DatabaseSettings {
-        url: format!("sqlite://{}", path.display()),
-        max_connections: 1,
-    })
-    .await
-    .unwrap();
-    let row = db
-        .query_one(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            "SELECT COUNT(*) AS n FROM tasks WHERE status = ?",
-            [status.into()],
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get::<i64>("", "n").unwrap() as u64
+    /// DONE tasks per instance, in the order of `urls`.
+    async fn tasks_per_instance(&self, urls: &[String]) -> Vec<u64> {
+        let mut counts = Vec::new();
+        for url in urls {
+            let filter = "status = 'DONE' AND instance = ?";
+            counts.push(self.count_where(filter, [url.as_str().into()]).await);
+        }
+        counts
+    }
+
+    async fn count_where<const N: usize>(&self, filter: &str, values: [sea_orm::Value; N]) -> u64 {
+        use sea_orm::{ConnectionTrait, Statement};
+        let db = &self.db;
+        let row = db
+            .query_one(Statement::from_sql_and_values(
+                db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM tasks WHERE {filter}"),
+                values,
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap() as u64
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -335,10 +372,161 @@ async fn recovery_scenario() {
     );
 }
 
+/// Simulated GPUs of different speed, capacity 1 each, for `balance`.
+const BALANCE_LATENCIES_MS: [u64; 3] = [20, 40, 80];
+
+/// Per strategy: 600 tasks submitted at once (30 users), makespan against the ideal
+/// (total work over the GPUs' combined rate), both at the nominal latencies and at the
+/// simulators' measured call time; then 2 clients submitting one task at a time (200
+/// tasks), where the strategy decides which idle GPU serves.
+async fn balance_scenario() {
+    let (burst, users) = (600, 30);
+    let sim_dir = tempfile::tempdir().unwrap();
+    let (_sims, urls): (Vec<Proc>, Vec<String>) = BALANCE_LATENCIES_MS
+        .iter()
+        .map(|&ms| start_sim(sim_dir.path(), ms, 1))
+        .unzip();
+    let instances: Vec<(String, u32)> = urls.iter().map(|url| (url.clone(), 1)).collect();
+    let rate: f64 = BALANCE_LATENCIES_MS
+        .iter()
+        .map(|&ms| 1000.0 / ms as f64)
+        .sum();
+    let ideal = burst as f64 / rate;
+    let mut measured_rate = 0.0;
+    for url in &urls {
+        measured_rate += 1.0 / call_time(url).await;
+    }
+    let measured_ideal = burst as f64 / measured_rate;
+    println!(
+        "balance: ideal makespan {ideal:.2}s at the nominal 20/40/80 ms, {measured_ideal:.2}s at the simulators' measured call time"
+    );
+    for strategy in ["least-loaded", "round-robin", "user-hash"] {
+        let extra = format!("[balancing]\nimage = \"{strategy}\"\n");
+        let rig = Rig::launch(tempfile::tempdir().unwrap(), vec![], &instances, &extra).await;
+        rig.wait_healthy().await;
+        let mut tokens = Vec::new();
+        for u in 0..users {
+            tokens.push(rig.token(&format!("balance_user_{u}")).await);
+        }
+
+        let started = Instant::now();
+        let submissions = (0..burst).map(|i| {
+            let (client, base) = (rig.client.clone(), rig.base.clone());
+            let token = tokens[i % users].clone();
+            tokio::spawn(async move {
+                let response = client
+                    .post(format!("{base}/api/v1/image/async"))
+                    .bearer_auth(token)
+                    .json(&json!({"prompt": format!("balance prompt {i}")}))
+                    .send()
+                    .await
+                    .expect("submit");
+                assert_eq!(response.status(), 202);
+            })
+        });
+        for submission in submissions.collect::<Vec<_>>() {
+            submission.await.unwrap();
+        }
+        while rig.count("DONE").await < burst as u64 {
+            assert!(started.elapsed() < SCENARIO_LIMIT, "balance did not finish");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let makespan = started.elapsed().as_secs_f64();
+        let shares = rig.tasks_per_instance(&urls).await;
+        println!(
+            "balance {strategy}: {burst} tasks at once: makespan {makespan:.2}s ({:+.1}% of nominal ideal, {:+.1}% of measured); tasks on the 20/40/80 ms GPUs {shares:?}",
+            (makespan / ideal - 1.0) * 100.0,
+            (makespan / measured_ideal - 1.0) * 100.0
+        );
+
+        let before = rig.tasks_per_instance(&urls).await;
+        let started = Instant::now();
+        let clients: Vec<_> = tokens[..2]
+            .iter()
+            .map(|token| {
+                let (client, base, token) = (rig.client.clone(), rig.base.clone(), token.clone());
+                tokio::spawn(async move { one_at_a_time(&client, &base, &token, 100).await })
+            })
+            .collect();
+        for client in clients {
+            client.await.unwrap();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let after = rig.tasks_per_instance(&urls).await;
+        let shares: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        println!(
+            "balance {strategy}: 2 clients x 100 tasks one at a time: {elapsed:.2}s ({:.1} ms a task); tasks on the 20/40/80 ms GPUs {shares:?}",
+            elapsed * 1000.0 / 100.0
+        );
+    }
+}
+
+/// Mean seconds of one `/generate` call straight to a simulator (after it answers).
+async fn call_time(url: &str) -> f64 {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{url}/ping")).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "simulator at {url} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = 50;
+    let started = Instant::now();
+    for i in 0..calls {
+        let response = client
+            .post(format!("{url}/generate"))
+            .json(&json!({"prompt": format!("calibration {i}")}))
+            .send()
+            .await
+            .expect("calibration call");
+        response.bytes().await.expect("calibration answer");
+    }
+    started.elapsed().as_secs_f64() / calls as f64
+}
+
+/// Submits `n` tasks one after another, each once the previous is DONE.
+async fn one_at_a_time(client: &reqwest::Client, base: &str, token: &str, n: usize) {
+    for i in 0..n {
+        let submitted: Value = client
+            .post(format!("{base}/api/v1/image/async"))
+            .bearer_auth(token)
+            .json(&json!({"prompt": format!("one at a time {i}")}))
+            .send()
+            .await
+            .expect("submit")
+            .json()
+            .await
+            .unwrap();
+        let task_id = submitted["task_id"].as_str().expect("task_id").to_string();
+        loop {
+            let task: Value = client
+                .get(format!("{base}/api/v1/tasks"))
+                .query(&[("task_id", &task_id)])
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("poll")
+                .json()
+                .await
+                .unwrap();
+            match task["status"].as_str() {
+                Some("DONE") => break,
+                Some("QUEUED" | "RUNNING") => tokio::time::sleep(Duration::from_millis(1)).await,
+                other => panic!("task ended {other:?}: {task}"),
+            }
+        }
+    }
+}
+
 /// One user floods the queue, nine others submit now and then: how long do the nine wait?
 async fn fairness_scenario() {
     for fair in [true, false] {
-        let rig = Rig::start_with(20, 1, &format!("fair_order = {fair}")).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (sim, url) = start_sim(dir.path(), 20, 1);
+        let extra = format!("[limits]\nfair_order = {fair}\n");
+        let rig = Rig::launch(dir, vec![sim], &[(url, 1)], &extra).await;
         rig.wait_healthy().await;
         let flooder = rig.token("flooder").await;
         let mut others = Vec::new();
@@ -400,15 +588,19 @@ async fn main() {
         "submit" => submit_scenario().await,
         "e2e" => e2e_scenario().await,
         "recovery" => recovery_scenario().await,
+        "balance" => balance_scenario().await,
         "fairness" => fairness_scenario().await,
         "all" => {
             submit_scenario().await;
             e2e_scenario().await;
             recovery_scenario().await;
+            balance_scenario().await;
             fairness_scenario().await;
         }
         other => {
-            eprintln!("unknown scenario {other}: submit | e2e | recovery | fairness | all");
+            eprintln!(
+                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | all"
+            );
             std::process::exit(2);
         }
     }

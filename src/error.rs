@@ -27,6 +27,8 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("token has expired")]
     TokenExpired,
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("invalid username or password")]
     BadCredentials,
     #[error("username is already taken")]
@@ -39,6 +41,10 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("you already have {max} API keys; revoke one first")]
     TooManyKeys { max: usize },
+    #[error("an instance of this kind with this url already exists (or is still draining)")]
+    InstanceExists,
+    #[error("the instance is draining and goes once its last call ends; it cannot be changed")]
+    InstanceDraining,
     #[error("the task queue is full ({capacity} tasks); retry later")]
     QueueFull { capacity: usize },
     #[error("the task has already ended ({0})")]
@@ -87,12 +93,15 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::TokenExpired => "token_expired",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::BadCredentials => "invalid_credentials",
             ApiError::UsernameTaken => "username_taken",
             ApiError::UploadTimeout(_) => "upload_timeout",
             ApiError::AudioTooLong { .. } => "audio_too_long",
             ApiError::NotFound(_) => "not_found",
             ApiError::TooManyKeys { .. } => "too_many_keys",
+            ApiError::InstanceExists => "instance_exists",
+            ApiError::InstanceDraining => "instance_draining",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::TaskFinished(_) => "task_finished",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
@@ -158,9 +167,12 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) | ApiError::TokenExpired | ApiError::BadCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::UsernameTaken | ApiError::TaskFinished(_) | ApiError::TooManyKeys { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::UsernameTaken
+            | ApiError::TaskFinished(_)
+            | ApiError::TooManyKeys { .. }
+            | ApiError::InstanceExists
+            | ApiError::InstanceDraining => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) | ApiError::QuotaExceeded { .. } => {

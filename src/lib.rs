@@ -8,6 +8,7 @@ pub mod database;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod instances;
 pub mod limits;
 pub mod settings;
 pub mod simulator;

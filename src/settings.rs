@@ -69,7 +69,7 @@ pub struct QueueSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// 0: one slot per unit of instance capacity.
+    /// 0: one slot per unit of enabled image capacity, following instances as they change.
     pub slots: usize,
     pub task_timeout_secs: u64,
     /// Largest backend answer (image bytes) accepted.
@@ -87,6 +87,8 @@ pub struct HealthSettings {
     pub ping_timeout_secs: u64,
     /// Consecutive failed calls that take an instance out of rotation before its next ping.
     pub eject_after_failures: u32,
+    /// An instance that comes back healthy ramps up to its capacity over this long; 0: at once.
+    pub slow_start_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -94,6 +96,7 @@ pub struct HealthSettings {
 pub enum Strategy {
     RoundRobin,
     UserHash,
+    LeastLoaded,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -189,12 +192,43 @@ fn one() -> u32 {
     1
 }
 
+/// Largest capacity of one instance: each unit of image capacity is a worker actor.
+pub const MAX_INSTANCE_CAPACITY: u32 = 1024;
+pub const MAX_INSTANCE_WEIGHT: u32 = 1000;
+
 impl InstanceSettings {
     pub fn protocol(&self) -> Protocol {
         self.protocol.unwrap_or(match self.kind {
             InstanceKind::Image => Protocol::Qwen,
             InstanceKind::Speech => Protocol::Fastwhisper,
         })
+    }
+
+    /// The first field that is invalid, with the reason.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        check_instance_url(&self.url).map_err(|reason| ("url", reason))?;
+        if !(1..=MAX_INSTANCE_CAPACITY).contains(&self.capacity) {
+            let reason = format!("must be between 1 and {MAX_INSTANCE_CAPACITY}");
+            return Err(("capacity", reason));
+        }
+        if !(1..=MAX_INSTANCE_WEIGHT).contains(&self.weight) {
+            let reason = format!("must be between 1 and {MAX_INSTANCE_WEIGHT}");
+            return Err(("weight", reason));
+        }
+        let expected = match self.kind {
+            InstanceKind::Image => Protocol::Qwen,
+            InstanceKind::Speech => Protocol::Fastwhisper,
+        };
+        if self.protocol() != expected {
+            let reason = "image instances speak qwen, speech instances fastwhisper".to_string();
+            return Err(("protocol", reason));
+        }
+        Ok(())
+    }
+
+    /// Whether both name the same backend: same kind, and URLs equal once normalised.
+    pub fn same_backend(&self, other: &InstanceSettings) -> bool {
+        self.kind == other.kind && url_key(&self.url) == url_key(&other.url)
     }
 }
 
@@ -279,6 +313,7 @@ impl Default for HealthSettings {
             interval_secs: 30,
             ping_timeout_secs: 5,
             eject_after_failures: 3,
+            slow_start_secs: 10,
         }
     }
 }
@@ -286,8 +321,8 @@ impl Default for HealthSettings {
 impl Default for BalancingSettings {
     fn default() -> Self {
         BalancingSettings {
-            image: Strategy::RoundRobin,
-            speech: Strategy::RoundRobin,
+            image: Strategy::LeastLoaded,
+            speech: Strategy::LeastLoaded,
         }
     }
 }
@@ -467,28 +502,15 @@ impl Settings {
             return invalid("log.level", &e.to_string());
         }
         for (i, instance) in self.instances.iter().enumerate() {
-            let key = |field: &str| format!("instances[{i}].{field}");
-            if let Err(reason) = check_instance_url(&instance.url) {
-                return Err(SettingsError::Invalid {
-                    key: key("url"),
-                    reason,
-                });
+            if let Err((field, reason)) = instance.check() {
+                return invalid(&format!("instances[{i}].{field}"), &reason);
             }
-            if instance.capacity == 0 {
-                return invalid(&key("capacity"), "must be at least 1");
-            }
-            if instance.weight == 0 {
-                return invalid(&key("weight"), "must be at least 1");
-            }
-            let expected = match instance.kind {
-                InstanceKind::Image => Protocol::Qwen,
-                InstanceKind::Speech => Protocol::Fastwhisper,
-            };
-            if instance.protocol() != expected {
-                return invalid(
-                    &key("protocol"),
-                    "image instances speak qwen, speech instances fastwhisper",
-                );
+            if let Some(first) = self.instances[..i]
+                .iter()
+                .position(|other| other.same_backend(instance))
+            {
+                let reason = format!("same kind and url as instances[{first}]");
+                return invalid(&format!("instances[{i}].url"), &reason);
             }
         }
         Ok(())
@@ -553,25 +575,27 @@ impl Settings {
     pub fn queue_max_wait(&self) -> Duration {
         Duration::from_secs(self.queue.max_wait_secs)
     }
+}
 
-    /// Worker slots: the configured number, or the instances' total capacity (at least 1).
-    pub fn worker_slots(&self) -> usize {
-        if self.workers.slots > 0 {
-            return self.workers.slots;
+impl WorkerSettings {
+    /// Worker slots: `workers.slots` when set, else the enabled image instances' total
+    /// capacity; at least one, so a task with no instance still fails after the max wait.
+    pub fn slots_for(&self, image_capacity: u32) -> usize {
+        if self.slots > 0 {
+            return self.slots;
         }
-        let total: u32 = self
-            .instances
-            .iter()
-            .filter(|i| i.kind == InstanceKind::Image)
-            .map(|i| i.capacity)
-            .sum();
-        total.max(1) as usize
+        image_capacity.max(1) as usize
     }
 }
+
+const MAX_URL_BYTES: usize = 2048;
 
 /// An instance URL must be absolute http with a host, and no query or fragment. Backends
 /// sit on a private network; the client is built without TLS.
 pub fn check_instance_url(raw: &str) -> Result<(), String> {
+    if raw.len() > MAX_URL_BYTES {
+        return Err(format!("must be at most {MAX_URL_BYTES} bytes"));
+    }
     let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
     if url.scheme() != "http" {
         return Err("scheme must be http (TLS to backends is not supported)".into());
@@ -583,6 +607,15 @@ pub fn check_instance_url(raw: &str) -> Result<(), String> {
         return Err("must not carry a query or fragment".into());
     }
     Ok(())
+}
+
+/// The form of an instance URL that duplicates are judged by (`http://Host:80/` and
+/// `http://host` are one backend); a URL that does not parse stays as written.
+pub fn url_key(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) => url.as_str().trim_end_matches('/').to_string(),
+        Err(_) => raw.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -597,7 +630,9 @@ mod tests {
         assert_eq!(s.queue.capacity, 100);
         assert_eq!(s.workers.task_timeout_secs, 120);
         assert_eq!(s.health.interval_secs, 30);
-        assert_eq!(s.worker_slots(), 1);
+        assert_eq!(s.workers.slots_for(0), 1);
+        assert_eq!(s.workers.slots_for(5), 5);
+        assert_eq!(s.balancing.image, Strategy::LeastLoaded);
         assert_eq!(s.speech.timeout_secs, 30);
         assert_eq!(s.speech.max_upload_bytes, 10 * 1024 * 1024);
         assert_eq!(s.speech.max_pcm_bytes(), 1_920_000);
@@ -620,6 +655,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("instances[0].url"));
+
+        let mut s = Settings::default();
+        let mut twin = s.instances[0].clone();
+        twin.url = "http://LOCALHOST:8000/".into();
+        s.instances.push(twin);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("instances[1].url") && err.contains("instances[0]"),
+            "{err}"
+        );
+
+        let mut s = Settings::default();
+        s.instances[0].capacity = MAX_INSTANCE_CAPACITY + 1;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("instances[0].capacity"));
 
         let mut s = Settings::default();
         s.speech.max_upload_secs = s.speech.max_pcm_seconds - 1;

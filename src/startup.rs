@@ -6,18 +6,18 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Supervisor};
+use actix::{Actor, Addr, AsyncContext, Context, Supervisor};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::actors::messages::{Drain, RecoverOrphans};
 use crate::actors::worker::WorkerDeps;
-use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, Worker};
+use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, WorkerPool};
 use crate::auth::{load_or_create_secret, JwtKeys};
 use crate::limits::Limits;
 use crate::settings::{InstanceKind, Settings};
-use crate::{database, http};
+use crate::{database, http, instances};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -65,34 +65,44 @@ impl Application {
             (InstanceKind::Image, settings.balancing.image),
             (InstanceKind::Speech, settings.balancing.speech),
         ]);
-        let (instances, health) = (settings.instances.clone(), settings.health.clone());
-        let registry =
-            Supervisor::start(move |_| InstanceRegistry::new(&instances, strategies, health));
-
-        let slots = settings.worker_slots();
-        let (capacity, dispatcher_store) = (settings.queue.capacity, store.clone());
-        let limits = settings.limits.clone();
-        let dispatcher =
-            Supervisor::start(move |_| Dispatcher::new(dispatcher_store, capacity, slots, &limits));
-        let deps = WorkerDeps {
-            dispatcher: dispatcher.clone(),
-            store: store.clone(),
-            registry: registry.clone(),
-            task_timeout: settings.task_timeout(),
-            max_wait: settings.queue_max_wait(),
-            max_response_bytes: settings.workers.max_response_bytes,
-            max_attempts,
-            retry_base: Duration::from_millis(settings.workers.retry_base_ms),
-        };
-        for slot in 0..slots {
-            let deps = deps.clone();
-            Supervisor::start(move |_| Worker::new(slot, deps));
-        }
+        let added = instances::load(&db).await?;
         tracing::info!(
-            slots,
-            instances = settings.instances.len(),
-            "actors started"
+            from_settings = settings.instances.len(),
+            added_by_api = added.len(),
+            "instances"
         );
+
+        let (capacity, dispatcher_store) = (settings.queue.capacity, store.clone());
+        let fairness = settings.limits.clone();
+        let dispatcher =
+            Supervisor::start(move |_| Dispatcher::new(dispatcher_store, capacity, &fairness));
+        let (worker_dispatcher, worker_store) = (dispatcher.clone(), store.clone());
+        let (task_timeout, max_wait) = (settings.task_timeout(), settings.queue_max_wait());
+        let (instances, health) = (settings.instances.clone(), settings.health.clone());
+        let (workers, registry_db) = (settings.workers.clone(), db.clone());
+        let registry = Supervisor::start(move |ctx: &mut Context<InstanceRegistry>| {
+            // Workers lease instances from the registry and the registry sizes the pool of
+            // workers: each needs the other's address.
+            let deps = WorkerDeps {
+                dispatcher: worker_dispatcher,
+                store: worker_store,
+                registry: ctx.address(),
+                task_timeout,
+                max_wait,
+                max_response_bytes: workers.max_response_bytes,
+                max_attempts,
+                retry_base: Duration::from_millis(workers.retry_base_ms),
+            };
+            let pool = WorkerPool::new(deps, workers).start();
+            InstanceRegistry::new(
+                &instances,
+                added,
+                strategies,
+                health,
+                registry_db,
+                pool.recipient(),
+            )
+        });
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();

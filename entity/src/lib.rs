@@ -2,6 +2,7 @@
 
 pub mod api_key;
 pub mod image;
+pub mod instance;
 pub mod meta;
 pub mod prelude;
 pub mod task;

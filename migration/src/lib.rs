@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_initial;
 mod m20261128_000002_api_keys;
 mod m20261128_000003_idempotency_keys;
+mod m20261128_000004_instances;
 mod m20261128_000005_task_priority;
 
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_api_keys::Migration),
             Box::new(m20261128_000003_idempotency_keys::Migration),
+            Box::new(m20261128_000004_instances::Migration),
             Box::new(m20261128_000005_task_priority::Migration),
         ]
     }

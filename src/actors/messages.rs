@@ -9,8 +9,8 @@ use sea_orm::DbErr;
 
 use super::instance_registry::{InstanceView, Lease};
 use super::worker::Worker;
-use crate::domain::{Idempotency, ImageJob};
-use crate::settings::InstanceKind;
+use crate::domain::{Idempotency, ImageJob, InstanceChange};
+use crate::settings::{InstanceKind, InstanceSettings};
 
 /// A task admitted to the queue, as a worker needs it.
 #[derive(Clone, Debug)]
@@ -95,6 +95,15 @@ pub struct QueuePositions {
 #[rtype(result = "()")]
 pub struct Drain {
     pub grace: Duration,
+}
+
+/// The WorkerPool changed size: `added` new workers will announce themselves with
+/// `WorkerIdle`; `retire` workers are to go, idle ones at once, busy ones when they finish.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResizeWorkers {
+    pub added: usize,
+    pub retire: usize,
 }
 
 /// Queue figures for `/api/v1/system/stats`.
@@ -195,6 +204,53 @@ pub struct ListInstances;
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct CountWaiting(pub InstanceKind);
+
+/// Add and persist an instance (checked); it takes work once its first ping succeeds.
+#[derive(Message)]
+#[rtype(result = "Result<InstanceView, InstanceAdminError>")]
+pub struct AddInstance(pub InstanceSettings);
+
+/// Change an instance's capacity, weight or enabled.
+#[derive(Message)]
+#[rtype(result = "Result<InstanceView, InstanceAdminError>")]
+pub struct UpdateInstance {
+    pub id: u64,
+    pub change: InstanceChange,
+}
+
+/// Drain an instance (no new work, calls in flight finish), then remove it.
+#[derive(Message)]
+#[rtype(result = "Result<InstanceView, InstanceAdminError>")]
+pub struct RemoveInstance(pub u64);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceAdminError {
+    #[error("no such instance")]
+    NotFound,
+    #[error("the instance is draining")]
+    Draining,
+    #[error("an instance of this kind with this url exists")]
+    Exists,
+    #[error("cannot store the instance: {0}")]
+    Store(#[from] DbErr),
+}
+
+impl InstanceAdminError {
+    /// An insert's error: a unique violation is the same kind and url added meanwhile.
+    pub fn from_insert(e: DbErr) -> InstanceAdminError {
+        match e.sql_err() {
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => InstanceAdminError::Exists,
+            _ => InstanceAdminError::Store(e),
+        }
+    }
+}
+
+// ---- to the WorkerPool ----
+
+/// The enabled image instances' total capacity, sent by the registry when it changes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ImageCapacity(pub u32);
 
 // ---- to the TaskStore ----
 

@@ -9,14 +9,18 @@
 //!                   │ Lease::release ─▶ InstanceRegistry
 //!                   │ FinishTask ─▶ TaskStore
 //!                   └ WorkerIdle ─▶ Dispatcher
+//!
+//! InstanceRegistry ──ImageCapacity──▶ WorkerPool (starts Workers) ──ResizeWorkers──▶ Dispatcher
 
 pub mod dispatcher;
 pub mod instance_registry;
 pub mod messages;
 pub mod task_store;
 pub mod worker;
+pub mod worker_pool;
 
 pub use dispatcher::Dispatcher;
 pub use instance_registry::InstanceRegistry;
 pub use task_store::TaskStore;
 pub use worker::Worker;
+pub use worker_pool::WorkerPool;

@@ -19,15 +19,19 @@ impl FromRequest for AuthUser {
     type Future = Ready<Result<AuthUser, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(bearer_token(req).and_then(|token| {
-            if api_keys::is_api_key(token) {
-                return Err(ApiError::Unauthorized(
-                    "API keys are accepted only by the speech endpoints; log in for a token",
-                ));
-            }
-            verify_jwt(req, token)
-        }))
+        ready(from_jwt(req))
     }
+}
+
+/// The caller of a route that takes only login tokens.
+pub(super) fn from_jwt(req: &HttpRequest) -> Result<AuthUser, ApiError> {
+    let token = bearer_token(req)?;
+    if api_keys::is_api_key(token) {
+        return Err(ApiError::Unauthorized(
+            "API keys are accepted only by the speech endpoints; log in for a token",
+        ));
+    }
+    verify_jwt(req, token)
 }
 
 /// The credential of `Authorization: Bearer <credential>`.

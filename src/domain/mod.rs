@@ -3,8 +3,10 @@
 
 mod idempotency;
 mod image_job;
+mod instance;
 mod new_user;
 
 pub use idempotency::Idempotency;
 pub use image_job::{ImageJob, ImageRequest};
+pub use instance::{InstanceChange, InstanceChangeRequest, NewInstanceRequest};
 pub use new_user::{NewUser, RegisterRequest};

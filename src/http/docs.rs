@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{accounts, image, keys, speech, system, tasks};
+use super::{accounts, admin, image, keys, speech, system, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use super::{accounts, image, keys, speech, system, tasks};
         speech::transcribe, speech::pcm,
         keys::create_key, keys::list_keys, keys::delete_key,
         system::health, system::stats,
+        admin::list_instances, admin::add_instance, admin::update_instance, admin::remove_instance,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&SecuritySchemes),
@@ -28,6 +29,7 @@ use super::{accounts, image, keys, speech, system, tasks};
         (name = "speech", description = "Synchronous speech to text (JWT or device API key)"),
         (name = "keys", description = "Device API keys"),
         (name = "system", description = "Health and queue figures"),
+        (name = "admin", description = "Backend instances at run time (admin role)"),
     )
 )]
 pub struct ApiDoc;

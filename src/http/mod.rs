@@ -2,6 +2,7 @@
 //! Each route group exposes `configure`, chained by `startup`.
 
 pub mod accounts;
+pub mod admin;
 pub mod docs;
 pub mod extract;
 pub mod image;
@@ -26,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(tasks::configure)
         .configure(speech::configure)
         .configure(keys::configure)
+        .configure(admin::configure)
         .configure(docs::configure);
 }
 

@@ -4,6 +4,7 @@ use actix::Addr;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
+use crate::actors::instance_registry::InstanceState;
 use crate::actors::messages::{CountWaiting, GetQueueStats, ListInstances};
 use crate::actors::{Dispatcher, InstanceRegistry};
 use crate::error::{ApiError, ErrorBody};
@@ -43,6 +44,7 @@ pub struct StatsResponse {
 #[derive(Serialize, utoipa::ToSchema, Default)]
 pub struct InstanceCounts {
     pub total: usize,
+    /// Healthy and taking work (not disabled or draining).
     pub healthy: usize,
     pub in_flight: u32,
     /// Requests waiting for an instance with room (none healthy, or all busy).
@@ -80,7 +82,7 @@ pub async fn stats(
             },
             |mut c, i| {
                 c.total += 1;
-                c.healthy += usize::from(i.state == "healthy");
+                c.healthy += usize::from(i.state == InstanceState::Healthy);
                 c.in_flight += i.in_flight;
                 c
             },

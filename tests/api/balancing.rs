@@ -23,7 +23,10 @@ async fn an_instance_that_fails_its_ping_gets_no_tasks() {
 
 #[actix_web::test]
 async fn round_robin_spreads_tasks_over_healthy_instances() {
-    let app = spawn_app_with(vec![fast_sim(), fast_sim()], |_| {}).await;
+    let app = spawn_app_with(vec![fast_sim(), fast_sim()], |s| {
+        s.balancing.image = Strategy::RoundRobin
+    })
+    .await;
     let user = app.new_user("alice").await;
     app.wait_for_healthy(2).await;
     for i in 0..6 {

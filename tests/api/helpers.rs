@@ -1,12 +1,13 @@
 use std::time::{Duration, Instant};
 
 use entity::prelude::Task;
+use entity::user::Role;
 use infergate::settings::{InstanceKind, InstanceSettings, Protocol, Settings};
 use infergate::simulator::{SimBackend, SimConfig};
 use infergate::startup::Application;
 use reqwest::multipart::Form;
 use reqwest::{RequestBuilder, Response, StatusCode};
-use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -169,6 +170,21 @@ impl TestApp {
         }
     }
 
+    /// Registers and logs in a fresh user with the admin role.
+    pub async fn new_admin(&self, name: &str) -> TestUser {
+        assert_eq!(
+            self.register(name, "password123").await.status(),
+            StatusCode::CREATED
+        );
+        assert!(infergate::users::set_role(&self.db, name, Role::Admin)
+            .await
+            .unwrap());
+        let body: Value = self.login(name, "password123").await.json().await.unwrap();
+        TestUser {
+            token: body["token"].as_str().expect("token").to_string(),
+        }
+    }
+
     pub async fn submit_image(&self, token: &str, body: &Value) -> Response {
         self.client
             .post(self.url("/api/v1/image/async"))
@@ -264,6 +280,108 @@ impl TestApp {
 
     pub async fn task_rows(&self) -> u64 {
         Task::find().count(&self.db).await.unwrap()
+    }
+}
+
+/// The admin API for instances.
+impl TestApp {
+    /// `GET /api/v1/admin/instances`, asserting the 200.
+    pub async fn instances(&self, token: &str) -> Vec<Value> {
+        let response = self.get("/api/v1/admin/instances", token).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    /// The instance with this id, if listed.
+    pub async fn instance(&self, token: &str, id: u64) -> Option<Value> {
+        let instances = self.instances(token).await;
+        instances.into_iter().find(|i| i["id"] == id)
+    }
+
+    pub async fn add_instance(&self, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url("/api/v1/admin/instances"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("add instance")
+    }
+
+    /// Adds an image instance, asserting the 201; returns its id.
+    pub async fn add_image_instance(&self, token: &str, url: &str) -> u64 {
+        let response = self
+            .add_instance(token, &json!({"kind": "image", "url": url}))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_u64().expect("id")
+    }
+
+    pub async fn patch_instance(&self, token: &str, id: u64, body: &Value) -> Response {
+        self.client
+            .patch(self.url(&format!("/api/v1/admin/instances/{id}")))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("patch instance")
+    }
+
+    pub async fn delete_instance(&self, token: &str, id: u64) -> Response {
+        self.client
+            .delete(self.url(&format!("/api/v1/admin/instances/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("delete instance")
+    }
+
+    /// Polls until `check` holds for the instance (`None` once it is gone).
+    pub async fn wait_for_instance(
+        &self,
+        token: &str,
+        id: u64,
+        what: &str,
+        check: impl Fn(Option<&Value>) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let instance = self.instance(token, id).await;
+            if check(instance.as_ref()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} never {what}: {instance:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the stats count `n` workers.
+    pub async fn wait_for_workers(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.stats().await["workers"] != n {
+            assert!(
+                Instant::now() < deadline,
+                "workers never became {n}: {}",
+                self.stats().await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The URL of the instance the task's (last) attempt ran on.
+    pub async fn task_instance(&self, task_id: &str) -> String {
+        Task::find()
+            .filter(entity::task::Column::TaskId.eq(task_id))
+            .one(&self.db)
+            .await
+            .unwrap()
+            .expect("task row")
+            .instance
+            .expect("task ran on an instance")
     }
 }
 

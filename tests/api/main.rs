@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a random port, a temporary SQLite file, and
 //! simulated backends on their own random ports, driven over HTTP.
 
+mod admin;
 mod auth;
 mod bad_input;
 mod balancing;

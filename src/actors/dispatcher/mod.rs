@@ -40,6 +40,9 @@ pub struct Dispatcher {
     /// Which worker runs which user's task, so a cancel or a shutdown can abort it.
     running: HashMap<String, (Addr<Worker>, i64)>,
     workers: usize,
+    /// Workers the WorkerPool asked to retire that were busy: the next ones to report
+    /// idle are dropped, and a worker nobody holds an address of stops.
+    retiring: usize,
     /// Set by `Drain`: nothing is admitted or dispatched any more.
     draining: bool,
     /// Told when the last running task ends during a drain.
@@ -47,12 +50,8 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(
-        store: Addr<TaskStore>,
-        capacity: usize,
-        workers: usize,
-        limits: &LimitSettings,
-    ) -> Dispatcher {
+    /// No workers: the WorkerPool announces them with `ResizeWorkers`.
+    pub fn new(store: Addr<TaskStore>, capacity: usize, limits: &LimitSettings) -> Dispatcher {
         Dispatcher {
             store,
             capacity,
@@ -62,7 +61,8 @@ impl Dispatcher {
             quota: limits.max_queued_per_user,
             idle: Vec::new(),
             running: HashMap::new(),
-            workers,
+            workers: 0,
+            retiring: 0,
             draining: false,
             drained: None,
         }
@@ -274,10 +274,30 @@ impl Handler<WorkerIdle> for Dispatcher {
                 let _ = drained.send(());
             }
         }
+        if self.retiring > 0 {
+            self.retiring -= 1;
+            self.idle.retain(|w| *w != worker);
+            tracing::debug!("worker retired");
+            return;
+        }
         if !self.idle.contains(&worker) {
             self.idle.push(worker);
         }
         self.dispatch();
+    }
+}
+
+/// Counts new workers (they announce themselves) and retires idle ones, or busy ones as
+/// they finish.
+impl Handler<ResizeWorkers> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: ResizeWorkers, _: &mut Context<Self>) {
+        self.workers = (self.workers + msg.added).saturating_sub(msg.retire);
+        self.retiring += msg.retire;
+        while self.retiring > 0 && self.idle.pop().is_some() {
+            self.retiring -= 1;
+        }
     }
 }
 

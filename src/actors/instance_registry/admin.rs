@@ -1,0 +1,151 @@
+//! Admins' changes: add, change, drain and remove. For API instances the row is written
+//! first and the running set follows once it has committed, so a failed write changes
+//! nothing; instances from settings.toml change in memory only, until the next start.
+
+use actix::prelude::*;
+
+use super::{Instance, InstanceRegistry, InstanceSource, InstanceView};
+use crate::actors::messages::{AddInstance, InstanceAdminError, RemoveInstance, UpdateInstance};
+use crate::domain::InstanceChange;
+use crate::instances;
+
+type AdminResult = Result<InstanceView, InstanceAdminError>;
+
+impl InstanceRegistry {
+    fn index_of(&self, id: u64) -> Result<usize, InstanceAdminError> {
+        self.instances
+            .iter()
+            .position(|i| i.id == id)
+            .ok_or(InstanceAdminError::NotFound)
+    }
+
+    /// No new work from now on; gone once its last call ends.
+    fn drain(&mut self, index: usize) -> InstanceView {
+        let instance = &mut self.instances[index];
+        instance.draining = true;
+        tracing::info!(instance = %instance.config.url, id = instance.id, in_flight = instance.in_flight, "instance draining");
+        let view = instance.view();
+        self.remove_if_drained(index);
+        self.report_capacity();
+        view
+    }
+
+    /// After any change that may add room or capacity.
+    fn changed(&mut self, ctx: &mut Context<Self>) {
+        self.report_capacity();
+        self.serve_waiters(ctx);
+    }
+}
+
+impl Instance {
+    fn apply(&mut self, change: &InstanceChange) {
+        self.config.capacity = change.capacity.unwrap_or(self.config.capacity);
+        self.config.weight = change.weight.unwrap_or(self.config.weight);
+        self.enabled = change.enabled.unwrap_or(self.enabled);
+    }
+}
+
+/// Persists the instance, then pings it at once; it takes work after its first good ping.
+impl Handler<AddInstance> for InstanceRegistry {
+    type Result = ResponseActFuture<Self, AdminResult>;
+
+    fn handle(&mut self, AddInstance(config): AddInstance, _: &mut Context<Self>) -> Self::Result {
+        // Also catches one from settings.toml, or one still draining; the unique index
+        // catches two adds racing each other.
+        if self
+            .instances
+            .iter()
+            .any(|i| i.config.same_backend(&config))
+        {
+            return Box::pin(fut::ready(Err(InstanceAdminError::Exists)));
+        }
+        let db = self.db.clone();
+        let insert = async move { instances::insert(&db, &config).await };
+        Box::pin(insert.into_actor(self).map(|inserted, registry, ctx| {
+            let instance = Instance::from_row(inserted.map_err(InstanceAdminError::from_insert)?);
+            let (id, view) = (instance.id, instance.view());
+            tracing::info!(instance = %view.url, id, "instance added");
+            registry.instances.push(instance);
+            registry.schedule_ping(id, std::time::Duration::ZERO, ctx);
+            registry.report_capacity();
+            Ok(view)
+        }))
+    }
+}
+
+/// Capacity, weight or enabled; not on a draining instance.
+impl Handler<UpdateInstance> for InstanceRegistry {
+    type Result = ResponseActFuture<Self, AdminResult>;
+
+    fn handle(&mut self, msg: UpdateInstance, ctx: &mut Context<Self>) -> Self::Result {
+        let index = match self.index_of(msg.id) {
+            Ok(index) if self.instances[index].draining => Err(InstanceAdminError::Draining),
+            other => other,
+        };
+        let index = match index {
+            Ok(index) => index,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        if self.instances[index].source == InstanceSource::Settings {
+            self.instances[index].apply(&msg.change);
+            let view = self.instances[index].view();
+            self.changed(ctx);
+            return Box::pin(fut::ready(Ok(view)));
+        }
+        let db = self.db.clone();
+        let update = async move { instances::update(&db, msg.id as i64, &msg.change).await };
+        Box::pin(update.into_actor(self).map(move |updated, registry, ctx| {
+            // No row: removed meanwhile.
+            let row = updated?.ok_or(InstanceAdminError::NotFound)?;
+            let index = registry.index_of(msg.id)?;
+            let instance = &mut registry.instances[index];
+            // Another change that committed later may have been applied already.
+            if row.revision > instance.revision {
+                instance.revision = row.revision;
+                instance.apply(&InstanceChange {
+                    capacity: Some(row.capacity as u32),
+                    weight: Some(row.weight as u32),
+                    enabled: Some(row.enabled),
+                });
+            }
+            let view = instance.view();
+            registry.changed(ctx);
+            Ok(view)
+        }))
+    }
+}
+
+/// Drains the instance and, for an API instance, deletes its row at once, so a restart
+/// during the drain does not bring it back. Again on a draining instance: its view.
+impl Handler<RemoveInstance> for InstanceRegistry {
+    type Result = ResponseActFuture<Self, AdminResult>;
+
+    fn handle(
+        &mut self,
+        RemoveInstance(id): RemoveInstance,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let index = match self.index_of(id) {
+            Ok(index) => index,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let instance = &self.instances[index];
+        if instance.draining {
+            return Box::pin(fut::ready(Ok(instance.view())));
+        }
+        if instance.source == InstanceSource::Settings {
+            return Box::pin(fut::ready(Ok(self.drain(index))));
+        }
+        let db = self.db.clone();
+        let delete = async move { instances::delete(&db, id as i64).await };
+        Box::pin(delete.into_actor(self).map(move |deleted, registry, _| {
+            deleted?;
+            let index = registry.index_of(id)?;
+            let instance = &registry.instances[index];
+            if instance.draining {
+                return Ok(instance.view());
+            }
+            Ok(registry.drain(index))
+        }))
+    }
+}

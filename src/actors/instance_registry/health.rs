@@ -1,0 +1,197 @@
+//! Health: every instance is pinged on its own timer, jittered so that a gateway's
+//! instances (and several restarted gateways) never ping in step; passive ejection lives
+//! in the `Release` handler. An instance that comes back after being unhealthy gets a
+//! slow start: the capacity it may use ramps from one call to its full capacity over
+//! `health.slow_start_secs`, in ten steps.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::http::StatusCode;
+use chrono::Utc;
+use rand::Rng;
+
+use super::{Instance, InstanceRegistry};
+use crate::settings::Protocol;
+
+/// The first ping of each instance at start is spread over this long at most.
+const MAX_FIRST_PING_SPREAD: Duration = Duration::from_secs(1);
+/// Each interval is the configured one, give or take this fraction.
+const INTERVAL_JITTER: f64 = 0.2;
+/// A slow start raises the usable capacity in this many steps.
+const SLOW_START_STEPS: u32 = 10;
+
+/// When to ping an instance first: soon, but not all at the same instant.
+pub(super) fn first_ping_delay(interval: Duration) -> Duration {
+    interval
+        .min(MAX_FIRST_PING_SPREAD)
+        .mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+}
+
+/// When to ping again after a ping ended.
+fn next_ping_delay(interval: Duration) -> Duration {
+    let spread = 1.0 - INTERVAL_JITTER..=1.0 + INTERVAL_JITTER;
+    interval.mul_f64(rand::thread_rng().gen_range(spread))
+}
+
+/// Capacity usable `elapsed` into a slow start of length `window`: one call at first,
+/// then a tenth more of `full` at each step.
+fn ramp(full: u32, elapsed: Duration, window: Duration) -> u32 {
+    if elapsed >= window {
+        return full;
+    }
+    let steps = (elapsed.as_secs_f64() / window.as_secs_f64() * SLOW_START_STEPS as f64) as u32;
+    (full * steps).div_ceil(SLOW_START_STEPS).max(1)
+}
+
+impl Instance {
+    /// The capacity the strategies may fill now.
+    pub(super) fn usable_capacity(&self, slow_start: Duration) -> u32 {
+        match self.back_since {
+            Some(since) => ramp(self.config.capacity, since.elapsed(), slow_start),
+            None => self.config.capacity,
+        }
+    }
+}
+
+impl InstanceRegistry {
+    pub(super) fn schedule_ping(&self, id: u64, delay: Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(delay, move |registry, ctx| registry.ping(id, ctx));
+    }
+
+    /// One ping, timed out before the next is due; its answer schedules the next, so
+    /// pings of one instance never overlap.
+    fn ping(&mut self, id: u64, ctx: &mut Context<Self>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        // A removed instance's chain of pings ends here; a draining one needs no more.
+        let Some(instance) = self.instances.iter().find(|i| i.id == id && !i.draining) else {
+            return;
+        };
+        let timeout = Duration::from_secs(self.health.ping_timeout_secs);
+        let protocol = instance.config.protocol();
+        let request = client
+            .get(format!(
+                "{}/ping",
+                instance.config.url.trim_end_matches('/')
+            ))
+            .timeout(timeout);
+        let probe = async move {
+            match tokio::time::timeout(timeout, probe(request, protocol)).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("ping timed out after {}s", timeout.as_secs())),
+            }
+        };
+        ctx.spawn(
+            fut::wrap_future::<_, Self>(probe)
+                .map(move |result, registry, ctx| registry.on_ping(id, result, ctx)),
+        );
+    }
+
+    fn on_ping(&mut self, id: u64, result: Result<(), String>, ctx: &mut Context<Self>) {
+        let interval = Duration::from_secs(self.health.interval_secs);
+        let slow_start = Duration::from_secs(self.health.slow_start_secs);
+        let Some(instance) = self.instances.iter_mut().find(|i| i.id == id) else {
+            return;
+        };
+        instance.last_check = Some(Utc::now());
+        match result {
+            Ok(()) => {
+                if !instance.healthy {
+                    // Not at its first healthy ping: that is the gateway starting (or
+                    // the instance being added), not the instance coming back.
+                    let back = instance.seen_healthy && !slow_start.is_zero();
+                    tracing::info!(instance = %instance.config.url, slow_start = back, "instance is healthy");
+                    instance.back_since = back.then(Instant::now);
+                    if back {
+                        // Nothing else may happen as the ramp climbs: serve the waiters at each step.
+                        for step in 1..=SLOW_START_STEPS {
+                            let at = slow_start * step / SLOW_START_STEPS;
+                            ctx.run_later(at, |registry, ctx| registry.serve_waiters(ctx));
+                        }
+                    }
+                }
+                instance.healthy = true;
+                instance.seen_healthy = true;
+                instance.consecutive_failures = 0;
+                self.serve_waiters(ctx);
+            }
+            Err(error) => {
+                if instance.healthy || instance.last_error.as_deref() != Some(error.as_str()) {
+                    tracing::warn!(instance = %instance.config.url, %error, "instance is unhealthy");
+                }
+                instance.healthy = false;
+                instance.last_error = Some(error);
+            }
+        }
+        self.schedule_ping(id, next_ping_delay(interval), ctx);
+    }
+}
+
+/// `GET {base}/ping`: qwen backends must say `"status": "ready"`; the old speech backend
+/// has no such route, so a 404/405 from it proves only that it is up, and passive health
+/// judges the rest.
+async fn probe(request: awc::ClientRequest, protocol: Protocol) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Ping {
+        status: Option<String>,
+    }
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| format!("ping failed: {e}"))?;
+    match (response.status(), protocol) {
+        (StatusCode::OK, Protocol::Qwen) => {
+            let ping: Ping = response
+                .json()
+                .limit(64 * 1024)
+                .await
+                .map_err(|e| format!("ping answer unreadable: {e}"))?;
+            match ping.status.as_deref() {
+                Some("ready") => Ok(()),
+                other => Err(format!("ping says not ready (status {other:?})")),
+            }
+        }
+        (StatusCode::OK, Protocol::Fastwhisper) => Ok(()),
+        (StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED, Protocol::Fastwhisper) => Ok(()),
+        (status, _) => Err(format!("ping answered {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_are_spread_around_the_interval() {
+        let interval = Duration::from_secs(30);
+        let firsts: Vec<Duration> = (0..200).map(|_| first_ping_delay(interval)).collect();
+        assert!(firsts.iter().all(|d| *d < MAX_FIRST_PING_SPREAD));
+        let nexts: Vec<Duration> = (0..200).map(|_| next_ping_delay(interval)).collect();
+        assert!(nexts
+            .iter()
+            .all(|d| (24.0..=36.0).contains(&d.as_secs_f64())));
+        // Spread, not in step: the delays differ from each other.
+        let distinct = |ds: &[Duration]| ds.iter().filter(|d| **d != ds[0]).count();
+        assert!(distinct(&firsts) > 150 && distinct(&nexts) > 150);
+    }
+
+    #[test]
+    fn slow_start_ramps_from_one_call_to_full_capacity() {
+        let window = Duration::from_secs(10);
+        let at = |secs: f64| ramp(8, Duration::from_secs_f64(secs), window);
+        assert_eq!(at(0.0), 1);
+        assert_eq!(at(0.9), 1);
+        assert_eq!(at(5.0), 4);
+        assert_eq!(at(9.9), 8, "the last step rounds up to full");
+        assert_eq!(at(10.0), 8);
+        let mut last = 0;
+        for tenth in 0..=100 {
+            let now = at(tenth as f64 / 10.0);
+            assert!(now >= last && now >= 1, "never down, never zero");
+            last = now;
+        }
+        assert_eq!(ramp(1, Duration::ZERO, window), 1);
+    }
+}

@@ -1,0 +1,149 @@
+//! `/api/v1/admin/instances`: list, add, change, drain and remove backend instances while
+//! the gateway runs. Admins only (`AdminUser`: the role is checked in the database).
+
+use actix::Addr;
+use actix_web::{web, HttpResponse};
+
+use crate::actors::instance_registry::InstanceView;
+use crate::actors::messages::{
+    AddInstance, InstanceAdminError, ListInstances, RemoveInstance, UpdateInstance,
+};
+use crate::actors::InstanceRegistry;
+use crate::auth::AdminUser;
+use crate::domain::{InstanceChange, InstanceChangeRequest, NewInstanceRequest};
+use crate::error::{ApiError, ErrorBody};
+use crate::http::ACTOR_REPLY_TIMEOUT;
+use crate::settings::InstanceSettings;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/admin/instances", web::get().to(list_instances))
+        .route("/api/v1/admin/instances", web::post().to(add_instance))
+        .route(
+            "/api/v1/admin/instances/{id}",
+            web::patch().to(update_instance),
+        )
+        .route(
+            "/api/v1/admin/instances/{id}",
+            web::delete().to(remove_instance),
+        );
+}
+
+impl From<InstanceAdminError> for ApiError {
+    fn from(e: InstanceAdminError) -> Self {
+        match e {
+            InstanceAdminError::NotFound => ApiError::NotFound("instance"),
+            InstanceAdminError::Draining => ApiError::InstanceDraining,
+            InstanceAdminError::Exists => ApiError::InstanceExists,
+            InstanceAdminError::Store(e) => ApiError::Database(e),
+        }
+    }
+}
+
+/// Every instance: settings.toml's and the API's, with health and figures.
+#[utoipa::path(get, path = "/api/v1/admin/instances", tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every instance", body = [InstanceView]),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(admin_id = admin.0.id))]
+pub async fn list_instances(
+    admin: AdminUser,
+    registry: web::Data<Addr<InstanceRegistry>>,
+) -> Result<HttpResponse, ApiError> {
+    let instances = registry
+        .send(ListInstances)
+        .timeout(ACTOR_REPLY_TIMEOUT)
+        .await?;
+    Ok(HttpResponse::Ok().json(instances))
+}
+
+/// Add an instance; it is kept in the database and takes work once its first ping succeeds.
+#[utoipa::path(post, path = "/api/v1/admin/instances", tag = "admin",
+    request_body = NewInstanceRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Added; `unhealthy` until its first ping succeeds", body = InstanceView),
+        (status = 400, description = "Invalid kind, url, protocol, capacity or weight, or an unknown field", body = ErrorBody),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 409, description = "An instance of this kind and url exists (from settings.toml or the API), or is still draining", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (nothing was added)", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(admin_id = admin.0.id, instance_id))]
+pub async fn add_instance(
+    admin: AdminUser,
+    registry: web::Data<Addr<InstanceRegistry>>,
+    body: web::Json<NewInstanceRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let config = InstanceSettings::try_from(body.into_inner())?;
+    let added = registry
+        .send(AddInstance(config))
+        .timeout(ACTOR_REPLY_TIMEOUT)
+        .await??;
+    tracing::Span::current().record("instance_id", added.id);
+    tracing::info!(url = %added.url, "instance added by an admin");
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/api/v1/admin/instances/{}", added.id)))
+        .json(added))
+}
+
+/// Change an instance's capacity, weight or enabled. Changes to an instance from
+/// settings.toml last until the next start.
+#[utoipa::path(patch, path = "/api/v1/admin/instances/{id}", tag = "admin",
+    request_body = InstanceChangeRequest,
+    params(("id" = u64, Path, description = "Instance id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Changed", body = InstanceView),
+        (status = 400, description = "Nothing to change, a value out of range, or an unknown field", body = ErrorBody),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 409, description = "The instance is draining", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (nothing was changed)", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(admin_id = admin.0.id, instance_id = *id))]
+pub async fn update_instance(
+    admin: AdminUser,
+    registry: web::Data<Addr<InstanceRegistry>>,
+    id: web::Path<u64>,
+    body: web::Json<InstanceChangeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let change = InstanceChange::try_from(body.into_inner())?;
+    tracing::info!(?change, "instance changed by an admin");
+    let id = id.into_inner();
+    let updated = registry
+        .send(UpdateInstance { id, change })
+        .timeout(ACTOR_REPLY_TIMEOUT)
+        .await??;
+    Ok(HttpResponse::Ok().json(updated))
+}
+
+/// Drain an instance, then remove it: no new work, calls in flight finish, then it is
+/// gone. An API instance's row is deleted at once; one from settings.toml comes back at
+/// the next start.
+#[utoipa::path(delete, path = "/api/v1/admin/instances/{id}", tag = "admin",
+    params(("id" = u64, Path, description = "Instance id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Draining (already gone if nothing was in flight)", body = InstanceView),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such instance", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (nothing was removed)", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(admin_id = admin.0.id, instance_id = *id))]
+pub async fn remove_instance(
+    admin: AdminUser,
+    registry: web::Data<Addr<InstanceRegistry>>,
+    id: web::Path<u64>,
+) -> Result<HttpResponse, ApiError> {
+    let removed = registry
+        .send(RemoveInstance(id.into_inner()))
+        .timeout(ACTOR_REPLY_TIMEOUT)
+        .await??;
+    tracing::info!(url = %removed.url, in_flight = removed.in_flight, "instance removal requested by an admin");
+    Ok(HttpResponse::Accepted().json(removed))
+}
