@@ -129,7 +129,29 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         attempt,
         instance: lease.url.clone(),
     });
-    match marked.await {
+    // The backend call starts while RUNNING is being committed, so the GPU does not idle
+    // for a commit; its answer only counts once that commit has applied, and the call is
+    // dropped (aborted) if it did not.
+    tracing::info!("calling backend");
+    let started = Instant::now();
+    let (url, job) = (lease.url.clone(), task.job.clone());
+    let call = qwen::generate(
+        &client,
+        &url,
+        &job,
+        deps.task_timeout,
+        deps.max_response_bytes,
+    );
+    tokio::pin!(marked, call);
+    let mut answered = None;
+    let marked = tokio::select! {
+        marked = &mut marked => marked,
+        result = &mut call => {
+            answered = Some(result);
+            marked.await
+        }
+    };
+    match marked {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => {
             tracing::info!("task is no longer queued; skipping it");
@@ -138,17 +160,10 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         Ok(Err(e)) => return retry_soon(&deps, task, lease, e.to_string()),
         Err(e) => return retry_soon(&deps, task, lease, e.to_string()),
     }
-
-    tracing::info!("calling backend");
-    let started = Instant::now();
-    let result = qwen::generate(
-        &client,
-        &lease.url,
-        &task.job,
-        deps.task_timeout,
-        deps.max_response_bytes,
-    )
-    .await;
+    let result = match answered {
+        Some(result) => result,
+        None => call.await,
+    };
     let expect = Expect::Running { attempt };
     let error = match result {
         Ok(image) => {
