@@ -9,6 +9,7 @@ use sea_orm::DbErr;
 
 use super::instance_registry::{InstanceView, Lease};
 use super::worker::Worker;
+use crate::backends::BackendError;
 use crate::domain::{Idempotency, ImageJob, InstanceChange};
 use crate::settings::{InstanceKind, InstanceSettings};
 
@@ -185,6 +186,19 @@ pub enum CallOutcome {
     },
     /// The call ended for reasons that say nothing about the instance (4xx, abandoned).
     Neutral,
+}
+
+impl From<&BackendError> for CallOutcome {
+    /// A 4xx says the request was at fault, anything else that the instance was.
+    fn from(error: &BackendError) -> Self {
+        if error.is_instance_fault() {
+            CallOutcome::InstanceFault {
+                error: error.to_string(),
+            }
+        } else {
+            CallOutcome::Neutral
+        }
+    }
 }
 
 /// Give a lease back (sent by `Lease::release` or its `Drop`).

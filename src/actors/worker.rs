@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::instance_registry::Lease;
 use super::messages::*;
 use super::{Dispatcher, InstanceRegistry, TaskStore};
-use crate::backends::{qwen, BackendError};
+use crate::backends::qwen;
 use crate::settings::InstanceKind;
 
 /// Longest pause between two attempts of one task.
@@ -186,7 +186,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     };
 
     let instance_id = lease.instance_id();
-    lease.release(classify(&error));
+    lease.release(CallOutcome::from(&error));
     if error.is_instance_fault() && attempt < deps.max_attempts {
         let delay = backoff(deps.retry_base, attempt);
         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
@@ -246,16 +246,6 @@ fn backoff(base: Duration, attempt: i32) -> Duration {
         .min(MAX_BACKOFF);
     let half = step / 2;
     half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
-}
-
-fn classify(error: &BackendError) -> CallOutcome {
-    if error.is_instance_fault() {
-        CallOutcome::InstanceFault {
-            error: error.to_string(),
-        }
-    } else {
-        CallOutcome::Neutral
-    }
 }
 
 /// Applies the outcome if the task is still as expected; `true` when it was applied.

@@ -301,13 +301,7 @@ async fn relay(
         }
         Err(Fault::Backend(error)) => {
             tracing::warn!(%error, "speech backend call failed");
-            lease.release(if error.is_instance_fault() {
-                CallOutcome::InstanceFault {
-                    error: error.to_string(),
-                }
-            } else {
-                CallOutcome::Neutral
-            });
+            lease.release(CallOutcome::from(&error));
             Err(error.into())
         }
     }

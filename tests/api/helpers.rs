@@ -118,12 +118,7 @@ pub async fn start(settings: Settings, sims: Vec<SimBackend>, dir: TempDir) -> T
         .expect("build application");
     let address = format!("http://127.0.0.1:{}", app.port());
     actix_web::rt::spawn(app.run_until_stopped());
-    let db = infergate::database::connect(&infergate::settings::DatabaseSettings {
-        url: db_url.clone(),
-        max_connections: 2,
-    })
-    .await
-    .expect("connect to test database");
+    let db = open_database(&db_url).await;
     TestApp {
         address,
         client: reqwest::Client::new(),
@@ -483,4 +478,15 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
         "empty error message in {body}"
     );
     body
+}
+
+/// A small connection to a test gateway's database, to assert on what it stored.
+pub async fn open_database(url: &str) -> DatabaseConnection {
+    let settings = infergate::settings::DatabaseSettings {
+        url: url.to_string(),
+        max_connections: 2,
+    };
+    infergate::database::connect(&settings)
+        .await
+        .expect("connect to the test database")
 }

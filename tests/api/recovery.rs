@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{json, Value};
 
-use crate::helpers::start_sims;
+use crate::helpers::{open_database, start_sims};
 use crate::process::{database_url, free_port, write_config, Gateway};
 
 async fn login(base: &str) -> String {
@@ -79,12 +79,7 @@ async fn sigkill_under_load_then_restart_loses_nothing_and_runs_nothing_twice() 
     }
     gateway.kill();
 
-    let db = infergate::database::connect(&infergate::settings::DatabaseSettings {
-        url: database_url(dir.path()),
-        max_connections: 2,
-    })
-    .await
-    .unwrap();
+    let db = open_database(&database_url(dir.path())).await;
     assert_eq!(
         Task::find().count(&db).await.unwrap(),
         total,
@@ -175,12 +170,7 @@ async fn sigterm_drains_running_tasks_refuses_new_ones_and_keeps_the_queue() {
     let exit = gateway.wait(Duration::from_secs(15)).await;
     assert!(exit.success(), "exit status {exit}");
 
-    let db = infergate::database::connect(&infergate::settings::DatabaseSettings {
-        url: database_url(dir.path()),
-        max_connections: 2,
-    })
-    .await
-    .unwrap();
+    let db = open_database(&database_url(dir.path())).await;
     let status = |id: &str| {
         let db = db.clone();
         let id = id.to_string();
@@ -223,12 +213,7 @@ async fn sigterm_past_the_grace_requeues_the_running_task() {
     let gateway = Gateway::start(dir.path(), Some(&config), free_port(), &[]).await;
     let token = login(&gateway.base).await;
     submit(&gateway.base, &token, "long one".into()).await;
-    let db = infergate::database::connect(&infergate::settings::DatabaseSettings {
-        url: database_url(dir.path()),
-        max_connections: 2,
-    })
-    .await
-    .unwrap();
+    let db = open_database(&database_url(dir.path())).await;
     while count(&db, task::Status::Running).await == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
