@@ -342,6 +342,12 @@ pub struct RecoverOrphans {
     pub max_attempts: i32,
 }
 
+/// Answers once every write queued before it has committed (or failed): the last step of
+/// a drain, since workers hand over a task's ending without waiting for its commit.
+#[derive(Message)]
+#[rtype(result = "Result<(), DbErr>")]
+pub struct Flush;
+
 /// RUNNING → QUEUED for these tasks, whose attempts were aborted by a shutdown.
 #[derive(Message)]
 #[rtype(result = "Result<u64, DbErr>")]

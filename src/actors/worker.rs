@@ -179,8 +179,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
                 content_type: image.content_type,
                 bytes: image.bytes,
             };
-            finish(&deps, &task, expect, outcome).await;
-            return;
+            return hand_over(&deps, &task, expect, outcome);
         }
         Err(error) => error,
     };
@@ -206,7 +205,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     } else {
         error.to_string()
     };
-    finish(&deps, &task, expect, TaskOutcome::Failed { error }).await;
+    hand_over(&deps, &task, expect, TaskOutcome::Failed { error });
 }
 
 /// A lease on an instance with room, or `None` once the task has been failed for want
@@ -248,26 +247,36 @@ fn backoff(base: Duration, attempt: i32) -> Duration {
     half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
 }
 
-/// Applies the outcome if the task is still as expected; `true` when it was applied.
+/// Queues the task's final outcome for the store's next commit without waiting for it:
+/// the slot's instance is free once the backend has answered, so the next task starts
+/// while this ending commits. `do_send` puts it in the store's mailbox before the worker
+/// reports idle, so a drain's closing `Flush` comes after it. Should the process die
+/// before the commit, the task is still RUNNING and the start-up recovery runs it again.
+/// Endings cannot pile up: the worker's next answer counts only after its RUNNING has
+/// committed, which is after this ending's commit.
+fn hand_over(deps: &WorkerDeps, task: &QueuedTask, expect: Expect, outcome: TaskOutcome) {
+    deps.store.do_send(finish_message(task, expect, outcome));
+}
+
+fn finish_message(task: &QueuedTask, expect: Expect, outcome: TaskOutcome) -> FinishTask {
+    FinishTask {
+        task_id: task.task_id.clone(),
+        user_id: task.user_id,
+        expect,
+        outcome,
+    }
+}
+
+/// Applies the outcome if the task is still as expected, and waits for it; `true` when
+/// it was applied.
 async fn finish(
     deps: &WorkerDeps,
     task: &QueuedTask,
     expect: Expect,
     outcome: TaskOutcome,
 ) -> bool {
-    let message = FinishTask {
-        task_id: task.task_id.clone(),
-        user_id: task.user_id,
-        expect,
-        outcome,
-    };
-    match deps.store.send(message).await {
-        Ok(Ok(applied)) => {
-            if !applied {
-                tracing::info!("task had already moved on (cancelled or ended); outcome dropped");
-            }
-            applied
-        }
+    match deps.store.send(finish_message(task, expect, outcome)).await {
+        Ok(Ok(applied)) => applied,
         // The task stays as stored; the start-up recovery pass picks it up again.
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot store the task's outcome");

@@ -27,11 +27,18 @@ impl BackendError {
 /// Keeps the first `max` bytes of an error body, cut at a character boundary.
 pub fn error_detail(body: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(max)]).into_owned();
-    let text = text.trim_end_matches('\u{FFFD}').trim();
+    // Control characters (a NUL above all, which PostgreSQL refuses in text) are not
+    // worth storing with the task.
+    let text: String = text
+        .trim_end_matches('\u{FFFD}')
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .collect();
     if text.is_empty() {
         "(empty body)".into()
     } else {
-        text.to_string()
+        text
     }
 }
 
@@ -43,6 +50,7 @@ mod tests {
     fn error_detail_is_capped_and_never_empty() {
         assert_eq!(error_detail(b"", 2048), "(empty body)");
         assert_eq!(error_detail(&[b'x'; 5000], 2048).len(), 2048);
+        assert_eq!(error_detail(b"bad\0 input\x07\n", 2048), "bad input");
         // A multi-byte character cut in half is dropped, not mangled.
         assert_eq!(error_detail("aé".as_bytes(), 2), "a");
     }

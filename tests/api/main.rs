@@ -7,6 +7,7 @@ mod bad_input;
 mod balancing;
 mod cancel;
 mod cli;
+mod database_faults;
 mod fairness;
 mod fake_backend;
 mod faults;

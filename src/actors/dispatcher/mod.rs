@@ -348,7 +348,7 @@ impl Handler<QueuePositions> for Dispatcher {
 }
 
 /// Graceful shutdown: stop, let running tasks finish within the grace, then abort the
-/// rest and return them to QUEUED.
+/// rest and return them to QUEUED, and answer once every ending is committed.
 impl Handler<Drain> for Dispatcher {
     type Result = ResponseActFuture<Self, ()>;
 
@@ -382,14 +382,19 @@ impl Handler<Drain> for Dispatcher {
             }
             let store = dispatcher.store.clone();
             async move {
-                if leftover.is_empty() {
-                    return;
+                if !leftover.is_empty() {
+                    match store.send(RequeueRunning(leftover)).await {
+                        Ok(Ok(_)) => {}
+                        // Left RUNNING, they are recovered at the next start.
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot re-queue running tasks"),
+                        Err(e) => tracing::error!(error = %e, "cannot re-queue running tasks"),
+                    }
                 }
-                match store.send(RequeueRunning(leftover)).await {
-                    Ok(Ok(_)) => {}
-                    // Left RUNNING, they are recovered at the next start.
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot re-queue running tasks"),
-                    Err(e) => tracing::error!(error = %e, "cannot re-queue running tasks"),
+                // Workers hand over endings without waiting for their commit.
+                match store.send(Flush).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot store the last endings"),
+                    Err(e) => tracing::error!(error = %e, "cannot store the last endings"),
                 }
             }
             .into_actor(dispatcher)

@@ -6,9 +6,12 @@
 //! and one fsync serves a whole batch. Reads run concurrently on the connection pool and
 //! never wait for the buffer. Every status change is conditional on the status (and
 //! attempt) the caller expects, so a late or repeated update cannot overwrite a task
-//! that already ended.
+//! that already ended. A task's ending that fails to commit is tried again until it
+//! does, so a passing database error leaves no task stuck RUNNING.
 
 mod writes;
+
+use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -21,10 +24,16 @@ use sea_orm::{
 use tokio::sync::oneshot;
 
 use super::messages::*;
-use writes::{requeue_running, Write};
+use writes::{requeue_running, Ending, Write};
 
 /// Writes per group commit; keeps one insert statement well under SQLite's variable limit.
 const MAX_BATCH: usize = 512;
+/// Pause before an ending's next try after a failed commit; doubles with each failure.
+const ENDING_RETRY_BASE: Duration = Duration::from_millis(100);
+const ENDING_RETRY_MAX: Duration = Duration::from_secs(10);
+/// Failed commits after which a DONE is stored as FAILED instead: the database may be
+/// refusing this image, and its bytes should not be held on to for ever.
+const DONE_TRIES: u32 = 6;
 
 pub struct TaskStore {
     db: DatabaseConnection,
@@ -54,13 +63,49 @@ impl TaskStore {
             return;
         }
         self.committing = true;
-        let take = self.pending.len().min(MAX_BATCH);
+        // An ending that failed before commits alone, so that if it is the write the
+        // database refuses, it does not take other writes down with it again.
+        let take = if self.pending[0].is_retry() {
+            1
+        } else {
+            let fresh = self.pending.iter().take(MAX_BATCH);
+            fresh.take_while(|write| !write.is_retry()).count()
+        };
         let batch: Vec<Write> = self.pending.drain(..take).collect();
         let commit = writes::commit(self.db.clone(), batch);
-        ctx.spawn(commit.into_actor(self).map(|_, store, ctx| {
+        ctx.spawn(commit.into_actor(self).map(|failed, store, ctx| {
             store.committing = false;
+            for ending in failed {
+                store.retry_later(ending, ctx);
+            }
             store.flush(ctx);
         }));
+    }
+
+    /// Tries a task's ending again after a failed commit, with backoff and for as long
+    /// as it takes: its worker has moved on, and a task left RUNNING would be stuck
+    /// until the next start.
+    fn retry_later(&mut self, mut ending: Ending, ctx: &mut Context<Self>) {
+        let error = ending.last_error.take().unwrap_or_default();
+        let task_id = ending.msg.task_id.clone();
+        if ending.failures >= DONE_TRIES && matches!(ending.msg.outcome, TaskOutcome::Done { .. }) {
+            tracing::error!(%task_id, %error, "cannot store the image; the task fails instead");
+            ending.msg.outcome = TaskOutcome::Failed {
+                error: format!("the result could not be stored: {error}"),
+            };
+        }
+        let delay = ENDING_RETRY_BASE
+            .saturating_mul(1 << (ending.failures - 1).min(16))
+            .min(ENDING_RETRY_MAX);
+        tracing::warn!(
+            %task_id,
+            failures = ending.failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "task ending not stored; will retry"
+        );
+        ctx.run_later(delay, move |store, ctx| {
+            store.push(Write::Finish(ending), ctx)
+        });
     }
 }
 
@@ -114,7 +159,24 @@ impl Handler<FinishTask> for TaskStore {
 
     fn handle(&mut self, msg: FinishTask, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.push(Write::Finish(msg, tx), ctx);
+        let ending = Ending {
+            msg,
+            reply: tx,
+            failures: 0,
+            last_error: None,
+        };
+        self.push(Write::Finish(ending), ctx);
+        committed(rx)
+    }
+}
+
+/// Answers after the commit that follows every write queued so far.
+impl Handler<Flush> for TaskStore {
+    type Result = ResponseFuture<Result<(), DbErr>>;
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.push(Write::Flush(tx), ctx);
         committed(rx)
     }
 }

@@ -18,43 +18,64 @@ type Reply<T> = oneshot::Sender<Result<T, DbErr>>;
 pub enum Write {
     Insert(Box<task::ActiveModel>, Reply<Inserted>),
     MarkRunning(MarkRunning, Reply<bool>),
-    Finish(FinishTask, Reply<bool>),
+    Finish(Ending),
+    /// Holds no write; answered when the commit it rides on ends.
+    Flush(Reply<()>),
+}
+
+impl Write {
+    /// An ending that failed to commit before; it is committed alone.
+    pub fn is_retry(&self) -> bool {
+        matches!(self, Write::Finish(ending) if ending.failures > 0)
+    }
+}
+
+/// A task's ending. Unlike the other writes it is never answered with a database
+/// error: its worker has already moved on, so the store retries it until it commits.
+pub struct Ending {
+    pub msg: FinishTask,
+    pub reply: Reply<bool>,
+    /// Commits this ending has failed so far.
+    pub failures: u32,
+    /// The error of the last failed commit.
+    pub last_error: Option<String>,
 }
 
 /// A conditional status change, answered with whether it applied.
-enum Update {
-    MarkRunning(MarkRunning),
-    Finish(FinishTask),
+enum Update<'a> {
+    MarkRunning(&'a MarkRunning),
+    Finish(&'a FinishTask),
 }
 
 /// Applies the batch in one transaction, then answers every writer: each its own
-/// outcome once committed, or all the error if anything failed.
-pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) {
+/// outcome once committed, or the error if anything failed. Endings of a failed commit
+/// are not answered but handed back, to be tried again.
+pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) -> Vec<Ending> {
     let mut inserts = Vec::new();
     let mut insert_replies = Vec::new();
-    let mut updates = Vec::new();
-    let mut update_replies = Vec::new();
+    let mut marks = Vec::new();
+    let mut endings = Vec::new();
+    let mut flushes = Vec::new();
     for write in batch {
         match write {
             Write::Insert(row, reply) => {
                 inserts.push(*row);
                 insert_replies.push(reply);
             }
-            Write::MarkRunning(msg, reply) => {
-                updates.push(Update::MarkRunning(msg));
-                update_replies.push(reply);
-            }
-            Write::Finish(msg, reply) => {
-                updates.push(Update::Finish(msg));
-                update_replies.push(reply);
-            }
+            Write::MarkRunning(msg, reply) => marks.push((msg, reply)),
+            Write::Finish(ending) => endings.push(ending),
+            Write::Flush(reply) => flushes.push(reply),
         }
     }
+    let updates = marks
+        .iter()
+        .map(|(msg, _)| Update::MarkRunning(msg))
+        .chain(endings.iter().map(|ending| Update::Finish(&ending.msg)));
     let result = async {
         let txn = db.begin().await?;
         let inserted = insert_rows(&txn, inserts).await?;
-        let mut applied = Vec::with_capacity(updates.len());
-        for update in &updates {
+        let mut applied = Vec::with_capacity(marks.len() + endings.len());
+        for update in updates {
             applied.push(match update {
                 Update::MarkRunning(msg) => mark_running(&txn, msg).await?,
                 Update::Finish(msg) => finish(&txn, msg).await?,
@@ -69,19 +90,35 @@ pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) {
             for (reply, outcome) in insert_replies.into_iter().zip(inserted) {
                 let _ = reply.send(Ok(outcome));
             }
-            for (reply, applied) in update_replies.into_iter().zip(applied) {
+            let mut applied = applied.into_iter();
+            for ((_, reply), applied) in marks.into_iter().zip(&mut applied) {
                 let _ = reply.send(Ok(applied));
             }
+            for (ending, applied) in endings.into_iter().zip(applied) {
+                let _ = ending.reply.send(Ok(applied));
+            }
+            for reply in flushes {
+                let _ = reply.send(Ok(()));
+            }
+            Vec::new()
         }
         Err(e) => {
-            let size = insert_replies.len() + update_replies.len();
+            let size = insert_replies.len() + marks.len() + endings.len();
             tracing::error!(error = %e, batch = size, "group commit failed");
             for reply in insert_replies {
                 let _ = reply.send(Err(DbErr::Custom(e.to_string())));
             }
-            for reply in update_replies {
+            for (_, reply) in marks {
                 let _ = reply.send(Err(DbErr::Custom(e.to_string())));
             }
+            for reply in flushes {
+                let _ = reply.send(Err(DbErr::Custom(e.to_string())));
+            }
+            for ending in &mut endings {
+                ending.failures += 1;
+                ending.last_error = Some(e.to_string());
+            }
+            endings
         }
     }
 }
@@ -205,8 +242,15 @@ async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbE
             .filter(task::Column::Attempts.eq(attempt)),
     };
     let applied = query.exec(txn).await?.rows_affected == 1;
-    if let (false, Some(id)) = (applied, image_id) {
-        Image::delete_by_id(id).exec(txn).await?;
+    if !applied {
+        // Workers hand over a task's ending without waiting, so it is said here.
+        tracing::info!(
+            task_id = %msg.task_id,
+            "task had already moved on (cancelled or ended); outcome dropped"
+        );
+        if let Some(id) = image_id {
+            Image::delete_by_id(id).exec(txn).await?;
+        }
     }
     Ok(applied)
 }
