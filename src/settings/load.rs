@@ -1,0 +1,279 @@
+//! Where the settings come from, and the checks that stop a bad start with the key named.
+
+use std::path::Path;
+
+use super::{Settings, SettingsError};
+
+impl Settings {
+    /// Loads `path` (required when given, else `settings.toml` when present) and the
+    /// environment over the built-in defaults, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Settings, SettingsError> {
+        let file = match path {
+            Some(path) => config::File::from(path).required(true),
+            None => config::File::with_name("settings.toml").required(false),
+        };
+        let settings: Settings = config::Config::builder()
+            .add_source(file)
+            .add_source(
+                config::Environment::with_prefix("INFERGATE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(SettingsError::Invalid {
+                key: key.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        if self.database.url.is_empty() {
+            return invalid("database.url", "must not be empty");
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+            return invalid(
+                "auth.jwt_secret",
+                "must be at least 32 bytes, or empty to generate one",
+            );
+        }
+        if self.auth.token_ttl_hours == 0 {
+            return invalid("auth.token_ttl_hours", "must be at least 1");
+        }
+        if self.queue.capacity == 0 {
+            return invalid("queue.capacity", "must be at least 1");
+        }
+        if self.queue.max_wait_secs == 0 {
+            return invalid("queue.max_wait_secs", "must be at least 1");
+        }
+        if self.workers.task_timeout_secs == 0 {
+            return invalid("workers.task_timeout_secs", "must be at least 1");
+        }
+        if !(1..=20).contains(&self.workers.max_attempts) {
+            return invalid("workers.max_attempts", "must be between 1 and 20");
+        }
+        if self.workers.max_response_bytes < 1024 {
+            return invalid("workers.max_response_bytes", "must be at least 1024");
+        }
+        if self.health.interval_secs == 0 {
+            return invalid("health.interval_secs", "must be at least 1");
+        }
+        if self.health.ping_timeout_secs == 0 {
+            return invalid("health.ping_timeout_secs", "must be at least 1");
+        }
+        if self.health.eject_after_failures == 0 {
+            return invalid("health.eject_after_failures", "must be at least 1");
+        }
+        if self.image.max_prompt_chars == 0 {
+            return invalid("image.max_prompt_chars", "must be at least 1");
+        }
+        if self.image.default_steps == 0 || self.image.default_steps > self.image.max_steps {
+            return invalid(
+                "image.default_steps",
+                "must be between 1 and image.max_steps",
+            );
+        }
+        if self.image.max_side < 64 {
+            return invalid("image.max_side", "must be at least 64");
+        }
+        self.validate_speech()?;
+        let limits = &self.limits;
+        for (key, per_minute, burst) in [
+            ("submit", limits.submit_per_minute, limits.submit_burst),
+            ("speech", limits.speech_per_minute, limits.speech_burst),
+            ("login", limits.login_per_minute, limits.login_burst),
+        ] {
+            if per_minute > 0 && burst == 0 {
+                return invalid(
+                    &format!("limits.{key}_burst"),
+                    "must be at least 1 while the rate is limited",
+                );
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid("log.level", &e.to_string());
+        }
+        for (i, instance) in self.instances.iter().enumerate() {
+            if let Err((field, reason)) = instance.check() {
+                return invalid(&format!("instances[{i}].{field}"), &reason);
+            }
+            if let Some(first) = self.instances[..i]
+                .iter()
+                .position(|other| other.same_backend(instance))
+            {
+                let reason = format!("same kind and url as instances[{first}]");
+                return invalid(&format!("instances[{i}].url"), &reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_speech(&self) -> Result<(), SettingsError> {
+        let s = &self.speech;
+        let checks = [
+            (
+                "speech.max_upload_bytes",
+                s.max_upload_bytes >= 1024,
+                "must be at least 1024",
+            ),
+            (
+                "speech.max_pcm_seconds",
+                s.max_pcm_seconds >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.read_timeout_secs",
+                s.read_timeout_secs >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.max_upload_secs",
+                s.max_upload_secs >= s.max_pcm_seconds,
+                "must be at least speech.max_pcm_seconds (devices stream in real time)",
+            ),
+            (
+                "speech.max_wait_secs",
+                s.max_wait_secs >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.max_waiting",
+                s.max_waiting >= 1,
+                "must be at least 1",
+            ),
+            (
+                "speech.timeout_secs",
+                s.timeout_secs >= 1,
+                "must be at least 1",
+            ),
+        ];
+        match checks.into_iter().find(|(_, ok, _)| !ok) {
+            Some((key, _, reason)) => Err(SettingsError::Invalid {
+                key: key.into(),
+                reason: reason.into(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{Strategy, MAX_INSTANCE_CAPACITY};
+
+    #[test]
+    fn defaults_are_valid_and_follow_the_old_system() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.queue.capacity, 100);
+        assert_eq!(s.workers.task_timeout_secs, 120);
+        assert_eq!(s.health.interval_secs, 30);
+        assert_eq!(s.workers.slots_for(0), 1);
+        assert_eq!(s.workers.slots_for(5), 5);
+        assert_eq!(s.balancing.image, Strategy::LeastLoaded);
+        assert_eq!(s.speech.timeout_secs, 30);
+        assert_eq!(s.speech.max_upload_bytes, 10 * 1024 * 1024);
+        assert_eq!(s.speech.max_pcm_bytes(), 1_920_000);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let mut s = Settings::default();
+        s.queue.capacity = 0;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("queue.capacity"));
+
+        let mut s = Settings::default();
+        s.instances[0].url = "ftp://x".into();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("instances[0].url"));
+
+        let mut s = Settings::default();
+        let mut twin = s.instances[0].clone();
+        twin.url = "http://LOCALHOST:8000/".into();
+        s.instances.push(twin);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("instances[1].url") && err.contains("instances[0]"),
+            "{err}"
+        );
+
+        let mut s = Settings::default();
+        s.instances[0].capacity = MAX_INSTANCE_CAPACITY + 1;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("instances[0].capacity"));
+
+        let mut s = Settings::default();
+        s.speech.max_upload_secs = s.speech.max_pcm_seconds - 1;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("speech.max_upload_secs"));
+    }
+
+    #[test]
+    fn a_file_may_set_only_some_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "[queue]\ncapacity = 7\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.queue.capacity, 7);
+        assert_eq!(s.server.port, 8080);
+    }
+
+    #[test]
+    fn the_shipped_settings_file_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("settings.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shipped: Settings = toml_from(&text);
+        // Unknown keys are refused by deny_unknown_fields; values must be the defaults.
+        assert_eq!(format!("{shipped:?}"), format!("{:?}", Settings::default()));
+    }
+
+    fn toml_from(text: &str) -> Settings {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        // A key no other test asserts, since tests may share the process environment.
+        std::env::set_var("INFERGATE__IMAGE__MAX_STEPS", "77");
+        let s = Settings::load(None).unwrap();
+        std::env::remove_var("INFERGATE__IMAGE__MAX_STEPS");
+        assert_eq!(s.image.max_steps, 77);
+    }
+
+    #[test]
+    fn wrong_types_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, "[server]\nport = \"eighty\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+}

@@ -1,0 +1,366 @@
+//! Every setting and its built-in default.
+//!
+//! Sources, later ones winning: built-in defaults, `settings.toml` (or `--config PATH`),
+//! environment variables `INFERGATE__SECTION__KEY` (`load.rs`, with the checks that stop
+//! a bad start). Backend instance entries are in `instance.rs`.
+
+mod instance;
+mod load;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use instance::{
+    check_instance_url, url_key, InstanceKind, InstanceSettings, Protocol, MAX_INSTANCE_CAPACITY,
+    MAX_INSTANCE_WEIGHT,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot load settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub queue: QueueSettings,
+    pub workers: WorkerSettings,
+    pub health: HealthSettings,
+    pub balancing: BalancingSettings,
+    pub image: ImageSettings,
+    pub speech: SpeechSettings,
+    pub limits: LimitSettings,
+    pub log: LogSettings,
+    pub instances: Vec<InstanceSettings>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// Largest JSON request body accepted.
+    pub max_json_bytes: usize,
+    /// On SIGTERM/SIGINT, how long running tasks may take to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Empty: generate a strong secret once and keep it in the database.
+    pub jwt_secret: String,
+    pub token_ttl_hours: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    pub capacity: usize,
+    pub max_wait_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// 0: one slot per unit of enabled image capacity, following instances as they change.
+    pub slots: usize,
+    pub task_timeout_secs: u64,
+    /// Largest backend answer (image bytes) accepted.
+    pub max_response_bytes: usize,
+    /// Attempts per task, counting the first.
+    pub max_attempts: u32,
+    /// Pause before the first retry; doubles with each further attempt (with jitter).
+    pub retry_base_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    pub interval_secs: u64,
+    pub ping_timeout_secs: u64,
+    /// Consecutive failed calls that take an instance out of rotation before its next ping.
+    pub eject_after_failures: u32,
+    /// An instance that comes back healthy ramps up to its capacity over this long; 0: at once.
+    pub slow_start_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    RoundRobin,
+    UserHash,
+    LeastLoaded,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalancingSettings {
+    pub image: Strategy,
+    pub speech: Strategy,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageSettings {
+    pub max_prompt_chars: usize,
+    pub default_steps: u32,
+    pub max_steps: u32,
+    pub max_side: u32,
+}
+
+/// Limits of the synchronous speech endpoints.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeechSettings {
+    /// Largest form data (the file plus any other fields) of one upload.
+    pub max_upload_bytes: usize,
+    /// Longest PCM stream, in seconds of 16 kHz 16-bit mono audio.
+    pub max_pcm_seconds: u64,
+    /// A client that sends nothing for this long mid-upload is cut off.
+    pub read_timeout_secs: u64,
+    /// Longest a whole upload may take, so a trickling client cannot hold an instance.
+    pub max_upload_secs: u64,
+    /// Longest wait for a free healthy speech instance.
+    pub max_wait_secs: u64,
+    /// Requests that may wait for a free instance at once; more are refused at once.
+    pub max_waiting: usize,
+    /// The backend's time to answer once it has the whole upload.
+    pub timeout_secs: u64,
+}
+
+impl SpeechSettings {
+    /// `max_pcm_seconds` in bytes of 16 kHz 16-bit mono PCM.
+    pub fn max_pcm_bytes(&self) -> u64 {
+        self.max_pcm_seconds * PCM_BYTES_PER_SEC
+    }
+}
+
+/// Bytes per second of 16 kHz 16-bit mono PCM, the only format the PCM endpoint takes.
+pub const PCM_BYTES_PER_SEC: u64 = 32_000;
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `infergate=debug,actix_web=info`.
+    pub level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
+            queue: QueueSettings::default(),
+            workers: WorkerSettings::default(),
+            health: HealthSettings::default(),
+            balancing: BalancingSettings::default(),
+            image: ImageSettings::default(),
+            speech: SpeechSettings::default(),
+            limits: LimitSettings::default(),
+            log: LogSettings::default(),
+            instances: vec![InstanceSettings {
+                kind: InstanceKind::Image,
+                url: "http://localhost:8000".into(),
+                protocol: Some(Protocol::Qwen),
+                capacity: 1,
+                weight: 1,
+            }],
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            max_json_bytes: 64 * 1024,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: "sqlite://infergate.db?mode=rwc".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            jwt_secret: String::new(),
+            token_ttl_hours: 24,
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            capacity: 100,
+            max_wait_secs: 600,
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            slots: 0,
+            task_timeout_secs: 120,
+            max_response_bytes: 32 * 1024 * 1024,
+            max_attempts: 3,
+            retry_base_ms: 500,
+        }
+    }
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            interval_secs: 30,
+            ping_timeout_secs: 5,
+            eject_after_failures: 3,
+            slow_start_secs: 10,
+        }
+    }
+}
+
+impl Default for BalancingSettings {
+    fn default() -> Self {
+        BalancingSettings {
+            image: Strategy::LeastLoaded,
+            speech: Strategy::LeastLoaded,
+        }
+    }
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            max_prompt_chars: 4000,
+            default_steps: 20,
+            max_steps: 150,
+            max_side: 2048,
+        }
+    }
+}
+
+impl Default for SpeechSettings {
+    fn default() -> Self {
+        SpeechSettings {
+            max_upload_bytes: 10 * 1024 * 1024,
+            max_pcm_seconds: 60,
+            read_timeout_secs: 10,
+            max_upload_secs: 120,
+            max_wait_secs: 5,
+            max_waiting: 32,
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// Fairness between users: rate limits, quotas, fair order and VIP priority.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Image submissions per user per minute (token bucket refill); 0 = no limit.
+    pub submit_per_minute: u32,
+    /// Submissions a user may make at once before the per-minute rate applies.
+    pub submit_burst: u32,
+    /// Speech requests per user per minute; 0 = no limit.
+    pub speech_per_minute: u32,
+    pub speech_burst: u32,
+    /// Login attempts per username and per client address per minute; 0 = no limit.
+    pub login_per_minute: u32,
+    pub login_burst: u32,
+    /// Unfinished (queued or running) image tasks per user; 0 = no quota.
+    pub max_queued_per_user: u32,
+    /// Serve users with queued tasks in turn; false: strict submission order.
+    pub fair_order: bool,
+    /// While normal tasks wait, VIP tasks get at most this many dispatches in a row
+    /// before a normal task gets one (the aging bound); 0 = no VIP priority.
+    pub vip_share: u32,
+    /// Take the client address for login limits from X-Forwarded-For / Forwarded (only
+    /// behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            submit_per_minute: 60,
+            submit_burst: 20,
+            speech_per_minute: 60,
+            speech_burst: 10,
+            login_per_minute: 10,
+            login_burst: 5,
+            max_queued_per_user: 20,
+            fair_order: true,
+            vip_share: 4,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn task_timeout(&self) -> Duration {
+        Duration::from_secs(self.workers.task_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+
+    pub fn queue_max_wait(&self) -> Duration {
+        Duration::from_secs(self.queue.max_wait_secs)
+    }
+}
+
+impl WorkerSettings {
+    /// Worker slots: `workers.slots` when set, else the enabled image instances' total
+    /// capacity; at least one, so a task with no instance still fails after the max wait.
+    pub fn slots_for(&self, image_capacity: u32) -> usize {
+        if self.slots > 0 {
+            return self.slots;
+        }
+        image_capacity.max(1) as usize
+    }
+}
