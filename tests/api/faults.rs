@@ -207,3 +207,46 @@ async fn tasks_wait_while_every_instance_is_down_and_run_when_one_returns() {
         assert_eq!(app.wait_for_end(&user.token, id).await.1["status"], "DONE");
     }
 }
+
+#[actix_web::test]
+async fn an_instance_coming_back_gets_its_capacity_step_by_step() {
+    let sims = start_sims(vec![SimConfig {
+        latency_ms: 30_000,
+        capacity: 4,
+        ..SimConfig::default()
+    }]);
+    let app = spawn_app_on(sims, |s| {
+        s.instances[0].capacity = 4;
+        s.health.slow_start_secs = 4;
+    })
+    .await;
+    let user = app.new_user("alice").await;
+    app.wait_for_healthy(1).await;
+    app.sims[0].set_ready(false);
+    app.wait_for_healthy(0).await;
+    for i in 0..8 {
+        app.submit_ok(&user.token, &format!("prompt {i}")).await;
+    }
+
+    app.sims[0].set_ready(true);
+    // Calls on the instance as it comes back: one at first, then more as the ramp climbs
+    // (without a slow start all four would start at once).
+    let mut seen = vec![0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.last() != Some(&4) {
+        assert!(std::time::Instant::now() < deadline, "seen {seen:?}");
+        let in_flight = app.stats().await["image_instances"]["in_flight"]
+            .as_u64()
+            .unwrap();
+        if Some(&in_flight) != seen.last() {
+            seen.push(in_flight);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen[1], 1, "seen {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "seen {seen:?}");
+    assert!(
+        seen.len() > 3,
+        "no step between one call and four: {seen:?}"
+    );
+}

@@ -293,6 +293,53 @@ async fn a_request_that_finds_every_instance_busy_waits_then_gets_503() {
 }
 
 #[actix_web::test]
+async fn past_max_waiting_a_request_is_refused_at_once_while_the_waiting_one_is_served() {
+    let (app, user) = speech_app(vec![sim_with(|c| c.latency_ms = 2000)], |s| {
+        s.speech.max_waiting = 1;
+        s.speech.max_wait_secs = 30;
+    })
+    .await;
+    let auth = Auth::Bearer(&user.token);
+    let until = |in_flight: u64, waiting: u64| {
+        let app = &app;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let speech = app.stats().await["speech_instances"].clone();
+                if speech["in_flight"] == in_flight && speech["waiting"] == waiting {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "never reached: {speech}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let (first, second, third) = tokio::join!(
+        app.send_pcm(auth, pcm(1.0)),
+        async {
+            until(1, 0).await;
+            app.send_pcm(auth, pcm(1.0)).await
+        },
+        async {
+            until(1, 1).await;
+            let refused = app.send_pcm(auth, pcm(1.0)).await;
+            // Refused while the first still runs and the second still waits.
+            let speech = app.stats().await["speech_instances"].clone();
+            assert_eq!(
+                (speech["in_flight"].clone(), speech["waiting"].clone()),
+                (json!(1), json!(1))
+            );
+            refused
+        }
+    );
+    assert!(third.headers().contains_key("retry-after"));
+    assert_error(third, StatusCode::SERVICE_UNAVAILABLE, "instances_busy").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(transcribed(&app.speech_sims[0]), 2);
+}
+
+#[actix_web::test]
 async fn a_slow_backend_is_504() {
     let (app, user) = speech_app(vec![sim_with(|c| c.latency_ms = 5000)], |s| {
         s.speech.timeout_secs = 1
