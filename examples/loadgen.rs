@@ -117,6 +117,7 @@ impl Rig {
                 dir.path().join("bench.db").display()
             ),
             max_connections: 1,
+            ..Default::default()
         };
         let db = infergate::database::connect(&database).await.unwrap();
         let mut rig = Rig {

@@ -49,13 +49,14 @@ impl Application {
             Duration::from_secs(settings.auth.token_ttl_hours * 3600),
         );
 
-        let store_db = db.clone();
+        let (store_db, hold_results) = (db.clone(), settings.hold_results());
         // The TaskStore gets a thread of its own: building statements and decoding rows
         // would otherwise compete with every other actor (end-to-end median 3,130 against
         // 2,990 tasks/s on two cores).
         let store_thread = Arbiter::new();
-        let store =
-            Supervisor::start_in_arbiter(&store_thread.handle(), move |_| TaskStore::new(store_db));
+        let store = Supervisor::start_in_arbiter(&store_thread.handle(), move |_| {
+            TaskStore::new(store_db, hold_results)
+        });
         // Tasks a dead process left RUNNING go back to the queue (or fail, out of
         // attempts) before the Dispatcher loads it.
         let max_attempts = settings.workers.max_attempts as i32;

@@ -39,6 +39,9 @@ impl Settings {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
         }
+        if self.database.hold_results_secs == 0 {
+            return invalid("database.hold_results_secs", "must be at least 1");
+        }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
             return invalid(
                 "auth.jwt_secret",

@@ -57,6 +57,9 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+    /// How long a finished image is held while the database refuses its DONE; after
+    /// that the task is stored as FAILED instead.
+    pub hold_results_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -209,6 +212,7 @@ impl Default for DatabaseSettings {
         DatabaseSettings {
             url: "sqlite://infergate.db?mode=rwc".into(),
             max_connections: 8,
+            hold_results_secs: 60,
         }
     }
 }
@@ -347,6 +351,10 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+
+    pub fn hold_results(&self) -> Duration {
+        Duration::from_secs(self.database.hold_results_secs)
     }
 
     pub fn queue_max_wait(&self) -> Duration {

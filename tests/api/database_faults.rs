@@ -103,7 +103,7 @@ async fn an_ending_the_database_refuses_for_a_while_is_stored_once_it_can_be() {
 
 #[actix_web::test]
 async fn an_image_the_database_never_takes_fails_its_task_and_no_other() {
-    let app = spawn_app_with(vec![sim(200)], |_| {}).await;
+    let app = spawn_app_with(vec![sim(200)], |s| s.database.hold_results_secs = 1).await;
     let user = app.new_user("alice").await;
     app.wait_for_healthy(1).await;
     let refused = app.submit_ok(&user.token, "the refused one").await;

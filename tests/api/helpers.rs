@@ -485,6 +485,7 @@ pub async fn open_database(url: &str) -> DatabaseConnection {
     let settings = infergate::settings::DatabaseSettings {
         url: url.to_string(),
         max_connections: 2,
+        ..Default::default()
     };
     infergate::database::connect(&settings)
         .await

@@ -11,7 +11,7 @@
 
 mod writes;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -31,9 +31,6 @@ const MAX_BATCH: usize = 512;
 /// Pause before an ending's next try after a failed commit; doubles with each failure.
 const ENDING_RETRY_BASE: Duration = Duration::from_millis(100);
 const ENDING_RETRY_MAX: Duration = Duration::from_secs(10);
-/// Failed commits after which a DONE is stored as FAILED instead: the database may be
-/// refusing this image, and its bytes should not be held on to for ever.
-const DONE_TRIES: u32 = 6;
 
 pub struct TaskStore {
     db: DatabaseConnection,
@@ -41,14 +38,18 @@ pub struct TaskStore {
     pending: Vec<Write>,
     /// A commit is in flight; writes arriving now ride on the next one.
     committing: bool,
+    /// How long a DONE's image is held while its commit keeps failing; then the task is
+    /// stored as FAILED instead (the database may be refusing this very image).
+    hold_results: Duration,
 }
 
 impl TaskStore {
-    pub fn new(db: DatabaseConnection) -> TaskStore {
+    pub fn new(db: DatabaseConnection, hold_results: Duration) -> TaskStore {
         TaskStore {
             db,
             pending: Vec::new(),
             committing: false,
+            hold_results,
         }
     }
 
@@ -88,7 +89,11 @@ impl TaskStore {
     fn retry_later(&mut self, mut ending: Ending, ctx: &mut Context<Self>) {
         let error = ending.last_error.take().unwrap_or_default();
         let task_id = ending.msg.task_id.clone();
-        if ending.failures >= DONE_TRIES && matches!(ending.msg.outcome, TaskOutcome::Done { .. }) {
+        let held = ending
+            .first_failure
+            .get_or_insert_with(Instant::now)
+            .elapsed();
+        if held >= self.hold_results && matches!(ending.msg.outcome, TaskOutcome::Done { .. }) {
             tracing::error!(%task_id, %error, "cannot store the image; the task fails instead");
             ending.msg.outcome = TaskOutcome::Failed {
                 error: format!("the result could not be stored: {error}"),
@@ -163,6 +168,7 @@ impl Handler<FinishTask> for TaskStore {
             msg,
             reply: tx,
             failures: 0,
+            first_failure: None,
             last_error: None,
         };
         self.push(Write::Finish(ending), ctx);

@@ -1,5 +1,7 @@
 //! The statements of a group commit: every write a batch holds, in one transaction.
 
+use std::time::Instant;
+
 use chrono::Utc;
 use entity::prelude::{Image, Task};
 use entity::{image, task};
@@ -35,8 +37,9 @@ impl Write {
 pub struct Ending {
     pub msg: FinishTask,
     pub reply: Reply<bool>,
-    /// Commits this ending has failed so far.
+    /// Commits this ending has failed so far, and when the first one did.
     pub failures: u32,
+    pub first_failure: Option<Instant>,
     /// The error of the last failed commit.
     pub last_error: Option<String>,
 }
