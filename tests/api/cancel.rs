@@ -186,9 +186,7 @@ async fn cancel_racing_completion_has_exactly_one_winner() {
         }
     }
     // No image was stored for a cancelled task.
-    use entity::prelude::Image;
-    use sea_orm::{EntityTrait, PaginatorTrait};
-    let images = Image::find().count(&app.db).await.unwrap();
+    let images = app.image_rows().await;
     let done = ids.len() as u64 - app.cancelled_count(&user.token).await;
     assert_eq!(images, done);
 }

@@ -5,9 +5,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::process::{free_port, infergate, Gateway};
+use crate::process::{free_port, infergate, sign_up, submit, task, Gateway};
 
 #[test]
 fn user_add_creates_an_admin_from_stdin_and_promote_changes_roles() {
@@ -106,48 +106,17 @@ async fn demo_mode_completes_a_task_with_no_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(dir.path(), None, free_port(), &["--demo"]).await;
     let base = gateway.base.clone();
-    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let credentials = json!({"username": "demo_user", "password": "password123"});
-    let registered = client
-        .post(format!("{base}/register"))
-        .json(&credentials)
-        .send()
+    let (registered, token) = sign_up(&base, "demo_user").await;
+    assert_eq!(registered, StatusCode::CREATED);
+    let submitted: Value = submit(&base, &token, "a lighthouse at dusk")
         .await
-        .unwrap();
-    assert_eq!(registered.status(), StatusCode::CREATED);
-    let login: Value = client
-        .post(format!("{base}/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap();
-    let submitted: Value = client
-        .post(format!("{base}/api/v1/image/async"))
-        .bearer_auth(token)
-        .json(&json!({"prompt": "a lighthouse at dusk"}))
-        .send()
-        .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let task_id = submitted["task_id"].as_str().unwrap();
     loop {
-        let task: Value = client
-            .get(format!("{base}/api/v1/tasks"))
-            .query(&[("task_id", task_id)])
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let task = task(&base, &token, task_id).await;
         match task["status"].as_str().unwrap() {
             "DONE" => break,
             "QUEUED" | "RUNNING" => {}

@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use entity::prelude::Image;
 use reqwest::StatusCode;
-use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
+use sea_orm::ConnectionTrait;
 use serde_json::Value;
 
 use crate::helpers::{assert_error, spawn_app_with, TestApp};
@@ -27,10 +26,6 @@ impl TestApp {
     async fn status(&self, token: &str, task_id: &str) -> String {
         let task: Value = self.get_task(token, task_id).await.json().await.unwrap();
         task["status"].as_str().unwrap().to_string()
-    }
-
-    async fn image_rows(&self) -> u64 {
-        Image::find().count(&self.db).await.unwrap()
     }
 }
 

@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use entity::prelude::Task;
+use entity::prelude::{Image, Task};
 use entity::user::Role;
 use infergate::settings::{InstanceKind, InstanceSettings, Protocol, Settings};
 use infergate::simulator::{SimBackend, SimConfig};
@@ -275,6 +275,10 @@ impl TestApp {
 
     pub async fn task_rows(&self) -> u64 {
         Task::find().count(&self.db).await.unwrap()
+    }
+
+    pub async fn image_rows(&self) -> u64 {
+        Image::find().count(&self.db).await.unwrap()
     }
 }
 

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_infergate");
 
 /// `infergate` with its database in `dir` and quiet logs.
@@ -117,4 +120,51 @@ pub fn write_config(dir: &Path, instances: &[(String, u32)], extra: &str) -> Pat
     let path = dir.join("settings.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Registers `username` (answering the status: 409 when it already exists) and logs in.
+pub async fn sign_up(base: &str, username: &str) -> (StatusCode, String) {
+    let client = reqwest::Client::new();
+    let credentials = json!({"username": username, "password": "password123"});
+    let registered = client
+        .post(format!("{base}/register"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let login: Value = client
+        .post(format!("{base}/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (registered, login["token"].as_str().unwrap().to_string())
+}
+
+pub async fn submit(base: &str, token: &str, prompt: impl Into<String>) -> reqwest::Response {
+    let prompt = prompt.into();
+    reqwest::Client::new()
+        .post(format!("{base}/api/v1/image/async"))
+        .bearer_auth(token)
+        .json(&json!({ "prompt": prompt }))
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn task(base: &str, token: &str, task_id: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/api/v1/tasks"))
+        .query(&[("task_id", task_id)])
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }

@@ -7,40 +7,13 @@ use entity::task;
 use infergate::simulator::SimConfig;
 use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::helpers::{open_database, start_sims};
-use crate::process::{database_url, free_port, write_config, Gateway};
+use crate::process::{database_url, free_port, sign_up, submit, task, write_config, Gateway};
 
 async fn login(base: &str) -> String {
-    let client = reqwest::Client::new();
-    let credentials = json!({"username": "loader", "password": "password123"});
-    let _ = client
-        .post(format!("{base}/register"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap();
-    let login: Value = client
-        .post(format!("{base}/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    login["token"].as_str().unwrap().to_string()
-}
-
-async fn submit(base: &str, token: &str, prompt: String) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{base}/api/v1/image/async"))
-        .bearer_auth(token)
-        .json(&json!({ "prompt": prompt }))
-        .send()
-        .await
-        .unwrap()
+    sign_up(base, "loader").await.1
 }
 
 async fn count(db: &sea_orm::DatabaseConnection, status: task::Status) -> u64 {
@@ -138,30 +111,13 @@ async fn sigterm_drains_running_tasks_refuses_new_ones_and_keeps_the_queue() {
             .unwrap();
         ids.push(body["task_id"].as_str().unwrap().to_string());
     }
-    let client = reqwest::Client::new();
-    let status_of = |id: String| {
-        let (client, base, token) = (client.clone(), base.clone(), token.clone());
-        async move {
-            let task: Value = client
-                .get(format!("{base}/api/v1/tasks"))
-                .query(&[("task_id", id)])
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            task["status"].as_str().unwrap().to_string()
-        }
-    };
-    while status_of(ids[0].clone()).await != "RUNNING" {
+    while task(&base, &token, &ids[0]).await["status"] != "RUNNING" {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     gateway.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused = submit(&base, &token, "too late".into()).await;
+    let refused = submit(&base, &token, "too late").await;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.unwrap();
@@ -212,7 +168,7 @@ async fn sigterm_past_the_grace_requeues_the_running_task() {
     );
     let gateway = Gateway::start(dir.path(), Some(&config), free_port(), &[]).await;
     let token = login(&gateway.base).await;
-    submit(&gateway.base, &token, "long one".into()).await;
+    submit(&gateway.base, &token, "long one").await;
     let db = open_database(&database_url(dir.path())).await;
     while count(&db, task::Status::Running).await == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
