@@ -33,61 +33,9 @@ impl Settings {
                 reason: reason.to_string(),
             })
         };
-        if self.database.url.is_empty() {
-            return invalid("database.url", "must not be empty");
+        if let Some((key, _, reason)) = self.rules().into_iter().find(|(_, ok, _)| !ok) {
+            return invalid(key, reason);
         }
-        if self.database.max_connections == 0 {
-            return invalid("database.max_connections", "must be at least 1");
-        }
-        if self.database.hold_results_secs == 0 {
-            return invalid("database.hold_results_secs", "must be at least 1");
-        }
-        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
-            return invalid(
-                "auth.jwt_secret",
-                "must be at least 32 bytes, or empty to generate one",
-            );
-        }
-        if self.auth.token_ttl_hours == 0 {
-            return invalid("auth.token_ttl_hours", "must be at least 1");
-        }
-        if self.queue.capacity == 0 {
-            return invalid("queue.capacity", "must be at least 1");
-        }
-        if self.queue.max_wait_secs == 0 {
-            return invalid("queue.max_wait_secs", "must be at least 1");
-        }
-        if self.workers.task_timeout_secs == 0 {
-            return invalid("workers.task_timeout_secs", "must be at least 1");
-        }
-        if !(1..=20).contains(&self.workers.max_attempts) {
-            return invalid("workers.max_attempts", "must be between 1 and 20");
-        }
-        if self.workers.max_response_bytes < 1024 {
-            return invalid("workers.max_response_bytes", "must be at least 1024");
-        }
-        if self.health.interval_secs == 0 {
-            return invalid("health.interval_secs", "must be at least 1");
-        }
-        if self.health.ping_timeout_secs == 0 {
-            return invalid("health.ping_timeout_secs", "must be at least 1");
-        }
-        if self.health.eject_after_failures == 0 {
-            return invalid("health.eject_after_failures", "must be at least 1");
-        }
-        if self.image.max_prompt_chars == 0 {
-            return invalid("image.max_prompt_chars", "must be at least 1");
-        }
-        if self.image.default_steps == 0 || self.image.default_steps > self.image.max_steps {
-            return invalid(
-                "image.default_steps",
-                "must be between 1 and image.max_steps",
-            );
-        }
-        if self.image.max_side < 64 {
-            return invalid("image.max_side", "must be at least 64");
-        }
-        self.validate_speech()?;
         let limits = &self.limits;
         for (key, per_minute, burst) in [
             ("submit", limits.submit_per_minute, limits.submit_burst),
@@ -119,52 +67,109 @@ impl Settings {
         Ok(())
     }
 
-    fn validate_speech(&self) -> Result<(), SettingsError> {
-        let s = &self.speech;
-        let checks = [
+    /// The rules a single value (or two of one section) must follow: the key, whether
+    /// it holds, and what it must be.
+    fn rules(&self) -> Vec<(&'static str, bool, &'static str)> {
+        let (db, auth, queue, workers) = (&self.database, &self.auth, &self.queue, &self.workers);
+        let (health, image, speech) = (&self.health, &self.image, &self.speech);
+        let at_least_1 = "must be at least 1";
+        vec![
+            ("database.url", !db.url.is_empty(), "must not be empty"),
+            (
+                "database.max_connections",
+                db.max_connections >= 1,
+                at_least_1,
+            ),
+            (
+                "database.hold_results_secs",
+                db.hold_results_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "auth.jwt_secret",
+                auth.jwt_secret.is_empty() || auth.jwt_secret.len() >= 32,
+                "must be at least 32 bytes, or empty to generate one",
+            ),
+            (
+                "auth.token_ttl_hours",
+                auth.token_ttl_hours >= 1,
+                at_least_1,
+            ),
+            ("queue.capacity", queue.capacity >= 1, at_least_1),
+            ("queue.max_wait_secs", queue.max_wait_secs >= 1, at_least_1),
+            (
+                "workers.task_timeout_secs",
+                workers.task_timeout_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "workers.max_attempts",
+                (1..=20).contains(&workers.max_attempts),
+                "must be between 1 and 20",
+            ),
+            (
+                "workers.max_response_bytes",
+                workers.max_response_bytes >= 1024,
+                "must be at least 1024",
+            ),
+            (
+                "health.interval_secs",
+                health.interval_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "health.ping_timeout_secs",
+                health.ping_timeout_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "health.eject_after_failures",
+                health.eject_after_failures >= 1,
+                at_least_1,
+            ),
+            (
+                "image.max_prompt_chars",
+                image.max_prompt_chars >= 1,
+                at_least_1,
+            ),
+            (
+                "image.default_steps",
+                (1..=image.max_steps).contains(&image.default_steps),
+                "must be between 1 and image.max_steps",
+            ),
+            (
+                "image.max_side",
+                image.max_side >= 64,
+                "must be at least 64",
+            ),
             (
                 "speech.max_upload_bytes",
-                s.max_upload_bytes >= 1024,
+                speech.max_upload_bytes >= 1024,
                 "must be at least 1024",
             ),
             (
                 "speech.max_pcm_seconds",
-                s.max_pcm_seconds >= 1,
-                "must be at least 1",
+                speech.max_pcm_seconds >= 1,
+                at_least_1,
             ),
             (
                 "speech.read_timeout_secs",
-                s.read_timeout_secs >= 1,
-                "must be at least 1",
+                speech.read_timeout_secs >= 1,
+                at_least_1,
             ),
             (
                 "speech.max_upload_secs",
-                s.max_upload_secs >= s.max_pcm_seconds,
+                speech.max_upload_secs >= speech.max_pcm_seconds,
                 "must be at least speech.max_pcm_seconds (devices stream in real time)",
             ),
             (
                 "speech.max_wait_secs",
-                s.max_wait_secs >= 1,
-                "must be at least 1",
+                speech.max_wait_secs >= 1,
+                at_least_1,
             ),
-            (
-                "speech.max_waiting",
-                s.max_waiting >= 1,
-                "must be at least 1",
-            ),
-            (
-                "speech.timeout_secs",
-                s.timeout_secs >= 1,
-                "must be at least 1",
-            ),
-        ];
-        match checks.into_iter().find(|(_, ok, _)| !ok) {
-            Some((key, _, reason)) => Err(SettingsError::Invalid {
-                key: key.into(),
-                reason: reason.into(),
-            }),
-            None => Ok(()),
-        }
+            ("speech.max_waiting", speech.max_waiting >= 1, at_least_1),
+            ("speech.timeout_secs", speech.timeout_secs >= 1, at_least_1),
+        ]
     }
 }
 
@@ -232,6 +237,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("speech.max_upload_secs"));
+    }
+
+    #[test]
+    fn every_rule_names_a_key_of_the_shipped_file() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("settings.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        for (key, _, _) in Settings::default().rules() {
+            let (section, name) = key.split_once('.').unwrap();
+            let body = text.split(&format!("[{section}]\n")).nth(1);
+            let body = body.map(|b| b.split("\n[").next().unwrap_or(b));
+            let listed =
+                body.is_some_and(|b| b.lines().any(|l| l.starts_with(&format!("{name} "))));
+            assert!(listed, "{key} is not in settings.toml");
+        }
     }
 
     #[test]
