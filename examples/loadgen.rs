@@ -119,7 +119,7 @@ impl Rig {
             max_connections: 1,
             ..Default::default()
         };
-        let db = infergate::database::connect(&database).await.unwrap();
+        let db = infergate::store::connect(&database).await.unwrap();
         let mut rig = Rig {
             dir,
             _sims: sims,

@@ -4,13 +4,39 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use entity::user::Role;
 
-use crate::domain::{NewUser, RegisterRequest};
-use crate::settings::{InstanceKind, InstanceSettings, Protocol, Settings};
+use crate::auth::accounts::{self, AccountError};
+use crate::domain::{
+    InstanceKind, InstanceSpec, NewUser, Protocol, RegisterRequest, Role, ValidationError,
+};
+use crate::settings::{Settings, SettingsError};
 use crate::simulator::{SimBackend, SimConfig};
-use crate::startup::Application;
-use crate::{database, telemetry, users};
+use crate::startup::{Application, StartupError};
+use crate::store::{self, users, StoreError};
+use crate::telemetry;
+
+/// Why a command failed; `main` prints it after `infergate: `.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("database: {0}")]
+    Migration(#[from] sea_orm::DbErr),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("passwords do not match")]
+    PasswordMismatch,
+    #[error("no user named {0}")]
+    NoSuchUser(String),
+}
 
 #[derive(Parser)]
 #[command(
@@ -83,31 +109,29 @@ fn parse_role(raw: &str) -> Result<Role, String> {
 }
 
 /// Runs the parsed command; errors are printed by `main`.
-pub async fn run(cli: Cli) -> Result<(), String> {
-    let settings = Settings::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(&settings.log);
     match cli.command.unwrap_or(Command::Serve { demo: false }) {
         Command::Serve { demo } => serve(settings, demo).await,
         Command::Migrate => {
-            let db = database::connect(&settings.database)
-                .await
-                .map_err(|e| e.to_string())?;
-            database::migrate(&db).await.map_err(|e| e.to_string())?;
+            let db = store::connect(&settings.database).await?;
+            store::migrate(&db).await?;
             println!("database is up to date");
             Ok(())
         }
         Command::User { command } => user(settings, command).await,
         Command::Simulate { host, port, config } => {
-            let sim = SimBackend::start(config, &host, port).map_err(|e| e.to_string())?;
+            let sim = SimBackend::start(config, &host, port)?;
             tracing::info!(url = %sim.url(), "simulated backend listening");
-            tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+            tokio::signal::ctrl_c().await?;
             sim.stop().await;
             Ok(())
         }
     }
 }
 
-async fn serve(mut settings: Settings, demo: bool) -> Result<(), String> {
+async fn serve(mut settings: Settings, demo: bool) -> Result<(), CliError> {
     // Kept alive for as long as the gateway runs.
     let mut simulators = Vec::new();
     if demo {
@@ -119,29 +143,22 @@ async fn serve(mut settings: Settings, demo: bool) -> Result<(), String> {
                 latency_ms,
                 ..SimConfig::default()
             };
-            let sim = SimBackend::start(config, "127.0.0.1", 0).map_err(|e| e.to_string())?;
+            let sim = SimBackend::start(config, "127.0.0.1", 0)?;
             tracing::info!(url = %sim.url(), ?kind, "demo: simulated backend started");
-            settings.instances.push(InstanceSettings {
-                kind,
-                url: sim.url(),
+            settings.instances.push(InstanceSpec {
                 protocol: Some(protocol),
-                capacity: 1,
-                weight: 1,
+                ..InstanceSpec::new(kind, sim.url())
             });
             simulators.push(sim);
         }
     }
-    let app = Application::build(settings)
-        .await
-        .map_err(|e| e.to_string())?;
-    app.run_until_stopped().await.map_err(|e| e.to_string())
+    let app = Application::build(settings).await?;
+    Ok(app.run_until_stopped().await?)
 }
 
-async fn user(settings: Settings, command: UserCommand) -> Result<(), String> {
-    let db = database::connect(&settings.database)
-        .await
-        .map_err(|e| e.to_string())?;
-    database::migrate(&db).await.map_err(|e| e.to_string())?;
+async fn user(settings: Settings, command: UserCommand) -> Result<(), CliError> {
+    let db = store::connect(&settings.database).await?;
+    store::migrate(&db).await?;
     match command {
         UserCommand::Add {
             name,
@@ -150,16 +167,13 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), String> {
         } => {
             let password = if password_stdin {
                 let mut line = String::new();
-                std::io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .map_err(|e| e.to_string())?;
+                std::io::stdin().lock().read_line(&mut line)?;
                 line.trim_end_matches(['\r', '\n']).to_string()
             } else {
-                let first = rpassword::prompt_password("password: ").map_err(|e| e.to_string())?;
-                let again = rpassword::prompt_password("again: ").map_err(|e| e.to_string())?;
+                let first = rpassword::prompt_password("password: ")?;
+                let again = rpassword::prompt_password("again: ")?;
                 if first != again {
-                    return Err("passwords do not match".into());
+                    return Err(CliError::PasswordMismatch);
                 }
                 first
             };
@@ -169,26 +183,21 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), String> {
                 email: None,
                 phone: None,
             };
-            let new_user = NewUser::try_from(request).map_err(|e| e.to_string())?;
+            let new_user = NewUser::try_from(request)?;
             let role = if admin { Role::Admin } else { Role::User };
-            let created = users::create(&db, new_user, role)
-                .await
-                .map_err(|e| e.to_string())?;
+            let created = accounts::create_user(&db, new_user, role).await?;
             println!(
-                "created user {} (id {}, role {:?})",
+                "created user {} (id {}, role {})",
                 created.username, created.id, created.role
             );
             Ok(())
         }
         UserCommand::Promote { name, role } => {
-            if users::set_role(&db, &name, role)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                println!("{name} is now {role:?}");
+            if users::set_role(&db, &name, role).await? {
+                println!("{name} is now {role}");
                 Ok(())
             } else {
-                Err(format!("no user named {name}"))
+                Err(CliError::NoSuchUser(name))
             }
         }
     }

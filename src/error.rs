@@ -1,5 +1,8 @@
-//! The one error table of the HTTP API: every failure a client can see, its status and
-//! its stable `code`, rendered as `{"error": "...", "code": "..."}`.
+//! The one error table of the HTTP API: every failure a client can see, with its status,
+//! its stable `code` and its retry hint on one row, rendered as
+//! `{"error": "...", "code": "..."}`. Every internal error type (the store's, the
+//! dispatcher's, the registry's, the speech path's, the domain's) is mapped to a row
+//! here and nowhere else.
 
 use std::fmt;
 
@@ -7,8 +10,14 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use serde::Serialize;
 
+use crate::actors::messages::{InstanceAdminError, SubmitError};
+use crate::auth::accounts::AccountError;
+use crate::auth::AuthError;
 use crate::backends::BackendError;
+use crate::domain::{TaskStatus, ValidationError};
 use crate::limits::{Limited, RateInfo};
+use crate::speech::SpeechError;
+use crate::store::StoreError;
 
 /// Seconds a client is told to wait after a 503 it may retry.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -24,11 +33,11 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(&'static str),
     #[error("{0}")]
-    Unauthorized(&'static str),
+    Unauthorized(String),
     #[error("token has expired")]
     TokenExpired,
     #[error("{0}")]
-    Forbidden(&'static str),
+    Forbidden(String),
     #[error("invalid username or password")]
     BadCredentials,
     #[error("username is already taken")]
@@ -48,7 +57,7 @@ pub enum ApiError {
     #[error("the task queue is full ({capacity} tasks); retry later")]
     QueueFull { capacity: usize },
     #[error("the task has already ended ({0})")]
-    TaskFinished(entity::task::Status),
+    TaskFinished(TaskStatus),
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
     #[error("too many requests; retry in {}s", .0.retry_after_secs)]
@@ -59,19 +68,69 @@ pub enum ApiError {
     QuotaExceeded { limit: u32 },
     #[error("the gateway is shutting down; retry later")]
     ShuttingDown,
+    /// An actor did not answer in time (busy, restarting or stopped); the detail is for
+    /// the log.
     #[error("the gateway is busy; retry later")]
-    Busy(#[source] actix::MailboxError),
+    Busy(String),
     #[error("no healthy speech backend instance; retry later")]
     NoHealthyInstance,
     #[error("every speech backend instance is busy; retry later")]
     InstancesBusy,
     /// A backend call that failed; its own message is the client's.
     #[error(transparent)]
-    Backend(#[from] BackendError),
+    Backend(BackendError),
     #[error("the database is unavailable; retry later")]
-    Database(#[from] sea_orm::DbErr),
+    Database(#[source] StoreError),
     #[error("internal error")]
     Internal(String),
+}
+
+/// The table: one row per variant, its status, its code, and whether (and after how
+/// many seconds) the client may retry.
+impl ApiError {
+    fn row(&self) -> (StatusCode, &'static str, Option<u64>) {
+        use ApiError::*;
+        use StatusCode as S;
+        let retry = Some(RETRY_AFTER_SECS);
+        match self {
+            Validation(_) => (S::BAD_REQUEST, "invalid_request", None),
+            MalformedBody(_) => (S::BAD_REQUEST, "malformed_body", None),
+            Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", None),
+            TokenExpired => (S::UNAUTHORIZED, "token_expired", None),
+            BadCredentials => (S::UNAUTHORIZED, "invalid_credentials", None),
+            Forbidden(_) => (S::FORBIDDEN, "forbidden", None),
+            NotFound(_) => (S::NOT_FOUND, "not_found", None),
+            UploadTimeout(_) => (S::REQUEST_TIMEOUT, "upload_timeout", None),
+            UsernameTaken => (S::CONFLICT, "username_taken", None),
+            TaskFinished(_) => (S::CONFLICT, "task_finished", None),
+            TooManyKeys { .. } => (S::CONFLICT, "too_many_keys", None),
+            InstanceExists => (S::CONFLICT, "instance_exists", None),
+            InstanceDraining => (S::CONFLICT, "instance_draining", None),
+            PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            AudioTooLong { .. } => (S::PAYLOAD_TOO_LARGE, "audio_too_long", None),
+            UnsupportedMediaType(_) => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
+            IdempotencyKeyReused => (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused", None),
+            RateLimited(limited) => (
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some(limited.retry_after_secs),
+            ),
+            QuotaExceeded { .. } => (S::TOO_MANY_REQUESTS, "quota_exceeded", retry),
+            Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None),
+            Backend(BackendError::Timeout(_)) => (S::GATEWAY_TIMEOUT, "backend_timeout", None),
+            Backend(_) => (S::BAD_GATEWAY, "backend_error", None),
+            QueueFull { .. } => (S::SERVICE_UNAVAILABLE, "queue_full", retry),
+            ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down", retry),
+            Busy(_) => (S::SERVICE_UNAVAILABLE, "busy", retry),
+            NoHealthyInstance => (S::SERVICE_UNAVAILABLE, "no_healthy_instance", retry),
+            InstancesBusy => (S::SERVICE_UNAVAILABLE, "instances_busy", retry),
+            Database(_) => (S::SERVICE_UNAVAILABLE, "database_unavailable", retry),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.row().1
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -84,58 +143,97 @@ pub struct ErrorBody {
     pub code: &'static str,
 }
 
-impl ApiError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::Validation(_) => "invalid_request",
-            ApiError::MalformedBody(_) => "malformed_body",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::TokenExpired => "token_expired",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::BadCredentials => "invalid_credentials",
-            ApiError::UsernameTaken => "username_taken",
-            ApiError::UploadTimeout(_) => "upload_timeout",
-            ApiError::AudioTooLong { .. } => "audio_too_long",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::TooManyKeys { .. } => "too_many_keys",
-            ApiError::InstanceExists => "instance_exists",
-            ApiError::InstanceDraining => "instance_draining",
-            ApiError::QueueFull { .. } => "queue_full",
-            ApiError::TaskFinished(_) => "task_finished",
-            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
-            ApiError::RateLimited(_) => "rate_limited",
-            ApiError::QuotaExceeded { .. } => "quota_exceeded",
-            ApiError::ShuttingDown => "shutting_down",
-            ApiError::Busy(_) => "busy",
-            ApiError::NoHealthyInstance => "no_healthy_instance",
-            ApiError::InstancesBusy => "instances_busy",
-            ApiError::Backend(BackendError::Timeout(_)) => "backend_timeout",
-            ApiError::Backend(_) => "backend_error",
-            ApiError::Database(_) => "database_unavailable",
-            ApiError::Internal(_) => "internal_error",
-        }
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        ApiError::Busy(format!("an actor did not answer: {e}"))
     }
+}
 
-    fn retry_after(&self) -> Option<u64> {
-        match self {
-            ApiError::QueueFull { .. }
-            | ApiError::ShuttingDown
-            | ApiError::Busy(_)
-            | ApiError::NoHealthyInstance
-            | ApiError::InstancesBusy
-            | ApiError::QuotaExceeded { .. }
-            | ApiError::Database(_) => Some(RETRY_AFTER_SECS),
-            ApiError::RateLimited(limited) => Some(limited.retry_after_secs),
-            _ => None,
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::Validation(e.0)
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        ApiError::Backend(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // The task store not answering is an actor fault, not an outage of the database.
+            StoreError::Unavailable(_) | StoreError::Restarted => ApiError::Busy(e.to_string()),
+            StoreError::Constraint(_) => ApiError::Internal(e.to_string()),
+            StoreError::Database(_) => ApiError::Database(e),
         }
     }
 }
 
-impl From<actix::MailboxError> for ApiError {
-    fn from(e: actix::MailboxError) -> Self {
-        ApiError::Busy(e)
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::QueueFull { capacity } => ApiError::QueueFull { capacity },
+            SubmitError::QuotaExceeded { limit } => ApiError::QuotaExceeded { limit },
+            SubmitError::ShuttingDown => ApiError::ShuttingDown,
+            SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
+            SubmitError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<InstanceAdminError> for ApiError {
+    fn from(e: InstanceAdminError) -> Self {
+        match e {
+            InstanceAdminError::NotFound => ApiError::NotFound("instance"),
+            InstanceAdminError::Draining => ApiError::InstanceDraining,
+            InstanceAdminError::Exists => ApiError::InstanceExists,
+            InstanceAdminError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::TokenExpired => ApiError::TokenExpired,
+            AuthError::NotAdmin => ApiError::Forbidden(e.to_string()),
+            AuthError::Store(e) => e.into(),
+            other => ApiError::Unauthorized(other.to_string()),
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::UsernameTaken => ApiError::UsernameTaken,
+            AccountError::BadCredentials => ApiError::BadCredentials,
+            AccountError::Hash(_) | AccountError::HashThread(_) => {
+                ApiError::Internal(e.to_string())
+            }
+            AccountError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<SpeechError> for ApiError {
+    fn from(e: SpeechError) -> Self {
+        match e {
+            SpeechError::Stalled(_) | SpeechError::TooSlow(_) => {
+                ApiError::UploadTimeout(e.to_string())
+            }
+            SpeechError::TooLarge(limit) => ApiError::PayloadTooLarge { limit },
+            SpeechError::TooLong(max_secs) => ApiError::AudioTooLong { max_secs },
+            SpeechError::OddLength => ApiError::Validation(e.to_string()),
+            SpeechError::Unreadable(_) => ApiError::MalformedBody(e.to_string()),
+            SpeechError::NoHealthyInstance => ApiError::NoHealthyInstance,
+            SpeechError::InstancesBusy => ApiError::InstancesBusy,
+            SpeechError::RegistryUnavailable(_) => ApiError::Busy(e.to_string()),
+            SpeechError::Backend(e) => ApiError::Backend(e),
+        }
     }
 }
 
@@ -148,7 +246,7 @@ impl fmt::Debug for ApiError {
             write!(f, "\n  caused by: {cause}")?;
             source = cause.source();
         }
-        if let ApiError::Internal(detail) = self {
+        if let ApiError::Internal(detail) | ApiError::Busy(detail) = self {
             write!(f, "\n  detail: {detail}")?;
         }
         Ok(())
@@ -157,46 +255,16 @@ impl fmt::Debug for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::Validation(_) | ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge { .. } | ApiError::AudioTooLong { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            ApiError::UploadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unauthorized(_) | ApiError::TokenExpired | ApiError::BadCredentials => {
-                StatusCode::UNAUTHORIZED
-            }
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::UsernameTaken
-            | ApiError::TaskFinished(_)
-            | ApiError::TooManyKeys { .. }
-            | ApiError::InstanceExists
-            | ApiError::InstanceDraining => StatusCode::CONFLICT,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited(_) | ApiError::QuotaExceeded { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ApiError::QueueFull { .. }
-            | ApiError::ShuttingDown
-            | ApiError::Busy(_)
-            | ApiError::NoHealthyInstance
-            | ApiError::InstancesBusy
-            | ApiError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Backend(BackendError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Backend(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.row().0
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
+        let (status, code, retry_after) = self.row();
         if status.is_server_error() {
             tracing::error!(error = ?self, "request failed");
         }
         let mut response = HttpResponse::build(status);
-        if let Some(secs) = self.retry_after() {
+        if let Some(secs) = retry_after {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         if status == StatusCode::UNAUTHORIZED {
@@ -207,7 +275,7 @@ impl ResponseError for ApiError {
         }
         response.json(ErrorBody {
             error: self.to_string(),
-            code: self.code(),
+            code,
         })
     }
 }

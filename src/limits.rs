@@ -11,6 +11,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
+use crate::domain::UserId;
 use crate::settings::LimitSettings;
 
 type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
@@ -95,8 +96,8 @@ fn ceil_secs(d: Duration) -> u64 {
 
 /// Every rate limit of the gateway, shared by all HTTP workers.
 pub struct Limits {
-    pub submit: Option<RateLimit<i64>>,
-    pub speech: Option<RateLimit<i64>>,
+    pub submit: Option<RateLimit<UserId>>,
+    pub speech: Option<RateLimit<UserId>>,
     pub login_name: Option<RateLimit<String>>,
     pub login_addr: Option<RateLimit<IpAddr>>,
     pub trust_forwarded_for: bool,

@@ -12,19 +12,23 @@ use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::actors::messages::{Drain, RecoverOrphans};
+use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
 use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, WorkerPool};
 use crate::auth::{load_or_create_secret, JwtKeys};
+use crate::domain::InstanceKind;
+use crate::http;
 use crate::limits::Limits;
-use crate::settings::{InstanceKind, Settings};
-use crate::{database, http, instances};
+use crate::settings::Settings;
+use crate::speech::SpeechService;
+use crate::store::{self, instances, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("database: {0}")]
-    Database(#[from] sea_orm::DbErr),
-    #[error("the task store did not answer: {0}")]
-    Actor(#[from] actix::MailboxError),
+    Migration(#[from] sea_orm::DbErr),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -41,8 +45,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
-        let db = database::connect(&settings.database).await?;
-        database::migrate(&db).await?;
+        let db = store::connect(&settings.database).await?;
+        store::migrate(&db).await?;
         let secret = load_or_create_secret(&db, &settings.auth.jwt_secret).await?;
         let keys = JwtKeys::new(
             &secret,
@@ -60,7 +64,7 @@ impl Application {
         // Tasks a dead process left RUNNING go back to the queue (or fail, out of
         // attempts) before the Dispatcher loads it.
         let max_attempts = settings.workers.max_attempts as i32;
-        let (requeued, failed) = store.send(RecoverOrphans { max_attempts }).await??;
+        let (requeued, failed) = write(&store, RecoverOrphans { max_attempts }).await?;
         if requeued + failed > 0 {
             tracing::warn!(
                 requeued,
@@ -80,10 +84,12 @@ impl Application {
             "instances"
         );
 
-        let (capacity, dispatcher_store) = (settings.queue.capacity, store.clone());
+        let (capacity, dispatcher_store, queue_db) =
+            (settings.queue.capacity, store.clone(), db.clone());
         let fairness = settings.limits.clone();
-        let dispatcher =
-            Supervisor::start(move |_| Dispatcher::new(dispatcher_store, capacity, &fairness));
+        let dispatcher = Supervisor::start(move |_| {
+            Dispatcher::new(dispatcher_store, queue_db, capacity, &fairness)
+        });
         let (worker_dispatcher, worker_store) = (dispatcher.clone(), store.clone());
         let (task_timeout, max_wait) = (settings.task_timeout(), settings.queue_max_wait());
         let (instances, health) = (settings.instances.clone(), settings.health.clone());
@@ -118,6 +124,10 @@ impl Application {
         let shutdown_grace = settings.shutdown_grace();
         let drain = dispatcher.clone();
         let limits = web::Data::new(Limits::new(&settings.limits));
+        let speech = web::Data::new(SpeechService::new(
+            registry.clone(),
+            settings.speech.clone(),
+        ));
         actix_web::rt::spawn(forget_idle_clients(limits.clone().into_inner()));
         let (db, keys, settings) = (
             web::Data::new(db),
@@ -142,6 +152,7 @@ impl Application {
                 .app_data(store.clone())
                 .app_data(dispatcher.clone())
                 .app_data(app_registry.clone())
+                .app_data(speech.clone())
                 .configure(http::configure)
                 .default_service(web::to(http::no_route))
         })

@@ -1,17 +1,48 @@
-//! A backend instance added by an admin through the API (settings.toml holds the rest).
+//! A backend instance added by an admin through the API (settings.toml holds the rest),
+//! and the vocabulary every instance is described in: its kind and its protocol. These
+//! two enums are the gateway's own, stored as they are and re-exported by its domain.
 use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+/// What an instance serves.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
-pub enum Kind {
+#[serde(rename_all = "lowercase")]
+pub enum InstanceKind {
     #[sea_orm(string_value = "image")]
     Image,
     #[sea_orm(string_value = "speech")]
     Speech,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+/// The wire protocol an instance speaks.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[sea_orm(string_value = "qwen")]
     Qwen,
@@ -25,8 +56,8 @@ pub struct Model {
     /// Also the instance's id in the API, so it stays the same across restarts.
     #[sea_orm(primary_key)]
     pub id: i64,
-    pub kind: Kind,
-    /// Normalised (see `settings::url_key`); unique per kind.
+    pub kind: InstanceKind,
+    /// Normalised (see `domain::url_key`); unique per kind.
     pub url: String,
     pub protocol: Protocol,
     pub capacity: i32,

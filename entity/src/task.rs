@@ -3,7 +3,17 @@ use serde::{Deserialize, Serialize};
 
 /// QUEUED → RUNNING → DONE | FAILED, and CANCELLED. The last three are terminal.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 #[serde(rename_all = "UPPERCASE")]
@@ -46,6 +56,7 @@ impl Status {
     DeriveActiveEnum,
     Serialize,
     Deserialize,
+    utoipa::ToSchema,
 )]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 #[serde(rename_all = "lowercase")]

@@ -11,11 +11,13 @@ use actix::prelude::*;
 use rand::Rng;
 use tracing::Instrument;
 
-use super::instance_registry::Lease;
+use super::dispatcher::Dispatcher;
+use super::instance_registry::InstanceRegistry;
 use super::messages::*;
-use super::{Dispatcher, InstanceRegistry, TaskStore};
-use crate::backends::qwen;
-use crate::settings::InstanceKind;
+use super::task_store::write;
+use super::task_store::TaskStore;
+use crate::backends::{self, qwen};
+use crate::domain::{InstanceKind, QueuedTask, TaskId};
 
 /// Longest pause between two attempts of one task.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -41,7 +43,7 @@ pub struct Worker {
     /// Backend calls; created in `started` because awc clients are bound to their thread.
     client: Option<awc::Client>,
     /// The task running now, and the handle that drops it.
-    current: Option<(String, SpawnHandle)>,
+    current: Option<(TaskId, SpawnHandle)>,
 }
 
 impl Worker {
@@ -56,7 +58,12 @@ impl Worker {
 
     fn report_idle(&mut self, ctx: &mut Context<Self>) {
         self.current = None;
-        self.deps.dispatcher.do_send(WorkerIdle(ctx.address()));
+        let me = ctx.address();
+        self.deps.dispatcher.do_send(WorkerIdle(WorkerHandle {
+            slot: self.slot,
+            run: me.clone().recipient(),
+            abort: me.recipient(),
+        }));
     }
 }
 
@@ -64,13 +71,7 @@ impl Actor for Worker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // No client-wide timeout: each call carries the task timeout.
-        self.client = Some(
-            awc::Client::builder()
-                .disable_redirects()
-                .timeout(Duration::from_secs(24 * 3600))
-                .finish(),
-        );
+        self.client = Some(backends::client());
         self.report_idle(ctx);
     }
 }
@@ -85,7 +86,7 @@ impl Handler<Run> for Worker {
         let span = tracing::info_span!(
             "task",
             task_id = %task.task_id,
-            user_id = task.user_id,
+            user_id = %task.user_id,
             attempt = task.attempts + 1,
             slot = self.slot,
             instance = tracing::field::Empty,
@@ -124,11 +125,14 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     };
     tracing::Span::current().record("instance", lease.url.as_str());
     let attempt = task.attempts + 1;
-    let marked = deps.store.send(MarkRunning {
-        task_id: task.task_id.clone(),
-        attempt,
-        instance: lease.url.clone(),
-    });
+    let marked = write(
+        &deps.store,
+        MarkRunning {
+            task_id: task.task_id.clone(),
+            attempt,
+            instance: lease.url.clone(),
+        },
+    );
     // The backend call starts while RUNNING is being committed, so the GPU does not idle
     // for a commit; its answer only counts once that commit has applied, and the call is
     // dropped (aborted) if it did not.
@@ -152,12 +156,11 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         }
     };
     match marked {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => {
+        Ok(true) => {}
+        Ok(false) => {
             tracing::info!("task is no longer queued; skipping it");
             return lease.release(CallOutcome::Neutral);
         }
-        Ok(Err(e)) => return retry_soon(&deps, task, lease, e.to_string()),
         Err(e) => return retry_soon(&deps, task, lease, e.to_string()),
     }
     let result = match answered {
@@ -275,15 +278,11 @@ async fn finish(
     expect: Expect,
     outcome: TaskOutcome,
 ) -> bool {
-    match deps.store.send(finish_message(task, expect, outcome)).await {
-        Ok(Ok(applied)) => applied,
+    match write(&deps.store, finish_message(task, expect, outcome)).await {
+        Ok(applied) => applied,
         // The task stays as stored; the start-up recovery pass picks it up again.
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot store the task's outcome");
-            false
-        }
         Err(e) => {
-            tracing::error!(error = %e, "task store unavailable; cannot store the task's outcome");
+            tracing::error!(error = %e, "cannot store the task's outcome");
             false
         }
     }

@@ -1,16 +1,12 @@
 use std::time::Duration;
 
-use base64::Engine;
-use entity::prelude::Meta;
-use entity::{meta, user::Role};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::RngCore;
-use sea_orm::{ActiveModelTrait, DatabaseConnection, DbErr, EntityTrait, Set};
+use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
-
-const SECRET_KEY: &str = "jwt_secret";
+use super::AuthError;
+use crate::domain::Role;
+use crate::store::{meta, StoreError};
 
 /// What a token says about its bearer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,7 +41,12 @@ impl JwtKeys {
         }
     }
 
-    pub fn issue(&self, user_id: i64, name: &str, role: Role) -> Result<String, ApiError> {
+    pub fn issue(
+        &self,
+        user_id: i64,
+        name: &str,
+        role: Role,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = chrono::Utc::now().timestamp() as u64;
         let claims = Claims {
             sub: user_id.to_string(),
@@ -55,15 +56,14 @@ impl JwtKeys {
             exp: now + self.ttl.as_secs(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| ApiError::Internal(format!("cannot sign token: {e}")))
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => ApiError::TokenExpired,
-                _ => ApiError::Unauthorized("invalid token"),
+                ErrorKind::ExpiredSignature => AuthError::TokenExpired,
+                _ => AuthError::InvalidToken,
             })
     }
 }
@@ -73,34 +73,11 @@ impl JwtKeys {
 pub async fn load_or_create_secret(
     db: &DatabaseConnection,
     configured: &str,
-) -> Result<Vec<u8>, DbErr> {
+) -> Result<Vec<u8>, StoreError> {
     if !configured.is_empty() {
         return Ok(configured.as_bytes().to_vec());
     }
-    if let Some(row) = Meta::find_by_id(SECRET_KEY).one(db).await? {
-        return decode_secret(&row.value);
-    }
-    let mut secret = [0u8; 64];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
-    let row = meta::ActiveModel {
-        key: Set(SECRET_KEY.into()),
-        value: Set(encoded),
-    };
-    if let Err(insert_error) = row.insert(db).await {
-        // Another process may have created it first; theirs wins.
-        return match Meta::find_by_id(SECRET_KEY).one(db).await? {
-            Some(row) => decode_secret(&row.value),
-            None => Err(insert_error),
-        };
-    }
-    Ok(secret.to_vec())
-}
-
-fn decode_secret(value: &str) -> Result<Vec<u8>, DbErr> {
-    base64::engine::general_purpose::STANDARD
-        .decode(value)
-        .map_err(|e| DbErr::Custom(format!("stored jwt secret is not base64: {e}")))
+    meta::jwt_secret(db).await
 }
 
 #[cfg(test)]
@@ -116,13 +93,10 @@ mod tests {
         assert_eq!(claims.name, "alice");
 
         let other = JwtKeys::new(&[8u8; 64], Duration::from_secs(60));
-        assert!(matches!(
-            other.verify(&token),
-            Err(ApiError::Unauthorized(_))
-        ));
+        assert!(matches!(other.verify(&token), Err(AuthError::InvalidToken)));
         assert!(matches!(
             keys.verify("not.a.token"),
-            Err(ApiError::Unauthorized(_))
+            Err(AuthError::InvalidToken)
         ));
     }
 }

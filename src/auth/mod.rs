@@ -1,16 +1,37 @@
-//! Who is calling: JWT issue/verify, password hashing, device API keys, and the
-//! `AuthUser` (JWT only), `AdminUser` (JWT of a current admin) and `DeviceOrUser` (API
-//! key or JWT) extractors.
+//! Who is calling: JWT issue and check, password hashing, accounts and device API keys.
+//! The extractors that make these a request's caller are the HTTP layer's
+//! (`crate::http::caller`).
 
-mod admin;
+pub mod accounts;
 pub mod api_keys;
-mod device;
-mod extractor;
 mod jwt;
 mod password;
 
-pub use admin::AdminUser;
-pub use device::{DeviceOrUser, API_KEY_HEADER};
-pub use extractor::AuthUser;
+pub use api_keys::API_KEY_HEADER;
 pub use jwt::{load_or_create_secret, Claims, JwtKeys};
-pub use password::{hash_password, verify_password};
+pub use password::{hash_password, verify_password, HashError};
+
+use crate::store::StoreError;
+
+/// Why a caller is not let in.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing Authorization header")]
+    MissingAuthorization,
+    #[error("Authorization header must be `Bearer <token>`")]
+    MalformedAuthorization,
+    #[error("API keys are accepted only by the speech endpoints; log in for a token")]
+    ApiKeyNotAccepted,
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("token has expired")]
+    TokenExpired,
+    #[error("invalid or revoked API key")]
+    InvalidKey,
+    #[error("the token's user no longer exists")]
+    UserGone,
+    #[error("this needs the admin role")]
+    NotAdmin,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

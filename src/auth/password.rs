@@ -5,15 +5,18 @@ use argon2::password_hash::{
 };
 use argon2::Argon2;
 
-use crate::error::ApiError;
+/// A password could not be hashed (argon2 refused its input or parameters).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hash password: {0}")]
+pub struct HashError(String);
 
 /// argon2id with the crate's recommended parameters. CPU-heavy: call from a blocking thread.
-pub fn hash_password(password: &str) -> Result<String, ApiError> {
+pub fn hash_password(password: &str) -> Result<String, HashError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
-        .map_err(|e| ApiError::Internal(format!("cannot hash password: {e}")))
+        .map_err(|e| HashError(e.to_string()))
 }
 
 /// Checks `password` against a stored hash; with no stored hash (unknown user) it still

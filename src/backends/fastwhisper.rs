@@ -23,20 +23,6 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Bytes of a failed answer kept as the error's detail.
 const ERROR_DETAIL_BYTES: usize = 2048;
 
-thread_local! {
-    /// awc clients are bound to their thread: one per HTTP worker, shared by its requests.
-    /// No client-wide timeout; callers bound each phase of a call themselves.
-    static CLIENT: awc::Client = awc::Client::builder()
-        .disable_redirects()
-        .disable_timeout()
-        .finish();
-}
-
-/// This thread's backend client.
-pub fn client() -> awc::Client {
-    CLIENT.with(Clone::clone)
-}
-
 /// What speech backends answer, passed on to clients as it came (`code` 1 with a
 /// `message` is the backend's "audio too short").
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

@@ -3,6 +3,17 @@
 pub mod fastwhisper;
 pub mod qwen;
 
+/// The outbound client for backend calls and pings. Redirects are not followed (a
+/// backend that redirects is misconfigured), and there is no client-wide timeout: each
+/// call bounds its own phases. awc clients are bound to their thread: make one per actor
+/// or per HTTP worker thread, not per call.
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .disable_redirects()
+        .disable_timeout()
+        .finish()
+}
+
 /// Why a backend call failed; the Worker decides what to do by matching on it.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -1,7 +1,7 @@
 use sha2::{Digest, Sha256};
 
 use super::ImageJob;
-use crate::error::ApiError;
+use super::ValidationError;
 
 /// A client's `Idempotency-Key` with a fingerprint of the request it came with: a retry
 /// of the same request gets the same task, another request under the key is refused.
@@ -15,11 +15,11 @@ pub const MAX_KEY_CHARS: usize = 255;
 
 impl Idempotency {
     /// Keys are 1–255 visible ASCII characters (UUIDs, ULIDs, counters all fit).
-    pub fn parse(header: &str, job: &ImageJob) -> Result<Idempotency, ApiError> {
+    pub fn parse(header: &str, job: &ImageJob) -> Result<Idempotency, ValidationError> {
         let valid = (1..=MAX_KEY_CHARS).contains(&header.len())
             && header.bytes().all(|b| b.is_ascii_graphic());
         if !valid {
-            return Err(ApiError::Validation(format!(
+            return Err(ValidationError(format!(
                 "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters"
             )));
         }

@@ -1,7 +1,27 @@
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
-use crate::settings::ImageSettings;
+use super::ValidationError;
+
+/// What an image request may ask for (the `[image]` settings).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageLimits {
+    pub max_prompt_chars: usize,
+    pub default_steps: u32,
+    pub max_steps: u32,
+    pub max_side: u32,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_prompt_chars: 4000,
+            default_steps: 20,
+            max_steps: 150,
+            max_side: 2048,
+        }
+    }
+}
 
 /// Body of `POST /api/v1/image/async`.
 /// Unknown fields are ignored, as the old system ignored them.
@@ -33,10 +53,10 @@ pub struct ImageJob {
 }
 
 impl ImageJob {
-    pub fn parse(request: ImageRequest, limits: &ImageSettings) -> Result<ImageJob, ApiError> {
+    pub fn parse(request: ImageRequest, limits: &ImageLimits) -> Result<ImageJob, ValidationError> {
         let prompt = request.prompt.unwrap_or_default();
         if prompt.trim().is_empty() {
-            return Err(ApiError::Validation("prompt must not be empty".into()));
+            return Err(ValidationError::new("prompt must not be empty"));
         }
         check_text("prompt", &prompt, limits.max_prompt_chars)?;
         let negative_prompt = match request.negative_prompt {
@@ -47,7 +67,7 @@ impl ImageJob {
             }
             None => None,
         };
-        let side = |name: &str, value: Option<i64>| -> Result<Option<u32>, ApiError> {
+        let side = |name: &str, value: Option<i64>| -> Result<Option<u32>, ValidationError> {
             value
                 .map(|v| in_range(name, v, 64, limits.max_side as i64).map(|v| v as u32))
                 .transpose()
@@ -71,9 +91,9 @@ impl ImageJob {
     }
 }
 
-fn check_text(name: &str, text: &str, max_chars: usize) -> Result<(), ApiError> {
+fn check_text(name: &str, text: &str, max_chars: usize) -> Result<(), ValidationError> {
     if text.chars().count() > max_chars {
-        return Err(ApiError::Validation(format!(
+        return Err(ValidationError(format!(
             "{name} must be at most {max_chars} characters"
         )));
     }
@@ -81,16 +101,16 @@ fn check_text(name: &str, text: &str, max_chars: usize) -> Result<(), ApiError> 
         .chars()
         .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
     {
-        return Err(ApiError::Validation(format!(
+        return Err(ValidationError(format!(
             "{name} must not contain control characters"
         )));
     }
     Ok(())
 }
 
-fn in_range(name: &str, value: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+fn in_range(name: &str, value: i64, min: i64, max: i64) -> Result<i64, ValidationError> {
     if value < min || value > max {
-        return Err(ApiError::Validation(format!(
+        return Err(ValidationError(format!(
             "{name} must be between {min} and {max}"
         )));
     }
@@ -114,14 +134,14 @@ mod tests {
 
     #[test]
     fn defaults_fill_in_the_steps() {
-        let job = ImageJob::parse(request("a cat"), &ImageSettings::default()).unwrap();
+        let job = ImageJob::parse(request("a cat"), &ImageLimits::default()).unwrap();
         assert_eq!(job.steps, 20);
         assert_eq!(job.prompt, "a cat");
     }
 
     #[test]
     fn rejects_blank_long_and_out_of_range() {
-        let limits = ImageSettings::default();
+        let limits = ImageLimits::default();
         assert!(ImageJob::parse(request("   "), &limits).is_err());
         assert!(ImageJob::parse(request(&"x".repeat(4001)), &limits).is_err());
         assert!(ImageJob::parse(request(&"x".repeat(4000)), &limits).is_ok());

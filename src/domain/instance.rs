@@ -1,9 +1,124 @@
+//! Backend instances: what one is (`InstanceSpec`, from a `[[instances]]` entry or an
+//! admin's request), the rules its URL follows, how the balancing strategies are named,
+//! and the changes admins may make.
+
 use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::settings::{
-    InstanceKind, InstanceSettings, Protocol, MAX_INSTANCE_CAPACITY, MAX_INSTANCE_WEIGHT,
-};
+use super::ValidationError;
+
+pub use entity::instance::{InstanceKind, Protocol};
+
+/// How the instances of a kind share its calls (`balancing.image`, `balancing.speech`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    RoundRobin,
+    UserHash,
+    LeastLoaded,
+}
+
+/// Largest capacity of one instance: each unit of image capacity is a worker actor.
+pub const MAX_INSTANCE_CAPACITY: u32 = 1024;
+pub const MAX_INSTANCE_WEIGHT: u32 = 1000;
+const MAX_URL_BYTES: usize = 2048;
+
+/// One backend instance: a `[[instances]]` entry of settings.toml, or an admin's addition.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    pub kind: InstanceKind,
+    pub url: String,
+    /// Defaults from the kind: qwen for image, fastwhisper for speech.
+    pub protocol: Option<Protocol>,
+    #[serde(default = "one")]
+    pub capacity: u32,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl InstanceSpec {
+    /// An instance of capacity 1 and weight 1 speaking the kind's default protocol.
+    pub fn new(kind: InstanceKind, url: impl Into<String>) -> InstanceSpec {
+        InstanceSpec {
+            kind,
+            url: url.into(),
+            protocol: None,
+            capacity: 1,
+            weight: 1,
+        }
+    }
+
+    pub fn with_capacity(mut self, capacity: u32) -> InstanceSpec {
+        self.capacity = capacity;
+        self
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol.unwrap_or(match self.kind {
+            InstanceKind::Image => Protocol::Qwen,
+            InstanceKind::Speech => Protocol::Fastwhisper,
+        })
+    }
+
+    /// The first field that is invalid, with the reason.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        check_instance_url(&self.url).map_err(|reason| ("url", reason))?;
+        if !(1..=MAX_INSTANCE_CAPACITY).contains(&self.capacity) {
+            let reason = format!("must be between 1 and {MAX_INSTANCE_CAPACITY}");
+            return Err(("capacity", reason));
+        }
+        if !(1..=MAX_INSTANCE_WEIGHT).contains(&self.weight) {
+            let reason = format!("must be between 1 and {MAX_INSTANCE_WEIGHT}");
+            return Err(("weight", reason));
+        }
+        let expected = match self.kind {
+            InstanceKind::Image => Protocol::Qwen,
+            InstanceKind::Speech => Protocol::Fastwhisper,
+        };
+        if self.protocol() != expected {
+            let reason = "image instances speak qwen, speech instances fastwhisper".to_string();
+            return Err(("protocol", reason));
+        }
+        Ok(())
+    }
+
+    /// Whether both name the same backend: same kind, and URLs equal once normalised.
+    pub fn same_backend(&self, other: &InstanceSpec) -> bool {
+        self.kind == other.kind && url_key(&self.url) == url_key(&other.url)
+    }
+}
+
+/// An instance URL must be absolute http with a host, and no query or fragment. Backends
+/// sit on a private network; the client is built without TLS.
+pub fn check_instance_url(raw: &str) -> Result<(), String> {
+    if raw.len() > MAX_URL_BYTES {
+        return Err(format!("must be at most {MAX_URL_BYTES} bytes"));
+    }
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    if url.scheme() != "http" {
+        return Err("scheme must be http (TLS to backends is not supported)".into());
+    }
+    if url.host_str().is_none() {
+        return Err("must name a host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not carry a query or fragment".into());
+    }
+    Ok(())
+}
+
+/// The form of an instance URL that duplicates are judged by (`http://Host:80/` and
+/// `http://host` are one backend); a URL that does not parse stays as written.
+pub fn url_key(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) => url.as_str().trim_end_matches('/').to_string(),
+        Err(_) => raw.to_string(),
+    }
+}
 
 /// Body of `POST /api/v1/admin/instances`. Unknown fields are refused, so a misspelt
 /// one is not silently ignored.
@@ -23,21 +138,20 @@ pub struct NewInstanceRequest {
     pub weight: Option<u32>,
 }
 
-impl TryFrom<NewInstanceRequest> for InstanceSettings {
-    type Error = ApiError;
+impl TryFrom<NewInstanceRequest> for InstanceSpec {
+    type Error = ValidationError;
 
     fn try_from(request: NewInstanceRequest) -> Result<Self, Self::Error> {
-        let config = InstanceSettings {
+        let spec = InstanceSpec {
             kind: request.kind,
             url: request.url.trim().to_string(),
             protocol: request.protocol,
             capacity: request.capacity.unwrap_or(1),
             weight: request.weight.unwrap_or(1),
         };
-        config
-            .check()
-            .map_err(|(field, reason)| ApiError::Validation(format!("{field}: {reason}")))?;
-        Ok(config)
+        spec.check()
+            .map_err(|(field, reason)| ValidationError(format!("{field}: {reason}")))?;
+        Ok(spec)
     }
 }
 
@@ -62,7 +176,7 @@ pub struct InstanceChange {
 }
 
 impl TryFrom<InstanceChangeRequest> for InstanceChange {
-    type Error = ApiError;
+    type Error = ValidationError;
 
     fn try_from(request: InstanceChangeRequest) -> Result<Self, Self::Error> {
         let InstanceChangeRequest {
@@ -71,17 +185,17 @@ impl TryFrom<InstanceChangeRequest> for InstanceChange {
             enabled,
         } = request;
         if capacity.is_none() && weight.is_none() && enabled.is_none() {
-            return Err(ApiError::Validation(
-                "nothing to change: give capacity, weight or enabled".into(),
+            return Err(ValidationError::new(
+                "nothing to change: give capacity, weight or enabled",
             ));
         }
         if capacity.is_some_and(|c| !(1..=MAX_INSTANCE_CAPACITY).contains(&c)) {
-            return Err(ApiError::Validation(format!(
+            return Err(ValidationError(format!(
                 "capacity: must be between 1 and {MAX_INSTANCE_CAPACITY}"
             )));
         }
         if weight.is_some_and(|w| !(1..=MAX_INSTANCE_WEIGHT).contains(&w)) {
-            return Err(ApiError::Validation(format!(
+            return Err(ValidationError(format!(
                 "weight: must be between 1 and {MAX_INSTANCE_WEIGHT}"
             )));
         }
@@ -90,5 +204,26 @@ impl TryFrom<InstanceChangeRequest> for InstanceChange {
             weight,
             enabled,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_judged_by_their_normal_form() {
+        assert_eq!(url_key("http://Host:80/"), url_key("http://host"));
+        assert_ne!(url_key("http://host:8000"), url_key("http://host:8001"));
+        assert!(check_instance_url("http://10.0.0.5:8000/base").is_ok());
+        for bad in [
+            "https://host",
+            "http://host/?q=1",
+            "http://host/#x",
+            "host:8000",
+            "",
+        ] {
+            assert!(check_instance_url(bad).is_err(), "{bad}");
+        }
     }
 }

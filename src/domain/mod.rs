@@ -1,12 +1,23 @@
 //! Domain types: input is parsed into these at the HTTP boundary, so everything past a
-//! handler holds only valid values.
+//! handler holds only valid values. They know nothing of actors, HTTP or the database
+//! (the stored enums are the entity crate's, re-exported here as the one vocabulary).
 
+mod error;
 mod idempotency;
+mod ids;
 mod image_job;
 mod instance;
 mod new_user;
+mod task;
 
+pub use entity::user::Role;
+pub use error::ValidationError;
 pub use idempotency::Idempotency;
-pub use image_job::{ImageJob, ImageRequest};
-pub use instance::{InstanceChange, InstanceChangeRequest, NewInstanceRequest};
-pub use new_user::{NewUser, RegisterRequest};
+pub use ids::{ImageId, InstanceId, TaskId, UserId};
+pub use image_job::{ImageJob, ImageLimits, ImageRequest};
+pub use instance::{
+    check_instance_url, url_key, InstanceChange, InstanceChangeRequest, InstanceKind, InstanceSpec,
+    NewInstanceRequest, Protocol, Strategy, MAX_INSTANCE_CAPACITY, MAX_INSTANCE_WEIGHT,
+};
+pub use new_user::{check_username, NewUser, RegisterRequest};
+pub use task::{NewTask, Priority, QueuedTask, TaskStatus};

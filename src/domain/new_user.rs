@@ -1,6 +1,6 @@
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use super::ValidationError;
 
 /// Body of `POST /register`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -27,7 +27,7 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 128;
 
 impl TryFrom<RegisterRequest> for NewUser {
-    type Error = ApiError;
+    type Error = ValidationError;
 
     fn try_from(request: RegisterRequest) -> Result<Self, Self::Error> {
         let username = request.username.unwrap_or_default();
@@ -35,7 +35,7 @@ impl TryFrom<RegisterRequest> for NewUser {
         let password = request.password.unwrap_or_default();
         let chars = password.chars().count();
         if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
-            return Err(ApiError::Validation(format!(
+            return Err(ValidationError(format!(
                 "password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
             )));
         }
@@ -45,7 +45,7 @@ impl TryFrom<RegisterRequest> for NewUser {
                 && !email.chars().any(char::is_whitespace)
                 && matches!(email.split_once('@'), Some((local, domain)) if !local.is_empty() && domain.contains('.'));
             if !valid {
-                return Err(ApiError::Validation("email is not a valid address".into()));
+                return Err(ValidationError::new("email is not a valid address"));
             }
         }
         let phone = non_blank(request.phone);
@@ -56,7 +56,7 @@ impl TryFrom<RegisterRequest> for NewUser {
                     .chars()
                     .all(|c| c.is_ascii_digit() || " +-()".contains(c));
             if !valid {
-                return Err(ApiError::Validation("phone is not a valid number".into()));
+                return Err(ValidationError::new("phone is not a valid number"));
             }
         }
         Ok(NewUser {
@@ -69,7 +69,7 @@ impl TryFrom<RegisterRequest> for NewUser {
 }
 
 /// Usernames are 3–20 characters of `[A-Za-z0-9_]`.
-pub fn check_username(username: &str) -> Result<(), ApiError> {
+pub fn check_username(username: &str) -> Result<(), ValidationError> {
     let valid = (3..=20).contains(&username.len())
         && username
             .chars()
@@ -77,8 +77,8 @@ pub fn check_username(username: &str) -> Result<(), ApiError> {
     if valid {
         Ok(())
     } else {
-        Err(ApiError::Validation(
-            "username must be 3 to 20 characters of A-Z, a-z, 0-9 and _".into(),
+        Err(ValidationError::new(
+            "username must be 3 to 20 characters of A-Z, a-z, 0-9 and _",
         ))
     }
 }

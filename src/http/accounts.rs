@@ -4,15 +4,14 @@ use std::net::{IpAddr, SocketAddr};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use entity::user::{self, Role};
+use entity::user;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{verify_password, JwtKeys};
-use crate::domain::{NewUser, RegisterRequest};
+use crate::auth::{accounts, JwtKeys};
+use crate::domain::{NewUser, RegisterRequest, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::Limits;
-use crate::users;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/register", web::post().to(register))
@@ -27,7 +26,7 @@ pub struct UserView {
     pub email: Option<String>,
     pub phone: Option<String>,
     /// `user`, `vip` or `admin`.
-    #[schema(value_type = String, example = "user")]
+    #[schema(example = "user")]
     pub role: Role,
     pub created_at: DateTime<Utc>,
 }
@@ -74,7 +73,7 @@ pub async fn register(
 ) -> Result<HttpResponse, ApiError> {
     let new_user = NewUser::try_from(body.into_inner())?;
     tracing::Span::current().record("username", new_user.username.as_str());
-    let created = users::create(&db, new_user, Role::User).await?;
+    let created = accounts::create_user(&db, new_user, Role::User).await?;
     tracing::info!(user_id = created.id, "user registered");
     Ok(HttpResponse::Created().json(UserView::from(created)))
 }
@@ -102,16 +101,10 @@ pub async fn login(
     if let (Some(limit), Some(addr)) = (&limits.login_addr, client_addr(&req, &limits)) {
         limit.check(&addr).map_err(ApiError::RateLimited)?;
     }
-    let found = users::find_by_username(&db, &username).await?;
-    let stored = found.as_ref().map(|u| u.password_hash.clone());
-    let valid = web::block(move || verify_password(&password, stored.as_deref()))
-        .await
-        .map_err(|e| ApiError::Internal(format!("hashing thread failed: {e}")))?;
-    let user = match found {
-        Some(user) if valid => user,
-        _ => return Err(ApiError::BadCredentials),
-    };
-    let token = keys.issue(user.id, &user.username, user.role)?;
+    let user = accounts::check_login(&db, &username, password).await?;
+    let token = keys
+        .issue(user.id, &user.username, user.role)
+        .map_err(|e| ApiError::Internal(format!("cannot sign token: {e}")))?;
     Ok(HttpResponse::Ok().json(LoginResponse {
         token,
         user: user.into(),

@@ -4,16 +4,16 @@
 use actix::Addr;
 use actix_web::{web, HttpResponse};
 
-use crate::actors::instance_registry::InstanceView;
 use crate::actors::messages::{
-    AddInstance, InstanceAdminError, ListInstances, RemoveInstance, UpdateInstance,
+    AddInstance, InstanceView, ListInstances, RemoveInstance, UpdateInstance,
 };
 use crate::actors::InstanceRegistry;
-use crate::auth::AdminUser;
-use crate::domain::{InstanceChange, InstanceChangeRequest, NewInstanceRequest};
+use crate::domain::{
+    InstanceChange, InstanceChangeRequest, InstanceId, InstanceSpec, NewInstanceRequest,
+};
 use crate::error::{ApiError, ErrorBody};
-use crate::http::ACTOR_REPLY_TIMEOUT;
-use crate::settings::InstanceSettings;
+use crate::http::ask;
+use crate::http::caller::AdminUser;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/admin/instances", web::get().to(list_instances))
@@ -28,17 +28,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-impl From<InstanceAdminError> for ApiError {
-    fn from(e: InstanceAdminError) -> Self {
-        match e {
-            InstanceAdminError::NotFound => ApiError::NotFound("instance"),
-            InstanceAdminError::Draining => ApiError::InstanceDraining,
-            InstanceAdminError::Exists => ApiError::InstanceExists,
-            InstanceAdminError::Store(e) => ApiError::Database(e),
-        }
-    }
-}
-
 /// Every instance: settings.toml's and the API's, with health and figures.
 #[utoipa::path(get, path = "/api/v1/admin/instances", tag = "admin",
     security(("bearer" = [])),
@@ -47,16 +36,12 @@ impl From<InstanceAdminError> for ApiError {
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(admin_id = admin.0.id))]
+#[tracing::instrument(skip_all, fields(admin_id = %admin.0.id))]
 pub async fn list_instances(
     admin: AdminUser,
     registry: web::Data<Addr<InstanceRegistry>>,
 ) -> Result<HttpResponse, ApiError> {
-    let instances = registry
-        .send(ListInstances)
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await?;
-    Ok(HttpResponse::Ok().json(instances))
+    Ok(HttpResponse::Ok().json(ask(&registry, ListInstances).await?))
 }
 
 /// Add an instance; it is kept in the database and takes work once its first ping succeeds.
@@ -71,18 +56,15 @@ pub async fn list_instances(
         (status = 409, description = "An instance of this kind and url exists (from settings.toml or the API), or is still draining", body = ErrorBody),
         (status = 503, description = "The database is unavailable (nothing was added)", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(admin_id = admin.0.id, instance_id))]
+#[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id))]
 pub async fn add_instance(
     admin: AdminUser,
     registry: web::Data<Addr<InstanceRegistry>>,
     body: web::Json<NewInstanceRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let config = InstanceSettings::try_from(body.into_inner())?;
-    let added = registry
-        .send(AddInstance(config))
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await??;
-    tracing::Span::current().record("instance_id", added.id);
+    let spec = InstanceSpec::try_from(body.into_inner())?;
+    let added = ask(&registry, AddInstance(spec)).await??;
+    tracing::Span::current().record("instance_id", added.id.0);
     tracing::info!(url = %added.url, "instance added by an admin");
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/admin/instances/{}", added.id)))
@@ -104,7 +86,7 @@ pub async fn add_instance(
         (status = 409, description = "The instance is draining", body = ErrorBody),
         (status = 503, description = "The database is unavailable (nothing was changed)", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(admin_id = admin.0.id, instance_id = *id))]
+#[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id = *id))]
 pub async fn update_instance(
     admin: AdminUser,
     registry: web::Data<Addr<InstanceRegistry>>,
@@ -113,11 +95,8 @@ pub async fn update_instance(
 ) -> Result<HttpResponse, ApiError> {
     let change = InstanceChange::try_from(body.into_inner())?;
     tracing::info!(?change, "instance changed by an admin");
-    let id = id.into_inner();
-    let updated = registry
-        .send(UpdateInstance { id, change })
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await??;
+    let id = InstanceId(id.into_inner());
+    let updated = ask(&registry, UpdateInstance { id, change }).await??;
     Ok(HttpResponse::Ok().json(updated))
 }
 
@@ -134,16 +113,13 @@ pub async fn update_instance(
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 503, description = "The database is unavailable (nothing was removed)", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(admin_id = admin.0.id, instance_id = *id))]
+#[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id = *id))]
 pub async fn remove_instance(
     admin: AdminUser,
     registry: web::Data<Addr<InstanceRegistry>>,
     id: web::Path<u64>,
 ) -> Result<HttpResponse, ApiError> {
-    let removed = registry
-        .send(RemoveInstance(id.into_inner()))
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await??;
+    let removed = ask(&registry, RemoveInstance(InstanceId(id.into_inner()))).await??;
     tracing::info!(url = %removed.url, in_flight = removed.in_flight, "instance removal requested by an admin");
     Ok(HttpResponse::Accepted().json(removed))
 }

@@ -3,18 +3,18 @@
 use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use entity::task::Priority;
-use entity::user::Role;
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
 
-use crate::actors::messages::{FindByIdempotencyKey, GetImage, Submit, SubmitError};
-use crate::actors::{Dispatcher, TaskStore};
-use crate::auth::AuthUser;
-use crate::domain::{Idempotency, ImageJob, ImageRequest};
+use crate::actors::messages::Submit;
+use crate::actors::Dispatcher;
+use crate::domain::{Idempotency, ImageId, ImageJob, ImageRequest, Priority, Role, TaskId};
 use crate::error::{insert_rate_headers, ApiError, ErrorBody};
-use crate::http::ACTOR_REPLY_TIMEOUT;
+use crate::http::ask;
+use crate::http::caller::AuthUser;
 use crate::limits::{Limits, RateInfo};
 use crate::settings::Settings;
+use crate::store::tasks;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/image/async", web::post().to(submit))
@@ -46,13 +46,13 @@ pub struct SubmitResponse {
     ),
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Retry-safe submission: the same key and request answer the same task_id and create nothing")))]
-#[tracing::instrument(skip_all, fields(user_id = user.id, task_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, task_id))]
 pub async fn submit(
     user: AuthUser,
     req: HttpRequest,
     settings: web::Data<Settings>,
     dispatcher: web::Data<Addr<Dispatcher>>,
-    store: web::Data<Addr<TaskStore>>,
+    db: web::Data<DatabaseConnection>,
     limits: web::Data<Limits>,
     body: web::Json<ImageRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -72,33 +72,20 @@ pub async fn submit(
     };
     // A replay answers even when the queue is full, so check before admission.
     if let Some(idempotency) = &idempotency {
-        let find = FindByIdempotencyKey {
-            user_id: user.id,
-            key: idempotency.key.clone(),
-        };
-        if let Some(task) = store.send(find).timeout(ACTOR_REPLY_TIMEOUT).await?? {
+        if let Some(task) = tasks::by_idempotency_key(&db, user.id, &idempotency.key).await? {
             if task.request_hash.as_deref() != Some(idempotency.request_hash.as_str()) {
                 return Err(ApiError::IdempotencyKeyReused);
             }
-            return Ok(accepted(task.task_id, true, rate));
+            return Ok(accepted(TaskId::from(task.task_id), true, rate));
         }
     }
-    let submitted = dispatcher
-        .send(Submit {
-            user_id: user.id,
-            priority: priority_of(user.role),
-            job,
-            idempotency,
-        })
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await?
-        .map_err(|e| match e {
-            SubmitError::QueueFull { capacity } => ApiError::QueueFull { capacity },
-            SubmitError::QuotaExceeded { limit } => ApiError::QuotaExceeded { limit },
-            SubmitError::ShuttingDown => ApiError::ShuttingDown,
-            SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
-            SubmitError::Store(e) => ApiError::Database(e),
-        })?;
+    let submit = Submit {
+        user_id: user.id,
+        priority: priority_of(user.role),
+        job,
+        idempotency,
+    };
+    let submitted = ask(&dispatcher, submit).await??;
     tracing::Span::current().record("task_id", submitted.task_id.as_str());
     tracing::info!(replayed = submitted.replayed, "task queued");
     Ok(accepted(submitted.task_id, submitted.replayed, rate))
@@ -116,7 +103,7 @@ const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// The 202, with the user's rate-limit figures; a replay says so in
 /// `Idempotent-Replayed`, as payment APIs do.
-fn accepted(task_id: String, replayed: bool, rate: Option<RateInfo>) -> HttpResponse {
+fn accepted(task_id: TaskId, replayed: bool, rate: Option<RateInfo>) -> HttpResponse {
     let mut response = HttpResponse::Accepted();
     if replayed {
         response.insert_header(("Idempotent-Replayed", "true"));
@@ -125,7 +112,7 @@ fn accepted(task_id: String, replayed: bool, rate: Option<RateInfo>) -> HttpResp
         insert_rate_headers(&mut response, &rate);
     }
     response.json(SubmitResponse {
-        task_id,
+        task_id: task_id.into_string(),
         status: "QUEUED",
         message: "task submitted successfully",
     })
@@ -140,19 +127,14 @@ fn accepted(task_id: String, replayed: bool, rate: Option<RateInfo>) -> HttpResp
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 404, description = "No such image of yours", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = user.id, image_id = *id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, image_id = *id))]
 pub async fn get_image(
     user: AuthUser,
-    store: web::Data<Addr<TaskStore>>,
+    db: web::Data<DatabaseConnection>,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let image = store
-        .send(GetImage {
-            image_id: id.into_inner(),
-            user_id: user.id,
-        })
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await??
+    let image = tasks::image(&db, user.id, ImageId(id.into_inner()))
+        .await?
         .ok_or(ApiError::NotFound("image"))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, image.content_type))

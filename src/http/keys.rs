@@ -7,8 +7,10 @@ use entity::api_key;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{api_keys, AuthUser};
+use crate::auth::api_keys;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::caller::AuthUser;
+use crate::store::api_keys as key_rows;
 
 /// Keys one user may hold at once.
 pub const MAX_KEYS_PER_USER: usize = 100;
@@ -71,14 +73,14 @@ pub struct CreatedKey {
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 409, description = "Too many keys; revoke one first", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = user.id, key_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, key_id))]
 pub async fn create_key(
     user: AuthUser,
     db: web::Data<DatabaseConnection>,
     body: web::Json<CreateKeyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let name = parse_name(body.into_inner().name)?;
-    if api_keys::count(&db, user.id).await? >= MAX_KEYS_PER_USER as u64 {
+    if key_rows::count(&db, user.id).await? >= MAX_KEYS_PER_USER as u64 {
         return Err(ApiError::TooManyKeys {
             max: MAX_KEYS_PER_USER,
         });
@@ -99,12 +101,12 @@ pub async fn create_key(
         (status = 200, description = "Your keys", body = [KeyView]),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = user.id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id))]
 pub async fn list_keys(
     user: AuthUser,
     db: web::Data<DatabaseConnection>,
 ) -> Result<HttpResponse, ApiError> {
-    let keys: Vec<KeyView> = api_keys::list(&db, user.id)
+    let keys: Vec<KeyView> = key_rows::list(&db, user.id)
         .await?
         .into_iter()
         .map(KeyView::from)
@@ -121,13 +123,13 @@ pub async fn list_keys(
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 404, description = "No such key of yours", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = user.id, key_id = *id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, key_id = *id))]
 pub async fn delete_key(
     user: AuthUser,
     db: web::Data<DatabaseConnection>,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    if !api_keys::revoke(&db, user.id, id.into_inner()).await? {
+    if !key_rows::revoke(&db, user.id, id.into_inner()).await? {
         return Err(ApiError::NotFound("key"));
     }
     tracing::info!("api key revoked");

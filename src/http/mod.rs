@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod caller;
 pub mod docs;
 pub mod extract;
 pub mod image;
@@ -13,12 +14,26 @@ pub mod tasks;
 
 use std::time::Duration;
 
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler, Message};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::ApiError;
 
 /// How long a handler waits for an actor's reply before answering 503.
 pub const ACTOR_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Sends `msg` and waits for the reply, at most `ACTOR_REPLY_TIMEOUT`: an actor that does
+/// not answer in time (or is gone) is a 503 `busy`.
+pub async fn ask<A, M>(actor: &Addr<A>, msg: M) -> Result<M::Result, ApiError>
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    Ok(actor.send(msg).timeout(ACTOR_REPLY_TIMEOUT).await?)
+}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(system::configure)

@@ -1,18 +1,8 @@
 //! `POST /api/v1/speech/transcribe` (multipart upload) and `POST /api/v1/speech/pcm` (raw
-//! PCM, streamed chunked by ESP32 devices), answered synchronously by a speech instance
-//! leased from the InstanceRegistry.
-//!
-//! Both forward the body while it is still arriving: the handler pumps the client's chunks
-//! into a bounded channel that the backend request reads from, so memory stays bounded and
-//! the backend hears the first audio at once. Limits are judged from Content-Length up
-//! front and again by counting, and an upload that breaks one aborts the backend request
-//! rather than ending it, so the backend never transcribes a cut-off body.
+//! PCM, streamed chunked by ESP32 devices): the request is parsed here, and the speech
+//! service (`crate::speech`) streams it to a leased instance while it arrives. Limits are
+//! judged from Content-Length up front, and again by counting as the bytes arrive.
 
-use std::fmt::Display;
-use std::future::Future;
-use std::time::{Duration, Instant};
-
-use actix::Addr;
 use actix_multipart::{Field, Multipart};
 use actix_web::http::header;
 use actix_web::web;
@@ -20,15 +10,12 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::actors::instance_registry::Lease;
-use crate::actors::messages::{Acquire, AcquireError, CallOutcome};
-use crate::actors::InstanceRegistry;
-use crate::auth::DeviceOrUser;
-use crate::backends::fastwhisper::{self, FileForm, SpeechToTextResponse};
-use crate::backends::BackendError;
+use crate::backends::fastwhisper::SpeechToTextResponse;
+use crate::domain::UserId;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::caller::DeviceOrUser;
 use crate::limits::Limits;
-use crate::settings::{InstanceKind, Settings, SpeechSettings};
+use crate::speech::{Audio, SpeechError, SpeechService};
 
 /// Multipart framing (boundaries, part headers) allowed on top of `max_upload_bytes` when
 /// judging a Content-Length up front.
@@ -62,13 +49,6 @@ pub struct PcmQuery {
     pub sample_rate: Option<u32>,
 }
 
-/// Why a streamed call ended without an answer.
-enum Fault {
-    /// The client's upload broke a rule; the instance is not to blame.
-    Client(ApiError),
-    Backend(BackendError),
-}
-
 /// Transcribe an uploaded audio file.
 #[utoipa::path(post, path = "/api/v1/speech/transcribe", tag = "speech",
     request_body(content = TranscribeForm, content_type = "multipart/form-data"),
@@ -84,18 +64,17 @@ enum Fault {
         (status = 503, description = "No healthy speech instance, or all busy (see Retry-After)", body = ErrorBody),
         (status = 504, description = "The backend did not answer in time", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = caller.user_id, key_id = caller.key_id, instance))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id, key_id = caller.key_id, instance))]
 pub async fn transcribe(
     caller: DeviceOrUser,
     req: HttpRequest,
     payload: web::Payload,
-    settings: web::Data<Settings>,
-    registry: web::Data<Addr<InstanceRegistry>>,
+    speech: web::Data<SpeechService>,
     rates: web::Data<Limits>,
 ) -> Result<HttpResponse, ApiError> {
     check_rate(&rates, caller.user_id)?;
-    let limits = &settings.speech;
-    let upload_deadline = tokio::time::Instant::now() + secs(limits.max_upload_secs);
+    let limits = speech.limits();
+    let deadline = speech.upload_deadline();
     let is_form = req
         .mime_type()
         .ok()
@@ -108,44 +87,29 @@ pub async fn transcribe(
     }
     let max_form = limits.max_upload_bytes as u64 + FORM_FRAMING_BYTES;
     if content_length(&req).is_some_and(|n| n > max_form) {
-        return Err(too_large(limits));
+        return Err(SpeechError::TooLarge(limits.max_upload_bytes).into());
     }
     let mut form = Multipart::new(req.headers(), payload);
-    let (mut field, mut received) =
-        tokio::time::timeout_at(upload_deadline, find_file(&mut form, limits))
-            .await
-            .map_err(|_| too_slow(limits))??;
+    let (field, received) = tokio::time::timeout_at(deadline, find_file(&mut form, &speech))
+        .await
+        .map_err(|_| SpeechError::TooSlow(limits.max_upload_secs))??;
     let disposition = field.content_disposition();
     let filename = disposition.and_then(|d| d.get_filename()).unwrap_or("");
-    let content_type = field
-        .content_type()
-        .map_or("application/octet-stream".to_string(), ToString::to_string);
-    let framing = FileForm::default();
-    let (opening, closing) = (framing.opening(filename, &content_type), framing.closing());
-
-    let lease = acquire(&registry, caller.user_id, limits).await?;
-    tracing::Span::current().record("instance", lease.url.as_str());
-    let (body, stream) = fastwhisper::body_channel(secs(limits.timeout_secs));
-    let (client, base) = (fastwhisper::client(), lease.url.clone());
-    let call = fastwhisper::transcribe_file(&client, &base, &framing, stream);
-    let pump = async move {
-        // The form stays alive while its field is read: a field reads through it.
-        let _form = form;
-        body.send(opening).await.map_err(Fault::Backend)?;
-        while let Some(chunk) = read_timed(field.next(), limits)
-            .await
-            .map_err(Fault::Client)?
-        {
-            received += chunk.len();
-            if received > limits.max_upload_bytes {
-                return Err(Fault::Client(too_large(limits)));
-            }
-            body.send(chunk).await.map_err(Fault::Backend)?;
-        }
-        body.send(closing).await.map_err(Fault::Backend)?;
-        body.finish().await.map_err(Fault::Backend)
+    let audio = Audio::File {
+        filename: filename.to_string(),
+        content_type: field
+            .content_type()
+            .map_or("application/octet-stream".to_string(), ToString::to_string),
+        received,
     };
-    let answer = relay(lease, call, pump, limits, upload_deadline).await?;
+    // The form stays alive while its field is read: a field reads through it.
+    let upload = futures_util::stream::unfold((form, field), |(form, mut field)| async move {
+        let item = field.next().await?;
+        Some((item, (form, field)))
+    });
+    let answer = speech
+        .transcribe(caller.user_id, audio, Box::pin(upload), deadline)
+        .await?;
     tracing::info!(code = answer.code, "file transcribed");
     Ok(HttpResponse::Ok().json(answer))
 }
@@ -167,63 +131,40 @@ pub async fn transcribe(
         (status = 503, description = "No healthy speech instance, or all busy (see Retry-After)", body = ErrorBody),
         (status = 504, description = "The backend did not answer in time", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = caller.user_id, key_id = caller.key_id, instance))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id, key_id = caller.key_id, instance))]
 pub async fn pcm(
     caller: DeviceOrUser,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     query: web::Query<PcmQuery>,
-    settings: web::Data<Settings>,
-    registry: web::Data<Addr<InstanceRegistry>>,
+    speech: web::Data<SpeechService>,
     rates: web::Data<Limits>,
 ) -> Result<HttpResponse, ApiError> {
     check_rate(&rates, caller.user_id)?;
-    let limits = &settings.speech;
-    let upload_deadline = tokio::time::Instant::now() + secs(limits.max_upload_secs);
+    let limits = speech.limits();
+    let deadline = speech.upload_deadline();
     if query.sample_rate.is_some_and(|rate| rate != SAMPLE_RATE) {
         return Err(ApiError::Validation(format!(
             "sample_rate must be {SAMPLE_RATE}: send 16 kHz 16-bit mono PCM (the gateway does not resample)"
         )));
     }
-    let max_bytes = limits.max_pcm_bytes();
     if let Some(length) = content_length(&req) {
-        if length > max_bytes {
-            return Err(too_long(limits));
+        if length > limits.max_pcm_bytes() {
+            return Err(SpeechError::TooLong(limits.max_pcm_seconds).into());
         }
         if !length.is_multiple_of(2) {
-            return Err(odd_length());
+            return Err(SpeechError::OddLength.into());
         }
     }
-
-    let lease = acquire(&registry, caller.user_id, limits).await?;
-    tracing::Span::current().record("instance", lease.url.as_str());
-    let (body, stream) = fastwhisper::body_channel(secs(limits.timeout_secs));
-    let (client, base) = (fastwhisper::client(), lease.url.clone());
-    let call = fastwhisper::transcribe_pcm(&client, &base, stream);
-    let pump = async move {
-        let mut received = 0u64;
-        while let Some(chunk) = read_timed(payload.next(), limits)
-            .await
-            .map_err(Fault::Client)?
-        {
-            received += chunk.len() as u64;
-            if received > max_bytes {
-                return Err(Fault::Client(too_long(limits)));
-            }
-            body.send(chunk).await.map_err(Fault::Backend)?;
-        }
-        if !received.is_multiple_of(2) {
-            return Err(Fault::Client(odd_length()));
-        }
-        body.finish().await.map_err(Fault::Backend)
-    };
-    let answer = relay(lease, call, pump, limits, upload_deadline).await?;
+    let answer = speech
+        .transcribe(caller.user_id, Audio::Pcm, payload, deadline)
+        .await?;
     tracing::info!(code = answer.code, "pcm transcribed");
     Ok(HttpResponse::Ok().json(answer))
 }
 
 /// The user's speech request rate (its own bucket, apart from image submissions).
-fn check_rate(rates: &Limits, user_id: i64) -> Result<(), ApiError> {
+fn check_rate(rates: &Limits, user_id: UserId) -> Result<(), ApiError> {
     match &rates.speech {
         Some(limit) => limit
             .check(&user_id)
@@ -233,89 +174,16 @@ fn check_rate(rates: &Limits, user_id: i64) -> Result<(), ApiError> {
     }
 }
 
-/// A lease on a free healthy speech instance: 503 at once when none is healthy or too many
-/// requests already wait, and after `max_wait_secs` of waiting.
-async fn acquire(
-    registry: &Addr<InstanceRegistry>,
-    user_id: i64,
-    limits: &SpeechSettings,
-) -> Result<Lease, ApiError> {
-    let request = registry.send(Acquire {
-        kind: InstanceKind::Speech,
-        user_id,
-        avoid: None,
-        fail_fast: true,
-        max_waiting: Some(limits.max_waiting),
-    });
-    // On timeout the request is dropped, which withdraws it from the registry's line.
-    match tokio::time::timeout(secs(limits.max_wait_secs), request).await {
-        Ok(Ok(Ok(lease))) => Ok(lease),
-        Ok(Ok(Err(AcquireError::NoHealthyInstance))) => Err(ApiError::NoHealthyInstance),
-        Ok(Ok(Err(AcquireError::TooManyWaiting | AcquireError::RegistryStopped))) | Err(_) => {
-            Err(ApiError::InstancesBusy)
-        }
-        Ok(Err(mailbox)) => Err(mailbox.into()),
-    }
-}
-
-/// Runs the backend `call` while `pump` feeds it, then gives the lease back with the
-/// outcome. The upload must end by `upload_deadline`; the backend then has
-/// `timeout_secs` to answer. When the pump fails, the call is dropped mid-body, which
-/// aborts the backend request.
-async fn relay(
-    lease: Lease,
-    call: impl Future<Output = Result<SpeechToTextResponse, BackendError>>,
-    pump: impl Future<Output = Result<(), Fault>>,
-    limits: &SpeechSettings,
-    upload_deadline: tokio::time::Instant,
-) -> Result<SpeechToTextResponse, ApiError> {
-    let pump = tokio::time::timeout_at(upload_deadline, pump);
-    tokio::pin!(call, pump);
-    let mut uploaded_at = Instant::now();
-    let result = tokio::select! {
-        // The call first: a backend that already answered (or failed) has the last word.
-        biased;
-        answer = &mut call => answer.map_err(Fault::Backend),
-        pumped = &mut pump => match pumped {
-            Err(_) => Err(Fault::Client(too_slow(limits))),
-            Ok(Err(fault)) => Err(fault),
-            Ok(Ok(())) => {
-                uploaded_at = Instant::now();
-                match tokio::time::timeout(secs(limits.timeout_secs), &mut call).await {
-                    Ok(answer) => answer.map_err(Fault::Backend),
-                    Err(_) => Err(Fault::Backend(BackendError::Timeout(limits.timeout_secs))),
-                }
-            }
-        },
-    };
-    match result {
-        Ok(answer) => {
-            lease.release(CallOutcome::Success {
-                latency: uploaded_at.elapsed(),
-            });
-            Ok(answer)
-        }
-        Err(Fault::Client(error)) => {
-            lease.release(CallOutcome::Neutral);
-            Err(error)
-        }
-        Err(Fault::Backend(error)) => {
-            tracing::warn!(%error, "speech backend call failed");
-            lease.release(CallOutcome::from(&error));
-            Err(error.into())
-        }
-    }
-}
-
 /// Reads up to the `file` field, skipping others; returns it with the bytes of form data
 /// read so far.
 async fn find_file(
     form: &mut Multipart,
-    limits: &SpeechSettings,
+    speech: &SpeechService,
 ) -> Result<(Field, usize), ApiError> {
+    let max = speech.limits().max_upload_bytes;
     let mut received = 0;
     for _ in 0..=MAX_OTHER_FIELDS {
-        let Some(mut field) = read_timed(form.next(), limits).await? else {
+        let Some(mut field) = speech.next_chunk(form.next()).await? else {
             return Err(ApiError::Validation(
                 "multipart field `file` is required".into(),
             ));
@@ -323,10 +191,10 @@ async fn find_file(
         if field.name() == Some("file") {
             return Ok((field, received));
         }
-        while let Some(chunk) = read_timed(field.next(), limits).await? {
+        while let Some(chunk) = speech.next_chunk(field.next()).await? {
             received += chunk.len();
-            if received > limits.max_upload_bytes {
-                return Err(too_large(limits));
+            if received > max {
+                return Err(SpeechError::TooLarge(max).into());
             }
         }
     }
@@ -336,24 +204,6 @@ async fn find_file(
     )))
 }
 
-/// The client's next item; a client silent for `read_timeout_secs` is cut off.
-async fn read_timed<T, E: Display>(
-    next: impl Future<Output = Option<Result<T, E>>>,
-    limits: &SpeechSettings,
-) -> Result<Option<T>, ApiError> {
-    match tokio::time::timeout(secs(limits.read_timeout_secs), next).await {
-        Err(_) => Err(ApiError::UploadTimeout(format!(
-            "no data from the client for {}s; upload cut off",
-            limits.read_timeout_secs
-        ))),
-        Ok(None) => Ok(None),
-        Ok(Some(Err(e))) => Err(ApiError::MalformedBody(format!(
-            "cannot read the upload: {e}"
-        ))),
-        Ok(Some(Ok(item))) => Ok(Some(item)),
-    }
-}
-
 fn content_length(req: &HttpRequest) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)?
@@ -361,31 +211,4 @@ fn content_length(req: &HttpRequest) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-fn too_large(limits: &SpeechSettings) -> ApiError {
-    ApiError::PayloadTooLarge {
-        limit: limits.max_upload_bytes,
-    }
-}
-
-fn too_long(limits: &SpeechSettings) -> ApiError {
-    ApiError::AudioTooLong {
-        max_secs: limits.max_pcm_seconds,
-    }
-}
-
-fn too_slow(limits: &SpeechSettings) -> ApiError {
-    ApiError::UploadTimeout(format!(
-        "the upload took longer than {}s; upload cut off",
-        limits.max_upload_secs
-    ))
-}
-
-fn odd_length() -> ApiError {
-    ApiError::Validation("PCM body must hold whole 16-bit samples (an even number of bytes)".into())
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
 }

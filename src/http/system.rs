@@ -4,12 +4,11 @@ use actix::Addr;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
-use crate::actors::instance_registry::InstanceState;
-use crate::actors::messages::{CountWaiting, GetQueueStats, ListInstances};
+use crate::actors::messages::{CountWaiting, GetQueueStats, InstanceState, ListInstances};
 use crate::actors::{Dispatcher, InstanceRegistry};
+use crate::domain::InstanceKind;
 use crate::error::{ApiError, ErrorBody};
-use crate::http::ACTOR_REPLY_TIMEOUT;
-use crate::settings::InstanceKind;
+use crate::http::ask;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
@@ -58,22 +57,10 @@ pub async fn stats(
     dispatcher: web::Data<Addr<Dispatcher>>,
     registry: web::Data<Addr<InstanceRegistry>>,
 ) -> Result<HttpResponse, ApiError> {
-    let queue = dispatcher
-        .send(GetQueueStats)
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await?;
-    let instances = registry
-        .send(ListInstances)
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await?;
-    let waiting_image = registry
-        .send(CountWaiting(InstanceKind::Image))
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await?;
-    let waiting_speech = registry
-        .send(CountWaiting(InstanceKind::Speech))
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await?;
+    let queue = ask(&dispatcher, GetQueueStats).await?;
+    let instances = ask(&registry, ListInstances).await?;
+    let waiting_image = ask(&registry, CountWaiting(InstanceKind::Image)).await?;
+    let waiting_speech = ask(&registry, CountWaiting(InstanceKind::Speech)).await?;
     let counts = |kind: InstanceKind, waiting: usize| {
         instances.iter().filter(|i| i.kind == kind).fold(
             InstanceCounts {

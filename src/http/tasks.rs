@@ -4,15 +4,16 @@ use actix::Addr;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use entity::task;
+use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::messages::{
-    CancelOutcome, CancelTask, GetTask, ListTasks, QueuePositions, TaskCancelled,
-};
+use crate::actors::messages::{CancelOutcome, CancelTask, QueuePositions, TaskCancelled};
 use crate::actors::{Dispatcher, TaskStore};
-use crate::auth::AuthUser;
+use crate::domain::{TaskId, TaskStatus, UserId};
 use crate::error::{ApiError, ErrorBody};
-use crate::http::ACTOR_REPLY_TIMEOUT;
+use crate::http::ask;
+use crate::http::caller::AuthUser;
+use crate::store::tasks;
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
@@ -40,8 +41,8 @@ pub struct TaskView {
     pub user_id: i64,
     pub prompt: String,
     /// QUEUED, RUNNING, DONE, FAILED or CANCELLED.
-    #[schema(value_type = String, example = "DONE")]
-    pub status: task::Status,
+    #[schema(example = "DONE")]
+    pub status: TaskStatus,
     /// Where the image is, once DONE.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "/api/images/123")]
@@ -84,22 +85,17 @@ impl From<task::Model> for TaskView {
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 404, description = "No such task of yours", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = user.id, task_id = query.task_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, task_id = query.task_id))]
 pub async fn get_tasks(
     user: AuthUser,
-    store: web::Data<Addr<TaskStore>>,
+    db: web::Data<DatabaseConnection>,
     dispatcher: web::Data<Addr<Dispatcher>>,
     query: web::Query<TasksQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let TasksQuery { task_id, limit } = query.into_inner();
     if let Some(task_id) = task_id {
-        let task = store
-            .send(GetTask {
-                task_id,
-                user_id: user.id,
-            })
-            .timeout(ACTOR_REPLY_TIMEOUT)
-            .await??
+        let task = tasks::get(&db, user.id, &TaskId::from(task_id))
+            .await?
             .ok_or(ApiError::NotFound("task"))?;
         let views = with_positions(&dispatcher, user.id, vec![task]).await?;
         return Ok(HttpResponse::Ok().json(&views[0]));
@@ -110,32 +106,26 @@ pub async fn get_tasks(
             "limit must be between 1 and {MAX_LIMIT}"
         )));
     }
-    let tasks = store
-        .send(ListTasks {
-            user_id: user.id,
-            limit: limit as u64,
-        })
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await??;
-    Ok(HttpResponse::Ok().json(with_positions(&dispatcher, user.id, tasks).await?))
+    let newest = tasks::newest(&db, user.id, limit as u64).await?;
+    Ok(HttpResponse::Ok().json(with_positions(&dispatcher, user.id, newest).await?))
 }
 
 /// Task views, with the queue position of those still QUEUED.
 async fn with_positions(
     dispatcher: &Addr<Dispatcher>,
-    user_id: i64,
+    user_id: UserId,
     tasks: Vec<task::Model>,
 ) -> Result<Vec<TaskView>, ApiError> {
     let mut views: Vec<TaskView> = tasks.into_iter().map(TaskView::from).collect();
     let queued: Vec<usize> = (0..views.len())
-        .filter(|&i| views[i].status == task::Status::Queued)
+        .filter(|&i| views[i].status == TaskStatus::Queued)
         .collect();
     if !queued.is_empty() {
-        let task_ids = queued.iter().map(|&i| views[i].task_id.clone()).collect();
-        let positions = dispatcher
-            .send(QueuePositions { user_id, task_ids })
-            .timeout(ACTOR_REPLY_TIMEOUT)
-            .await?;
+        let task_ids = queued
+            .iter()
+            .map(|&i| TaskId::from(views[i].task_id.clone()))
+            .collect();
+        let positions = ask(dispatcher, QueuePositions { user_id, task_ids }).await?;
         for (i, position) in queued.into_iter().zip(positions) {
             views[i].queue_position = position;
         }
@@ -154,21 +144,19 @@ async fn with_positions(
         (status = 404, description = "No such task of yours", body = ErrorBody),
         (status = 409, description = "The task already ended DONE or FAILED", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = user.id, task_id = %task_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.id, task_id = %task_id))]
 pub async fn cancel_task(
     user: AuthUser,
     store: web::Data<Addr<TaskStore>>,
     dispatcher: web::Data<Addr<Dispatcher>>,
     task_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let task_id = task_id.into_inner();
-    let outcome = store
-        .send(CancelTask {
-            task_id: task_id.clone(),
-            user_id: user.id,
-        })
-        .timeout(ACTOR_REPLY_TIMEOUT)
-        .await??;
+    let task_id = TaskId::from(task_id.into_inner());
+    let cancel = CancelTask {
+        task_id: task_id.clone(),
+        user_id: user.id,
+    };
+    let outcome = ask(&store, cancel).await??;
     match outcome {
         CancelOutcome::NotFound => Err(ApiError::NotFound("task")),
         CancelOutcome::Finished(task) => Err(ApiError::TaskFinished(task.status)),

@@ -176,7 +176,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{Strategy, MAX_INSTANCE_CAPACITY};
+    use crate::domain::{Strategy, MAX_INSTANCE_CAPACITY};
 
     #[test]
     fn defaults_are_valid_and_follow_the_old_system() {

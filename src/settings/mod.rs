@@ -2,19 +2,15 @@
 //!
 //! Sources, later ones winning: built-in defaults, `settings.toml` (or `--config PATH`),
 //! environment variables `INFERGATE__SECTION__KEY` (`load.rs`, with the checks that stop
-//! a bad start). Backend instance entries are in `instance.rs`.
+//! a bad start). Backend instance entries are the domain's `InstanceSpec`.
 
-mod instance;
 mod load;
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use instance::{
-    check_instance_url, url_key, InstanceKind, InstanceSettings, Protocol, MAX_INSTANCE_CAPACITY,
-    MAX_INSTANCE_WEIGHT,
-};
+use crate::domain::{ImageLimits, InstanceKind, InstanceSpec, Protocol, Strategy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -34,11 +30,11 @@ pub struct Settings {
     pub workers: WorkerSettings,
     pub health: HealthSettings,
     pub balancing: BalancingSettings,
-    pub image: ImageSettings,
+    pub image: ImageLimits,
     pub speech: SpeechSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
-    pub instances: Vec<InstanceSettings>,
+    pub instances: Vec<InstanceSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -102,28 +98,11 @@ pub struct HealthSettings {
     pub slow_start_secs: u64,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    RoundRobin,
-    UserHash,
-    LeastLoaded,
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BalancingSettings {
     pub image: Strategy,
     pub speech: Strategy,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ImageSettings {
-    pub max_prompt_chars: usize,
-    pub default_steps: u32,
-    pub max_steps: u32,
-    pub max_side: u32,
 }
 
 /// Limits of the synchronous speech endpoints.
@@ -181,16 +160,13 @@ impl Default for Settings {
             workers: WorkerSettings::default(),
             health: HealthSettings::default(),
             balancing: BalancingSettings::default(),
-            image: ImageSettings::default(),
+            image: ImageLimits::default(),
             speech: SpeechSettings::default(),
             limits: LimitSettings::default(),
             log: LogSettings::default(),
-            instances: vec![InstanceSettings {
-                kind: InstanceKind::Image,
-                url: "http://localhost:8000".into(),
+            instances: vec![InstanceSpec {
                 protocol: Some(Protocol::Qwen),
-                capacity: 1,
-                weight: 1,
+                ..InstanceSpec::new(InstanceKind::Image, "http://localhost:8000")
             }],
         }
     }
@@ -263,17 +239,6 @@ impl Default for BalancingSettings {
         BalancingSettings {
             image: Strategy::LeastLoaded,
             speech: Strategy::LeastLoaded,
-        }
-    }
-}
-
-impl Default for ImageSettings {
-    fn default() -> Self {
-        ImageSettings {
-            max_prompt_chars: 4000,
-            default_steps: 20,
-            max_steps: 150,
-            max_side: 2048,
         }
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use entity::prelude::Instance;
 use infergate::actors::instance_registry::SETTINGS_ID_BASE;
-use infergate::settings::{Settings, Strategy};
+use infergate::domain::Strategy;
+use infergate::settings::Settings;
 use infergate::simulator::SimConfig;
 use reqwest::StatusCode;
 use sea_orm::{EntityTrait, PaginatorTrait};
@@ -16,6 +17,7 @@ use crate::helpers::{
     assert_error, fast_sim, spawn_app, spawn_app_on, spawn_app_with, start, start_sims, TestApp,
     TEST_SECRET,
 };
+use crate::poll::eventually;
 
 fn slow_sim(latency_ms: u64) -> SimConfig {
     SimConfig {
@@ -35,23 +37,23 @@ async fn assert_one_live_worker(app: &TestApp, token: &str) {
     app.sims[0].set_latency(Duration::from_secs(3));
     app.submit_ok(token, "slow one").await;
     app.submit_ok(token, "slow two").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = app.stats().await;
-        let (queued, waiting) = (&stats["queue_length"], &stats["image_instances"]["waiting"]);
-        if stats["image_instances"]["in_flight"] == 1
-            && queued.as_u64().unwrap() + waiting.as_u64().unwrap() == 1
-        {
-            assert_eq!(
-                (queued.as_u64(), waiting.as_u64()),
-                (Some(1), Some(0)),
-                "{stats}"
-            );
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{stats}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (queued, waiting) = eventually(
+        "one call in flight, one task behind it",
+        Duration::from_secs(10),
+        || async {
+            let stats = app.stats().await;
+            let (queued, waiting) = (&stats["queue_length"], &stats["image_instances"]["waiting"]);
+            let settled = stats["image_instances"]["in_flight"] == 1
+                && queued.as_u64().unwrap() + waiting.as_u64().unwrap() == 1;
+            if settled {
+                Ok((queued.as_u64(), waiting.as_u64()))
+            } else {
+                Err(stats)
+            }
+        },
+    )
+    .await;
+    assert_eq!((queued, waiting), (Some(1), Some(0)));
 }
 
 #[actix_web::test]
@@ -90,7 +92,7 @@ async fn only_admins_reach_the_admin_api() {
     assert_eq!(instance_rows(&app).await, 0);
 
     // The role is checked in the database: a demoted admin's token stops working at once.
-    infergate::users::set_role(&app.db, "root", entity::user::Role::User)
+    infergate::store::users::set_role(&app.db, "root", entity::user::Role::User)
         .await
         .unwrap();
     let demoted = app.get("/api/v1/admin/instances", &admin.token).await;

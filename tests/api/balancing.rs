@@ -1,4 +1,4 @@
-use infergate::settings::Strategy;
+use infergate::domain::Strategy;
 
 use crate::helpers::{fast_sim, spawn_app_on, spawn_app_with, start_sims};
 

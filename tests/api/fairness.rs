@@ -19,7 +19,7 @@ fn one_gpu(latency_ms: u64) -> Vec<SimConfig> {
 
 async fn vip_user(app: &TestApp, name: &str) -> TestUser {
     app.new_user(name).await;
-    assert!(infergate::users::set_role(&app.db, name, Role::Vip)
+    assert!(infergate::store::users::set_role(&app.db, name, Role::Vip)
         .await
         .unwrap());
     // The role travels in the token: log in again to get a VIP one.

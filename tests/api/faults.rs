@@ -3,20 +3,14 @@
 use std::time::Duration;
 
 use actix_web::HttpResponse;
-use infergate::settings::{InstanceKind, InstanceSettings, Protocol};
+use infergate::domain::{InstanceKind, InstanceSpec};
 use infergate::simulator::SimConfig;
 
 use crate::fake_backend::{spawn_answering, spawn_dying};
 use crate::helpers::{fast_sim, spawn_app_on, spawn_app_with, start_sims};
 
-fn image_instance(url: String) -> InstanceSettings {
-    InstanceSettings {
-        kind: InstanceKind::Image,
-        url,
-        protocol: Some(Protocol::Qwen),
-        capacity: 1,
-        weight: 1,
-    }
+fn image_instance(url: String) -> InstanceSpec {
+    InstanceSpec::new(InstanceKind::Image, url)
 }
 
 #[actix_web::test]

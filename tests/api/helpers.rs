@@ -1,8 +1,9 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use entity::prelude::{Image, Task};
 use entity::user::Role;
-use infergate::settings::{InstanceKind, InstanceSettings, Protocol, Settings};
+use infergate::domain::{InstanceKind, InstanceSpec};
+use infergate::settings::Settings;
 use infergate::simulator::{SimBackend, SimConfig};
 use infergate::startup::Application;
 use reqwest::multipart::Form;
@@ -10,6 +11,8 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+
+use crate::poll::eventually;
 
 pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 
@@ -73,13 +76,7 @@ pub async fn spawn_app_on(sims: Vec<SimBackend>, tweak: impl FnOnce(&mut Setting
     settings.limits.max_queued_per_user = 0;
     settings.instances = sims
         .iter()
-        .map(|sim| InstanceSettings {
-            kind: InstanceKind::Image,
-            url: sim.url(),
-            protocol: Some(Protocol::Qwen),
-            capacity: 1,
-            weight: 1,
-        })
+        .map(|sim| InstanceSpec::new(InstanceKind::Image, sim.url()))
         .collect();
     tweak(&mut settings);
     start(settings, sims, dir).await
@@ -91,15 +88,9 @@ pub async fn spawn_app_with_speech(
     speech_sims: Vec<SimBackend>,
     tweak: impl FnOnce(&mut Settings),
 ) -> TestApp {
-    let speech: Vec<InstanceSettings> = speech_sims
+    let speech: Vec<InstanceSpec> = speech_sims
         .iter()
-        .map(|sim| InstanceSettings {
-            kind: InstanceKind::Speech,
-            url: sim.url(),
-            protocol: Some(Protocol::Fastwhisper),
-            capacity: 1,
-            weight: 1,
-        })
+        .map(|sim| InstanceSpec::new(InstanceKind::Speech, sim.url()))
         .collect();
     let mut app = spawn_app_on(start_sims(vec![fast_sim()]), |settings| {
         settings.instances.extend(speech);
@@ -171,9 +162,11 @@ impl TestApp {
             self.register(name, "password123").await.status(),
             StatusCode::CREATED
         );
-        assert!(infergate::users::set_role(&self.db, name, Role::Admin)
-            .await
-            .unwrap());
+        assert!(
+            infergate::store::users::set_role(&self.db, name, Role::Admin)
+                .await
+                .unwrap()
+        );
         let body: Value = self.login(name, "password123").await.json().await.unwrap();
         TestUser {
             token: body["token"].as_str().expect("token").to_string(),
@@ -220,23 +213,22 @@ impl TestApp {
     /// Polls the task until it reaches a terminal status; returns every status seen and
     /// the final task JSON.
     pub async fn wait_for_end(&self, token: &str, task_id: &str) -> (Vec<String>, Value) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen: Vec<String> = Vec::new();
-        loop {
+        let seen = std::cell::RefCell::new(Vec::<String>::new());
+        let what = format!("task {task_id} ending");
+        let task = eventually(&what, Duration::from_secs(30), || async {
             let task: Value = self.get_task(token, task_id).await.json().await.unwrap();
             let status = task["status"].as_str().expect("status").to_string();
+            let mut seen = seen.borrow_mut();
             if seen.last() != Some(&status) {
                 seen.push(status.clone());
             }
-            if matches!(status.as_str(), "DONE" | "FAILED" | "CANCELLED") {
-                return (seen, task);
+            match status.as_str() {
+                "DONE" | "FAILED" | "CANCELLED" => Ok(task),
+                _ => Err(seen.clone()),
             }
-            assert!(
-                Instant::now() < deadline,
-                "task {task_id} stuck in {seen:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await;
+        (seen.into_inner(), task)
     }
 
     pub async fn stats(&self) -> Value {
@@ -250,17 +242,25 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Waits until the stats satisfy `check`.
+    pub async fn wait_for_stats(&self, what: &str, check: impl Fn(&Value) -> bool) {
+        eventually(what, Duration::from_secs(10), || async {
+            let stats = self.stats().await;
+            if check(&stats) {
+                Ok(())
+            } else {
+                Err(stats)
+            }
+        })
+        .await
+    }
+
     /// Waits until `n` image instances are healthy.
     pub async fn wait_for_healthy(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.stats().await["image_instances"]["healthy"] != n {
-            assert!(
-                Instant::now() < deadline,
-                "instances never became healthy: {}",
-                self.stats().await
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_for_stats("image instances healthy", |s| {
+            s["image_instances"]["healthy"] == n
+        })
+        .await
     }
 
     pub async fn cancelled_count(&self, token: &str) -> u64 {
@@ -344,31 +344,22 @@ impl TestApp {
         what: &str,
         check: impl Fn(Option<&Value>) -> bool,
     ) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("instance {id} {what}");
+        eventually(&what, Duration::from_secs(10), || async {
             let instance = self.instance(token, id).await;
             if check(instance.as_ref()) {
-                return;
+                Ok(())
+            } else {
+                Err(instance)
             }
-            assert!(
-                Instant::now() < deadline,
-                "instance {id} never {what}: {instance:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until the stats count `n` workers.
     pub async fn wait_for_workers(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.stats().await["workers"] != n {
-            assert!(
-                Instant::now() < deadline,
-                "workers never became {n}: {}",
-                self.stats().await
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.wait_for_stats(&format!("{n} workers"), |s| s["workers"] == n)
+            .await
     }
 
     /// The URL of the instance the task's (last) attempt ran on.
@@ -443,27 +434,18 @@ impl TestApp {
 
     /// Waits until `n` speech instances are healthy.
     pub async fn wait_for_healthy_speech(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.stats().await["speech_instances"]["healthy"] != n {
-            assert!(
-                Instant::now() < deadline,
-                "speech instances never reached {n} healthy: {}",
-                self.stats().await
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_for_stats(&format!("{n} speech instances healthy"), |s| {
+            s["speech_instances"]["healthy"] == n
+        })
+        .await
     }
 
     /// Waits until no speech call holds an instance.
     pub async fn wait_for_speech_idle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.stats().await["speech_instances"]["in_flight"] != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "a speech lease was never released"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_for_stats("every speech lease released", |s| {
+            s["speech_instances"]["in_flight"] == 0
+        })
+        .await
     }
 }
 
@@ -491,7 +473,7 @@ pub async fn open_database(url: &str) -> DatabaseConnection {
         max_connections: 2,
         ..Default::default()
     };
-    infergate::database::connect(&settings)
+    infergate::store::connect(&settings)
         .await
         .expect("connect to the test database")
 }

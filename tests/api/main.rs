@@ -15,6 +15,7 @@ mod helpers;
 mod idempotency;
 mod image_flow;
 mod keys;
+mod poll;
 mod postgres;
 mod process;
 mod queue;

@@ -1,6 +1,7 @@
 //! The same gateway on PostgreSQL. Needs `INFERGATE_TEST_POSTGRES_URL` (`.ci/run` sets it);
 //! each test gets a database of its own, dropped at the end.
 
+use infergate::domain::{InstanceKind, InstanceSpec};
 use infergate::settings::Settings;
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
@@ -117,13 +118,7 @@ async fn queued_tasks_survive_a_restart_on_postgresql() {
     settings.database.url = database.url.clone();
     settings.auth.jwt_secret = crate::helpers::TEST_SECRET.into();
     settings.health.interval_secs = 1;
-    settings.instances = vec![infergate::settings::InstanceSettings {
-        kind: infergate::settings::InstanceKind::Image,
-        url: sims[0].url(),
-        protocol: None,
-        capacity: 1,
-        weight: 1,
-    }];
+    settings.instances = vec![InstanceSpec::new(InstanceKind::Image, sims[0].url())];
     let dir = tempfile::tempdir().unwrap();
     let second = start(settings, sims, dir).await;
     for id in &ids {

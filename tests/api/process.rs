@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::poll::eventually;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_infergate");
 
 /// `infergate` with its database in `dir` and quiet logs.
@@ -54,14 +56,11 @@ impl Gateway {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::get(format!("{}/health", gateway.base))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "gateway never answered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let health = format!("{}/health", gateway.base);
+        eventually("the gateway answering", Duration::from_secs(20), || {
+            reqwest::get(&health)
+        })
+        .await;
         gateway
     }
 

@@ -1,6 +1,6 @@
 //! The real binary killed, signalled and restarted: no task lost, stuck or run twice.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use entity::prelude::{Image, Task};
 use entity::task;
@@ -10,6 +10,7 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::Value;
 
 use crate::helpers::{open_database, start_sims};
+use crate::poll::eventually;
 use crate::process::{database_url, free_port, sign_up, submit, task, write_config, Gateway};
 
 async fn login(base: &str) -> String {
@@ -63,19 +64,19 @@ async fn sigkill_under_load_then_restart_loses_nothing_and_runs_nothing_twice() 
     assert!(unfinished > 0, "the kill came too late to test recovery");
 
     let gateway = Gateway::start(dir.path(), Some(&config), port, &[]).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let unfinished =
-            count(&db, task::Status::Queued).await + count(&db, task::Status::Running).await;
-        if unfinished == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{unfinished} tasks stuck after restart"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "every task ending after the restart",
+        Duration::from_secs(60),
+        || async {
+            let unfinished =
+                count(&db, task::Status::Queued).await + count(&db, task::Status::Running).await;
+            match unfinished {
+                0 => Ok(()),
+                stuck => Err(format!("{stuck} tasks unfinished")),
+            }
+        },
+    )
+    .await;
     drop(gateway);
     assert_eq!(
         count(&db, task::Status::Done).await,

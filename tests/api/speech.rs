@@ -279,11 +279,10 @@ async fn a_request_that_finds_every_instance_busy_waits_then_gets_503() {
     .await;
     let auth = Auth::Bearer(&user.token);
     let (first, second) = tokio::join!(app.send_pcm(auth, pcm(1.0)), async {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while app.stats().await["speech_instances"]["in_flight"] != 1 {
-            assert!(Instant::now() < deadline, "the first request never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        app.wait_for_stats("the first request started", |s| {
+            s["speech_instances"]["in_flight"] == 1
+        })
+        .await;
         app.send_pcm(auth, pcm(1.0)).await
     });
     assert!(second.headers().contains_key("retry-after"));
@@ -303,15 +302,12 @@ async fn past_max_waiting_a_request_is_refused_at_once_while_the_waiting_one_is_
     let until = |in_flight: u64, waiting: u64| {
         let app = &app;
         async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let speech = app.stats().await["speech_instances"].clone();
-                if speech["in_flight"] == in_flight && speech["waiting"] == waiting {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "never reached: {speech}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let what = format!("{in_flight} speech calls in flight, {waiting} waiting");
+            app.wait_for_stats(&what, |s| {
+                let speech = &s["speech_instances"];
+                speech["in_flight"] == in_flight && speech["waiting"] == waiting
+            })
+            .await
         }
     };
     let (first, second, third) = tokio::join!(

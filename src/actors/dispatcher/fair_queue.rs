@@ -4,12 +4,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use entity::task::Priority;
-
-use crate::actors::messages::QueuedTask;
+use crate::domain::{Priority, QueuedTask, TaskId, UserId};
 
 /// Who a lane belongs to: the user under fair order, everyone (0) otherwise.
-type Owner = i64;
+type Owner = UserId;
 
 pub struct FairQueue {
     fair: bool,
@@ -57,11 +55,11 @@ impl FairQueue {
         }
     }
 
-    fn owner(&self, user_id: i64) -> Owner {
+    fn owner(&self, user_id: UserId) -> Owner {
         if self.fair {
             user_id
         } else {
-            0
+            UserId(0)
         }
     }
 
@@ -129,13 +127,13 @@ impl FairQueue {
     }
 
     /// Takes a queued task out (a cancel).
-    pub fn remove(&mut self, task_id: &str, user_id: i64) -> Option<QueuedTask> {
+    pub fn remove(&mut self, task_id: &TaskId, user_id: UserId) -> Option<QueuedTask> {
         let owner = self.owner(user_id);
         for class in [Priority::Vip, Priority::Normal] {
             let Some(lane) = self.lanes.get_mut(&(class, owner)) else {
                 continue;
             };
-            let Some(index) = lane.iter().position(|t| t.task_id == task_id) else {
+            let Some(index) = lane.iter().position(|t| t.task_id == *task_id) else {
                 continue;
             };
             let task = lane.remove(index);
@@ -151,13 +149,13 @@ impl FairQueue {
 
     /// The 1-based place the task will be served in, if it is queued. Exact within its
     /// class; across classes it assumes the VIP share as it stands.
-    pub fn position(&self, task_id: &str, user_id: i64) -> Option<usize> {
+    pub fn position(&self, task_id: &TaskId, user_id: UserId) -> Option<usize> {
         let owner = self.owner(user_id);
         let (class, index) = [Priority::Vip, Priority::Normal]
             .into_iter()
             .find_map(|class| {
                 let lane = self.lanes.get(&(class, owner))?;
-                Some((class, lane.iter().position(|t| t.task_id == task_id)?))
+                Some((class, lane.iter().position(|t| t.task_id == *task_id)?))
             })?;
         let ring = match class {
             Priority::Vip => &self.vip_ring,
@@ -197,15 +195,13 @@ impl FairQueue {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use super::*;
-    use crate::domain::ImageJob;
+    use crate::domain::{ImageJob, NewTask};
 
     fn task(id: &str, user_id: i64, priority: Priority) -> QueuedTask {
-        QueuedTask {
-            task_id: id.into(),
-            user_id,
+        QueuedTask::fresh(NewTask {
+            task_id: id.to_string().into(),
+            user_id: UserId(user_id),
             priority,
             job: ImageJob {
                 prompt: id.into(),
@@ -215,16 +211,18 @@ mod tests {
                 steps: 20,
                 seed: None,
             },
-            attempts: 0,
-            avoid: None,
-            enqueued_at: Instant::now(),
-        }
+            idempotency: None,
+        })
     }
 
     fn drain(queue: &mut FairQueue) -> Vec<String> {
         std::iter::from_fn(|| queue.pop())
-            .map(|t| t.task_id)
+            .map(|t| t.task_id.into_string())
             .collect()
+    }
+
+    fn id(task_id: &str) -> TaskId {
+        task_id.to_string().into()
     }
 
     #[test]
@@ -235,8 +233,8 @@ mod tests {
         }
         queue.push_back(task("b0", 2, Priority::Normal));
         queue.push_back(task("c0", 3, Priority::Normal));
-        assert_eq!(queue.position("c0", 3), Some(3));
-        assert_eq!(queue.position("a2", 1), Some(5));
+        assert_eq!(queue.position(&id("c0"), UserId(3)), Some(3));
+        assert_eq!(queue.position(&id("a2"), UserId(1)), Some(5));
         assert_eq!(drain(&mut queue), ["a0", "b0", "c0", "a1", "a2"]);
         assert!(queue.is_empty());
     }
@@ -248,7 +246,7 @@ mod tests {
             queue.push_back(task(&format!("a{i}"), 1, Priority::Normal));
         }
         queue.push_back(task("b0", 2, Priority::Normal));
-        assert_eq!(queue.position("b0", 2), Some(4));
+        assert_eq!(queue.position(&id("b0"), UserId(2)), Some(4));
         assert_eq!(drain(&mut queue), ["a0", "a1", "a2", "b0"]);
     }
 
@@ -260,8 +258,8 @@ mod tests {
         for i in 0..5 {
             queue.push_back(task(&format!("v{i}"), 2, Priority::Vip));
         }
-        assert_eq!(queue.position("v0", 2), Some(1));
-        assert_eq!(queue.position("n0", 1), Some(3));
+        assert_eq!(queue.position(&id("v0"), UserId(2)), Some(1));
+        assert_eq!(queue.position(&id("n0"), UserId(1)), Some(3));
         assert_eq!(
             drain(&mut queue),
             ["v0", "v1", "n0", "v2", "v3", "n1", "v4"]
@@ -282,8 +280,11 @@ mod tests {
         queue.push_back(task("a0", 1, Priority::Normal));
         queue.push_back(task("b0", 2, Priority::Normal));
         queue.push_back(task("b1", 2, Priority::Normal));
-        assert_eq!(queue.remove("a0", 1).map(|t| t.task_id), Some("a0".into()));
-        assert_eq!(queue.remove("a0", 1).map(|t| t.task_id), None);
+        assert_eq!(
+            queue.remove(&id("a0"), UserId(1)).map(|t| t.task_id),
+            Some(id("a0"))
+        );
+        assert_eq!(queue.remove(&id("a0"), UserId(1)).map(|t| t.task_id), None);
         queue.push_front(task("a1", 1, Priority::Normal));
         assert_eq!(queue.len(), 3);
         assert_eq!(drain(&mut queue), ["a1", "b0", "b1"]);

@@ -5,7 +5,7 @@
 //! runs which task; no one else touches them. A submission is refused while the queue
 //! (counting submissions still committing) is full or the user is at their quota, so
 //! nothing is written for a refused task. On start it reloads the QUEUED tasks from the
-//! TaskStore, which is why tasks are committed before they are queued.
+//! database, which is why tasks are committed before they are queued.
 
 mod fair_queue;
 
@@ -13,32 +13,32 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use actix::prelude::*;
-use chrono::Utc;
-use entity::task;
-use sea_orm::{DbErr, Set};
+use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 use super::messages::*;
-use super::{TaskStore, Worker};
-use crate::domain::ImageJob;
+use super::task_store::{write, TaskStore};
+use crate::domain::{NewTask, QueuedTask, TaskId, UserId};
 use crate::settings::LimitSettings;
+use crate::store::{self, StoreError};
 use fair_queue::FairQueue;
 
 pub struct Dispatcher {
     store: Addr<TaskStore>,
+    /// Where the queue is reloaded from at start.
+    db: DatabaseConnection,
     capacity: usize,
     queue: FairQueue,
     /// Admitted submissions whose insert has not committed yet; they hold queue places.
     reserved: usize,
     /// Unfinished tasks per user (committing, queued, waiting to retry or running).
-    unfinished: HashMap<i64, u32>,
+    unfinished: HashMap<UserId, u32>,
     /// Most unfinished tasks per user; 0 = no quota.
     quota: u32,
     /// Workers waiting for a task.
-    idle: Vec<Addr<Worker>>,
+    idle: Vec<WorkerHandle>,
     /// Which worker runs which user's task, so a cancel or a shutdown can abort it.
-    running: HashMap<String, (Addr<Worker>, i64)>,
+    running: HashMap<TaskId, (WorkerHandle, UserId)>,
     workers: usize,
     /// Workers the WorkerPool asked to retire that were busy: the next ones to report
     /// idle are dropped, and a worker nobody holds an address of stops.
@@ -51,9 +51,15 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// No workers: the WorkerPool announces them with `ResizeWorkers`.
-    pub fn new(store: Addr<TaskStore>, capacity: usize, limits: &LimitSettings) -> Dispatcher {
+    pub fn new(
+        store: Addr<TaskStore>,
+        db: DatabaseConnection,
+        capacity: usize,
+        limits: &LimitSettings,
+    ) -> Dispatcher {
         Dispatcher {
             store,
+            db,
             capacity,
             queue: FairQueue::new(limits.fair_order, limits.vip_share),
             reserved: 0,
@@ -75,7 +81,7 @@ impl Dispatcher {
             };
             let task = self.queue.pop().expect("queue is not empty");
             let (task_id, user_id) = (task.task_id.clone(), task.user_id);
-            match worker.try_send(Run(task)) {
+            match worker.run.try_send(Run(task)) {
                 Ok(()) => {
                     self.running.insert(task_id, (worker, user_id));
                 }
@@ -88,11 +94,11 @@ impl Dispatcher {
         }
     }
 
-    fn count_in(&mut self, user_id: i64) {
+    fn count_in(&mut self, user_id: UserId) {
         *self.unfinished.entry(user_id).or_default() += 1;
     }
 
-    fn count_out(&mut self, user_id: i64) {
+    fn count_out(&mut self, user_id: UserId) {
         if let Some(count) = self.unfinished.get_mut(&user_id) {
             *count -= 1;
             if *count == 0 {
@@ -102,51 +108,29 @@ impl Dispatcher {
     }
 }
 
-fn queued_task(model: task::Model) -> QueuedTask {
-    QueuedTask {
-        task_id: model.task_id,
-        user_id: model.user_id,
-        priority: model.priority,
-        job: ImageJob {
-            prompt: model.prompt,
-            negative_prompt: model.negative_prompt,
-            width: model.width.map(|v| v as u32),
-            height: model.height.map(|v| v as u32),
-            steps: model.steps as u32,
-            seed: model.seed.map(|v| v as u64),
-        },
-        attempts: model.attempts,
-        avoid: None,
-        enqueued_at: Instant::now(),
-    }
-}
-
 impl Actor for Dispatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Hold every other message until the queue is rebuilt, so older tasks stay ahead.
-        let reload = self.store.send(LoadQueued);
+        let db = self.db.clone();
+        let reload = async move { store::tasks::queued(&db).await };
         ctx.wait(
             reload
                 .into_actor(self)
                 .map(|result, dispatcher, ctx| match result {
-                    Ok(Ok(tasks)) => {
+                    Ok(tasks) => {
                         if !tasks.is_empty() {
                             tracing::info!(tasks = tasks.len(), "re-queued unfinished tasks");
                         }
                         for task in tasks {
                             dispatcher.count_in(task.user_id);
-                            dispatcher.queue.push_back(queued_task(task));
+                            dispatcher.queue.push_back(task);
                         }
                         dispatcher.dispatch();
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "cannot reload queued tasks; restarting");
-                        ctx.stop();
-                    }
                     Err(e) => {
-                        tracing::error!(error = %e, "task store unavailable; restarting");
+                        tracing::error!(error = %e, "cannot reload queued tasks; restarting");
                         ctx.stop();
                     }
                 }),
@@ -184,72 +168,45 @@ impl Handler<Submit> for Dispatcher {
         // Reserve the place before awaiting, so concurrent submissions cannot overfill.
         self.reserved += 1;
         self.count_in(user_id);
-        let task_id = Uuid::new_v4().to_string();
-        let now = Utc::now();
-        let job = msg.job;
-        let row = task::ActiveModel {
-            task_id: Set(task_id.clone()),
-            user_id: Set(msg.user_id),
-            prompt: Set(job.prompt.clone()),
-            negative_prompt: Set(job.negative_prompt.clone()),
-            width: Set(job.width.map(|v| v as i32)),
-            height: Set(job.height.map(|v| v as i32)),
-            steps: Set(job.steps as i32),
-            seed: Set(job.seed.map(|v| v as i64)),
-            status: Set(task::Status::Queued),
-            image_id: Set(None),
-            error: Set(None),
-            instance: Set(None),
-            attempts: Set(0),
-            priority: Set(msg.priority),
-            idempotency_key: Set(msg.idempotency.as_ref().map(|i| i.key.clone())),
-            request_hash: Set(msg.idempotency.as_ref().map(|i| i.request_hash.clone())),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
+        let task = NewTask {
+            task_id: TaskId::generate(),
+            user_id,
+            priority: msg.priority,
+            job: msg.job,
+            idempotency: msg.idempotency,
         };
-        let insert = self.store.send(InsertTask(row));
-        let priority = msg.priority;
-        let request_hash = msg.idempotency.map(|i| i.request_hash);
+        let insert = self.store.send(InsertTask(task.clone()));
         Box::pin(insert.into_actor(self).map(move |result, dispatcher, _| {
             dispatcher.reserved -= 1;
-            if !matches!(result, Ok(Ok(Inserted::New))) {
+            let result = result
+                .map_err(StoreError::from)
+                .and_then(|inserted| inserted);
+            if !matches!(result, Ok(Inserted::New)) {
                 dispatcher.count_out(user_id);
             }
-            match result {
-                Ok(Ok(Inserted::Existing {
+            match result? {
+                Inserted::Existing {
                     task_id,
-                    request_hash: stored,
-                })) => {
-                    if stored == request_hash {
-                        Ok(Submitted {
-                            task_id,
-                            replayed: true,
-                        })
-                    } else {
-                        Err(SubmitError::KeyReused)
+                    request_hash,
+                } => {
+                    let asked = task.idempotency.map(|i| i.request_hash);
+                    if request_hash != asked {
+                        return Err(SubmitError::KeyReused);
                     }
+                    Ok(Submitted {
+                        task_id,
+                        replayed: true,
+                    })
                 }
-                Ok(Ok(Inserted::New)) => {
-                    dispatcher.queue.push_back(QueuedTask {
-                        task_id: task_id.clone(),
-                        user_id,
-                        priority,
-                        job,
-                        attempts: 0,
-                        avoid: None,
-                        enqueued_at: Instant::now(),
-                    });
+                Inserted::New => {
+                    let task_id = task.task_id.clone();
+                    dispatcher.queue.push_back(QueuedTask::fresh(task));
                     dispatcher.dispatch();
                     Ok(Submitted {
                         task_id,
                         replayed: false,
                     })
                 }
-                Ok(Err(e)) => Err(SubmitError::Store(e)),
-                Err(e) => Err(SubmitError::Store(DbErr::Custom(format!(
-                    "task store unavailable: {e}"
-                )))),
             }
         }))
     }
@@ -328,7 +285,7 @@ impl Handler<TaskCancelled> for Dispatcher {
         }
         // A running task is counted out when its worker reports idle.
         if let Some((worker, _)) = self.running.get(&msg.task_id) {
-            worker.do_send(Abort(msg.task_id));
+            worker.abort.do_send(Abort(msg.task_id));
         }
     }
 }
@@ -366,11 +323,11 @@ impl Handler<Drain> for Dispatcher {
         }
         let wait = async move { tokio::time::timeout(msg.grace, rx).await.is_ok() };
         Box::pin(wait.into_actor(self).then(|finished, dispatcher, _| {
-            let leftover: Vec<String> = dispatcher
+            let leftover: Vec<TaskId> = dispatcher
                 .running
                 .drain()
                 .map(|(task_id, (worker, _))| {
-                    worker.do_send(Abort(task_id.clone()));
+                    worker.abort.do_send(Abort(task_id.clone()));
                     task_id
                 })
                 .collect();
@@ -383,18 +340,14 @@ impl Handler<Drain> for Dispatcher {
             let store = dispatcher.store.clone();
             async move {
                 if !leftover.is_empty() {
-                    match store.send(RequeueRunning(leftover)).await {
-                        Ok(Ok(_)) => {}
-                        // Left RUNNING, they are recovered at the next start.
-                        Ok(Err(e)) => tracing::error!(error = %e, "cannot re-queue running tasks"),
-                        Err(e) => tracing::error!(error = %e, "cannot re-queue running tasks"),
+                    // Left RUNNING, they are recovered at the next start.
+                    if let Err(e) = write(&store, RequeueRunning(leftover)).await {
+                        tracing::error!(error = %e, "cannot re-queue running tasks");
                     }
                 }
                 // Workers hand over endings without waiting for their commit.
-                match store.send(Flush).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot store the last endings"),
-                    Err(e) => tracing::error!(error = %e, "cannot store the last endings"),
+                if let Err(e) = write(&store, Flush).await {
+                    tracing::error!(error = %e, "cannot store the last endings");
                 }
             }
             .into_actor(dispatcher)

@@ -4,15 +4,18 @@
 
 use actix::prelude::*;
 
-use super::{Instance, InstanceRegistry, InstanceSource, InstanceView};
-use crate::actors::messages::{AddInstance, InstanceAdminError, RemoveInstance, UpdateInstance};
-use crate::domain::InstanceChange;
-use crate::instances;
+use super::Instance;
+use super::InstanceRegistry;
+use crate::actors::messages::{
+    AddInstance, InstanceAdminError, InstanceSource, InstanceView, RemoveInstance, UpdateInstance,
+};
+use crate::domain::{InstanceChange, InstanceId};
+use crate::store::{instances, StoreError};
 
 type AdminResult = Result<InstanceView, InstanceAdminError>;
 
 impl InstanceRegistry {
-    fn index_of(&self, id: u64) -> Result<usize, InstanceAdminError> {
+    fn index_of(&self, id: InstanceId) -> Result<usize, InstanceAdminError> {
         self.instances
             .iter()
             .position(|i| i.id == id)
@@ -23,7 +26,7 @@ impl InstanceRegistry {
     fn drain(&mut self, index: usize) -> InstanceView {
         let instance = &mut self.instances[index];
         instance.draining = true;
-        tracing::info!(instance = %instance.config.url, id = instance.id, in_flight = instance.in_flight, "instance draining");
+        tracing::info!(instance = %instance.spec.url, id = %instance.id, in_flight = instance.in_flight, "instance draining");
         let view = instance.view();
         self.remove_if_drained(index);
         self.report_capacity();
@@ -39,8 +42,8 @@ impl InstanceRegistry {
 
 impl Instance {
     fn apply(&mut self, change: &InstanceChange) {
-        self.config.capacity = change.capacity.unwrap_or(self.config.capacity);
-        self.config.weight = change.weight.unwrap_or(self.config.weight);
+        self.spec.capacity = change.capacity.unwrap_or(self.spec.capacity);
+        self.spec.weight = change.weight.unwrap_or(self.spec.weight);
         self.enabled = change.enabled.unwrap_or(self.enabled);
     }
 }
@@ -49,22 +52,22 @@ impl Instance {
 impl Handler<AddInstance> for InstanceRegistry {
     type Result = ResponseActFuture<Self, AdminResult>;
 
-    fn handle(&mut self, AddInstance(config): AddInstance, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, AddInstance(spec): AddInstance, _: &mut Context<Self>) -> Self::Result {
         // Also catches one from settings.toml, or one still draining; the unique index
         // catches two adds racing each other.
-        if self
-            .instances
-            .iter()
-            .any(|i| i.config.same_backend(&config))
-        {
+        if self.instances.iter().any(|i| i.spec.same_backend(&spec)) {
             return Box::pin(fut::ready(Err(InstanceAdminError::Exists)));
         }
         let db = self.db.clone();
-        let insert = async move { instances::insert(&db, &config).await };
+        let insert = async move { instances::insert(&db, &spec).await };
         Box::pin(insert.into_actor(self).map(|inserted, registry, ctx| {
-            let instance = Instance::from_row(inserted.map_err(InstanceAdminError::from_insert)?);
+            let row = inserted.map_err(|e| match e {
+                StoreError::Constraint(_) => InstanceAdminError::Exists,
+                other => other.into(),
+            })?;
+            let instance = Instance::from_row(row);
             let (id, view) = (instance.id, instance.view());
-            tracing::info!(instance = %view.url, id, "instance added");
+            tracing::info!(instance = %view.url, %id, "instance added");
             registry.instances.push(instance);
             registry.schedule_ping(id, std::time::Duration::ZERO, ctx);
             registry.report_capacity();
@@ -93,7 +96,7 @@ impl Handler<UpdateInstance> for InstanceRegistry {
             return Box::pin(fut::ready(Ok(view)));
         }
         let db = self.db.clone();
-        let update = async move { instances::update(&db, msg.id as i64, &msg.change).await };
+        let update = async move { instances::update(&db, msg.id.0 as i64, &msg.change).await };
         Box::pin(update.into_actor(self).map(move |updated, registry, ctx| {
             // No row: removed meanwhile.
             let row = updated?.ok_or(InstanceAdminError::NotFound)?;
@@ -137,7 +140,7 @@ impl Handler<RemoveInstance> for InstanceRegistry {
             return Box::pin(fut::ready(Ok(self.drain(index))));
         }
         let db = self.db.clone();
-        let delete = async move { instances::delete(&db, id as i64).await };
+        let delete = async move { instances::delete(&db, id.0 as i64).await };
         Box::pin(delete.into_actor(self).map(move |deleted, registry, _| {
             deleted?;
             let index = registry.index_of(id)?;

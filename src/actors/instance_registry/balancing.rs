@@ -4,7 +4,7 @@
 
 use std::cmp::Ordering;
 
-use crate::settings::Strategy;
+use crate::domain::{Strategy, UserId};
 
 /// An instance as the strategies see it.
 #[derive(Clone, Debug)]
@@ -30,12 +30,12 @@ impl Candidate<'_> {
 pub(super) fn choose(
     strategy: Strategy,
     candidates: &[Candidate],
-    user_id: i64,
+    user_id: UserId,
     cursor: &mut usize,
 ) -> Option<usize> {
     match strategy {
         Strategy::RoundRobin => round_robin(candidates, cursor),
-        Strategy::UserHash => user_hash(candidates, user_id),
+        Strategy::UserHash => user_hash(candidates, user_id.0),
         Strategy::LeastLoaded => least_loaded(candidates),
     }
 }

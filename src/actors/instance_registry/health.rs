@@ -12,7 +12,7 @@ use chrono::Utc;
 use rand::Rng;
 
 use super::{Instance, InstanceRegistry};
-use crate::settings::Protocol;
+use crate::domain::{InstanceId, Protocol};
 
 /// The first ping of each instance at start is spread over this long at most.
 const MAX_FIRST_PING_SPREAD: Duration = Duration::from_secs(1);
@@ -48,20 +48,20 @@ impl Instance {
     /// The capacity the strategies may fill now.
     pub(super) fn usable_capacity(&self, slow_start: Duration) -> u32 {
         match self.back_since {
-            Some(since) => ramp(self.config.capacity, since.elapsed(), slow_start),
-            None => self.config.capacity,
+            Some(since) => ramp(self.spec.capacity, since.elapsed(), slow_start),
+            None => self.spec.capacity,
         }
     }
 }
 
 impl InstanceRegistry {
-    pub(super) fn schedule_ping(&self, id: u64, delay: Duration, ctx: &mut Context<Self>) {
+    pub(super) fn schedule_ping(&self, id: InstanceId, delay: Duration, ctx: &mut Context<Self>) {
         ctx.run_later(delay, move |registry, ctx| registry.ping(id, ctx));
     }
 
     /// One ping, timed out before the next is due; its answer schedules the next, so
     /// pings of one instance never overlap.
-    fn ping(&mut self, id: u64, ctx: &mut Context<Self>) {
+    fn ping(&mut self, id: InstanceId, ctx: &mut Context<Self>) {
         let Some(client) = self.client.clone() else {
             return;
         };
@@ -70,12 +70,9 @@ impl InstanceRegistry {
             return;
         };
         let timeout = Duration::from_secs(self.health.ping_timeout_secs);
-        let protocol = instance.config.protocol();
+        let protocol = instance.spec.protocol();
         let request = client
-            .get(format!(
-                "{}/ping",
-                instance.config.url.trim_end_matches('/')
-            ))
+            .get(format!("{}/ping", instance.spec.url.trim_end_matches('/')))
             .timeout(timeout);
         let probe = async move {
             match tokio::time::timeout(timeout, probe(request, protocol)).await {
@@ -89,7 +86,7 @@ impl InstanceRegistry {
         );
     }
 
-    fn on_ping(&mut self, id: u64, result: Result<(), String>, ctx: &mut Context<Self>) {
+    fn on_ping(&mut self, id: InstanceId, result: Result<(), String>, ctx: &mut Context<Self>) {
         let interval = Duration::from_secs(self.health.interval_secs);
         let slow_start = Duration::from_secs(self.health.slow_start_secs);
         let Some(instance) = self.instances.iter_mut().find(|i| i.id == id) else {
@@ -102,7 +99,7 @@ impl InstanceRegistry {
                     // Not at its first healthy ping: that is the gateway starting (or
                     // the instance being added), not the instance coming back.
                     let back = instance.seen_healthy && !slow_start.is_zero();
-                    tracing::info!(instance = %instance.config.url, slow_start = back, "instance is healthy");
+                    tracing::info!(instance = %instance.spec.url, slow_start = back, "instance is healthy");
                     instance.back_since = back.then(Instant::now);
                     if back {
                         // Nothing else may happen as the ramp climbs: serve the waiters at each step.
@@ -119,7 +116,7 @@ impl InstanceRegistry {
             }
             Err(error) => {
                 if instance.healthy || instance.last_error.as_deref() != Some(error.as_str()) {
-                    tracing::warn!(instance = %instance.config.url, %error, "instance is unhealthy");
+                    tracing::warn!(instance = %instance.spec.url, %error, "instance is unhealthy");
                 }
                 instance.healthy = false;
                 instance.last_error = Some(error);

@@ -22,12 +22,13 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use entity::instance;
 use sea_orm::DatabaseConnection;
-use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::messages::*;
-use crate::instances;
-use crate::settings::{HealthSettings, InstanceKind, InstanceSettings, Protocol, Strategy};
+use crate::backends;
+use crate::domain::{InstanceId, InstanceKind, InstanceSpec, Strategy, UserId};
+use crate::settings::HealthSettings;
+use crate::store::instances;
 use balancing::Candidate;
 
 /// Ids of instances from settings.toml start above this (the first is `+ 1`, in file
@@ -45,90 +46,10 @@ fn trusted_latency(latency_ms: Option<f64>, last_lease: u64, leases: u64) -> Opt
     latency_ms.filter(|_| leases - last_lease <= LATENCY_TRUSTED_FOR_LEASES)
 }
 
-/// A claim on one call's worth of an instance's capacity. Give it back with
-/// [`Lease::release`]; dropping it releases it as `Neutral`, so a cancelled or panicking
-/// caller never leaks capacity.
-pub struct Lease {
-    instance_id: u64,
-    pub url: String,
-    pub protocol: Protocol,
-    registry: Addr<InstanceRegistry>,
-    released: bool,
-}
-
-impl Lease {
-    pub fn instance_id(&self) -> u64 {
-        self.instance_id
-    }
-
-    pub fn release(mut self, outcome: CallOutcome) {
-        self.released = true;
-        self.registry.do_send(Release {
-            instance_id: self.instance_id,
-            outcome,
-        });
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if !self.released {
-            self.registry.do_send(Release {
-                instance_id: self.instance_id,
-                outcome: CallOutcome::Neutral,
-            });
-        }
-    }
-}
-
-/// Whether an instance takes work, and if not, why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum InstanceState {
-    Healthy,
-    /// Not answering its pings (or not yet), or ejected after failed calls.
-    Unhealthy,
-    /// Removed: takes no new work and goes once its last call ends.
-    Draining,
-    /// Switched off by an admin; still pinged, so it is ready when switched on.
-    Disabled,
-}
-
-/// Where an instance comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum InstanceSource {
-    /// settings.toml: changes last until the next start.
-    Settings,
-    /// Added through the admin API and kept in the database.
-    Api,
-}
-
-/// One instance as operators and stats see it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct InstanceView {
-    /// API instances: their database id; settings instances: from 1000000000001 on.
-    pub id: u64,
-    pub kind: InstanceKind,
-    pub url: String,
-    pub protocol: Protocol,
-    pub capacity: u32,
-    pub weight: u32,
-    pub state: InstanceState,
-    pub source: InstanceSource,
-    pub in_flight: u32,
-    pub completed: u64,
-    pub failed: u64,
-    /// Moving average of successful call latency, in milliseconds.
-    pub latency_ms: Option<f64>,
-    pub last_error: Option<String>,
-    pub last_check: Option<DateTime<Utc>>,
-}
-
 struct Instance {
-    id: u64,
+    id: InstanceId,
     source: InstanceSource,
-    config: InstanceSettings,
+    spec: InstanceSpec,
     enabled: bool,
     draining: bool,
     /// Of the last change applied from its row (API instances), to apply changes that
@@ -152,11 +73,11 @@ struct Instance {
 }
 
 impl Instance {
-    fn new(id: u64, source: InstanceSource, config: InstanceSettings) -> Instance {
+    fn new(id: InstanceId, source: InstanceSource, spec: InstanceSpec) -> Instance {
         Instance {
             id,
             source,
-            config,
+            spec,
             enabled: true,
             draining: false,
             revision: 0,
@@ -176,9 +97,9 @@ impl Instance {
 
     fn from_row(row: instance::Model) -> Instance {
         let mut instance = Instance::new(
-            row.id as u64,
+            InstanceId(row.id as u64),
             InstanceSource::Api,
-            instances::config_of(&row),
+            instances::spec_of(&row),
         );
         instance.enabled = row.enabled;
         instance.revision = row.revision;
@@ -202,11 +123,11 @@ impl Instance {
     fn view(&self) -> InstanceView {
         InstanceView {
             id: self.id,
-            kind: self.config.kind,
-            url: self.config.url.clone(),
-            protocol: self.config.protocol(),
-            capacity: self.config.capacity,
-            weight: self.config.weight,
+            kind: self.spec.kind,
+            url: self.spec.url.clone(),
+            protocol: self.spec.protocol(),
+            capacity: self.spec.capacity,
+            weight: self.spec.weight,
             state: self.state(),
             source: self.source,
             in_flight: self.in_flight,
@@ -221,8 +142,8 @@ impl Instance {
 
 struct Waiter {
     kind: InstanceKind,
-    user_id: i64,
-    avoid: Option<u64>,
+    user_id: UserId,
+    avoid: Option<InstanceId>,
     reply: oneshot::Sender<Lease>,
 }
 
@@ -249,16 +170,16 @@ pub struct InstanceRegistry {
 impl InstanceRegistry {
     /// The instances of settings.toml, then those added through the API (`rows`).
     pub fn new(
-        settings: &[InstanceSettings],
+        settings: &[InstanceSpec],
         rows: Vec<instance::Model>,
         strategies: HashMap<InstanceKind, Strategy>,
         health: HealthSettings,
         db: DatabaseConnection,
         pool: Recipient<ImageCapacity>,
     ) -> InstanceRegistry {
-        let from_settings = settings.iter().enumerate().map(|(i, config)| {
-            let id = SETTINGS_ID_BASE + i as u64 + 1;
-            Instance::new(id, InstanceSource::Settings, config.clone())
+        let from_settings = settings.iter().enumerate().map(|(i, spec)| {
+            let id = InstanceId(SETTINGS_ID_BASE + i as u64 + 1);
+            Instance::new(id, InstanceSource::Settings, spec.clone())
         });
         InstanceRegistry {
             instances: from_settings
@@ -276,22 +197,27 @@ impl InstanceRegistry {
         }
     }
 
-    fn any_takes_work(&self, kind: InstanceKind, except: Option<u64>) -> bool {
+    fn any_takes_work(&self, kind: InstanceKind, except: Option<InstanceId>) -> bool {
         self.instances
             .iter()
-            .any(|i| i.config.kind == kind && i.takes_work() && Some(i.id) != except)
+            .any(|i| i.spec.kind == kind && i.takes_work() && Some(i.id) != except)
     }
 
     /// The instance index the kind's strategy picks for this user, among those that take
     /// work and have room (and other than `avoid` while another one takes work).
-    fn pick(&mut self, kind: InstanceKind, user_id: i64, avoid: Option<u64>) -> Option<usize> {
+    fn pick(
+        &mut self,
+        kind: InstanceKind,
+        user_id: UserId,
+        avoid: Option<InstanceId>,
+    ) -> Option<usize> {
         let avoid = avoid.filter(|&id| self.any_takes_work(kind, Some(id)));
         let slow_start = Duration::from_secs(self.health.slow_start_secs);
         let leases = self.leases.get(&kind).copied().unwrap_or(0);
         let indices: Vec<usize> = (0..self.instances.len())
             .filter(|&i| {
                 let instance = &self.instances[i];
-                instance.config.kind == kind && instance.takes_work() && Some(instance.id) != avoid
+                instance.spec.kind == kind && instance.takes_work() && Some(instance.id) != avoid
             })
             .collect();
         let candidates: Vec<Candidate> = indices
@@ -299,10 +225,10 @@ impl InstanceRegistry {
             .map(|&i| {
                 let instance = &self.instances[i];
                 Candidate {
-                    key: &instance.config.url,
+                    key: &instance.spec.url,
                     in_flight: instance.in_flight,
                     capacity: instance.usable_capacity(slow_start),
-                    weight: instance.config.weight,
+                    weight: instance.spec.weight,
                     latency_ms: trusted_latency(instance.latency_ms, instance.last_lease, leases),
                 }
             })
@@ -318,7 +244,7 @@ impl InstanceRegistry {
 
     fn lease(&mut self, index: usize, ctx: &Context<Self>) -> Lease {
         let instance = &mut self.instances[index];
-        let leases = self.leases.entry(instance.config.kind).or_insert(0);
+        let leases = self.leases.entry(instance.spec.kind).or_insert(0);
         *leases += 1;
         if trusted_latency(instance.latency_ms, instance.last_lease, *leases - 1).is_none() {
             // Measured afresh from this call, not blended into a stale average.
@@ -326,13 +252,12 @@ impl InstanceRegistry {
         }
         instance.last_lease = *leases;
         instance.in_flight += 1;
-        Lease {
-            instance_id: instance.id,
-            url: instance.config.url.clone(),
-            protocol: instance.config.protocol(),
-            registry: ctx.address(),
-            released: false,
-        }
+        Lease::new(
+            instance.id,
+            instance.spec.url.clone(),
+            instance.spec.protocol(),
+            ctx.address().recipient(),
+        )
     }
 
     /// Hands free capacity to waiting requests, oldest first.
@@ -350,9 +275,9 @@ impl InstanceRegistry {
             };
             let waiter = self.waiters.remove(i).expect("index checked above");
             let lease = self.lease(index, ctx);
-            if let Err(mut unwanted) = waiter.reply.send(lease) {
+            if let Err(unwanted) = waiter.reply.send(lease) {
                 // The requester gave up between our check and the send.
-                unwanted.released = true;
+                unwanted.unused();
                 self.instances[index].in_flight -= 1;
             }
         }
@@ -363,8 +288,8 @@ impl InstanceRegistry {
         let total = self
             .instances
             .iter()
-            .filter(|i| i.config.kind == InstanceKind::Image && i.enabled && !i.draining)
-            .map(|i| i.config.capacity)
+            .filter(|i| i.spec.kind == InstanceKind::Image && i.enabled && !i.draining)
+            .map(|i| i.spec.capacity)
             .sum();
         if self.reported_capacity != Some(total) {
             self.reported_capacity = Some(total);
@@ -376,7 +301,7 @@ impl InstanceRegistry {
     fn remove_if_drained(&mut self, index: usize) {
         let instance = &self.instances[index];
         if instance.draining && instance.in_flight == 0 {
-            tracing::info!(instance = %instance.config.url, id = instance.id, "instance drained and removed");
+            tracing::info!(instance = %instance.spec.url, id = %instance.id, "instance drained and removed");
             self.instances.remove(index);
         }
     }
@@ -386,7 +311,7 @@ impl Actor for InstanceRegistry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.client = Some(awc::Client::builder().disable_redirects().finish());
+        self.client = Some(backends::client());
         let interval = Duration::from_secs(self.health.interval_secs);
         for id in self.instances.iter().map(|i| i.id).collect::<Vec<_>>() {
             self.schedule_ping(id, health::first_ping_delay(interval), ctx);
@@ -456,7 +381,7 @@ impl Handler<Release> for InstanceRegistry {
                     instance.failed += 1;
                     instance.consecutive_failures += 1;
                     if instance.healthy && instance.consecutive_failures >= eject_after {
-                        tracing::warn!(instance = %instance.config.url, %error, failures = instance.consecutive_failures, "instance ejected after consecutive failures");
+                        tracing::warn!(instance = %instance.spec.url, %error, failures = instance.consecutive_failures, "instance ejected after consecutive failures");
                         instance.healthy = false;
                     }
                     instance.last_error = Some(error);

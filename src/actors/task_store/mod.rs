@@ -7,23 +7,24 @@
 //! never wait for the buffer. Every status change is conditional on the status (and
 //! attempt) the caller expects, so a late or repeated update cannot overwrite a task
 //! that already ended. A task's ending that fails to commit is tried again until it
-//! does, so a passing database error leaves no task stuck RUNNING.
+//! does, so a passing database error leaves no task stuck RUNNING. Reads are not its
+//! business: they go to the pool directly (`crate::store::tasks`).
 
+mod rows;
 mod writes;
 
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
-use entity::prelude::{Image, Task};
-use entity::{image, task};
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
-};
+use entity::prelude::Task;
+use entity::task;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait};
 use tokio::sync::oneshot;
 
 use super::messages::*;
+use crate::domain::TaskStatus;
+use crate::store::StoreError;
 use writes::{requeue_running, Ending, Write};
 
 /// Writes per group commit; keeps one insert statement well under SQLite's variable limit.
@@ -114,14 +115,22 @@ impl TaskStore {
     }
 }
 
+/// Sends a write and waits for its reply, the store's own silence (a full mailbox, a
+/// restart) being one more `StoreError`.
+pub async fn write<M, T>(store: &Addr<TaskStore>, msg: M) -> Result<T, StoreError>
+where
+    M: Message<Result = Result<T, StoreError>> + Send + 'static,
+    T: Send + 'static,
+    TaskStore: Handler<M>,
+{
+    store.send(msg).await?
+}
+
 /// The reply future of a queued write.
 fn committed<T: Send + 'static>(
-    rx: oneshot::Receiver<Result<T, DbErr>>,
-) -> ResponseFuture<Result<T, DbErr>> {
-    Box::pin(async move {
-        rx.await
-            .unwrap_or_else(|_| Err(DbErr::Custom("task store restarted before commit".into())))
-    })
+    rx: oneshot::Receiver<Result<T, StoreError>>,
+) -> ResponseFuture<Result<T, StoreError>> {
+    Box::pin(async move { rx.await.unwrap_or(Err(StoreError::Restarted)) })
 }
 
 impl Actor for TaskStore {
@@ -138,18 +147,18 @@ impl Supervised for TaskStore {
 
 /// Queues the row for the next group commit.
 impl Handler<InsertTask> for TaskStore {
-    type Result = ResponseFuture<Result<Inserted, DbErr>>;
+    type Result = ResponseFuture<Result<Inserted, StoreError>>;
 
     fn handle(&mut self, msg: InsertTask, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.push(Write::Insert(Box::new(msg.0), tx), ctx);
+        self.push(Write::Insert(Box::new(rows::new_task(msg.0)), tx), ctx);
         committed(rx)
     }
 }
 
 /// Queues a conditional QUEUED → RUNNING for the next group commit.
 impl Handler<MarkRunning> for TaskStore {
-    type Result = ResponseFuture<Result<bool, DbErr>>;
+    type Result = ResponseFuture<Result<bool, StoreError>>;
 
     fn handle(&mut self, msg: MarkRunning, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -160,7 +169,7 @@ impl Handler<MarkRunning> for TaskStore {
 
 /// Queues a conditional end (or back to QUEUED) for the next group commit.
 impl Handler<FinishTask> for TaskStore {
-    type Result = ResponseFuture<Result<bool, DbErr>>;
+    type Result = ResponseFuture<Result<bool, StoreError>>;
 
     fn handle(&mut self, msg: FinishTask, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -178,7 +187,7 @@ impl Handler<FinishTask> for TaskStore {
 
 /// Answers after the commit that follows every write queued so far.
 impl Handler<Flush> for TaskStore {
-    type Result = ResponseFuture<Result<(), DbErr>>;
+    type Result = ResponseFuture<Result<(), StoreError>>;
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -189,7 +198,7 @@ impl Handler<Flush> for TaskStore {
 
 /// RUNNING tasks of a dead process: FAILED when out of attempts, else QUEUED.
 impl Handler<RecoverOrphans> for TaskStore {
-    type Result = ResponseFuture<Result<(u64, u64), DbErr>>;
+    type Result = ResponseFuture<Result<(u64, u64), StoreError>>;
 
     fn handle(&mut self, msg: RecoverOrphans, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
@@ -198,7 +207,7 @@ impl Handler<RecoverOrphans> for TaskStore {
             let txn = db.begin().await?;
             let failed = Task::update_many()
                 .set(task::ActiveModel {
-                    status: Set(task::Status::Failed),
+                    status: Set(TaskStatus::Failed),
                     error: Set(Some(format!(
                         "the gateway stopped during the last of {} attempts",
                         msg.max_attempts
@@ -206,7 +215,7 @@ impl Handler<RecoverOrphans> for TaskStore {
                     updated_at: Set(now),
                     ..Default::default()
                 })
-                .filter(task::Column::Status.eq(task::Status::Running))
+                .filter(task::Column::Status.eq(TaskStatus::Running))
                 .filter(task::Column::Attempts.gte(msg.max_attempts))
                 .exec(&txn)
                 .await?
@@ -220,126 +229,42 @@ impl Handler<RecoverOrphans> for TaskStore {
 
 /// RUNNING → QUEUED for the given tasks.
 impl Handler<RequeueRunning> for TaskStore {
-    type Result = ResponseFuture<Result<u64, DbErr>>;
+    type Result = ResponseFuture<Result<u64, StoreError>>;
 
     fn handle(&mut self, msg: RequeueRunning, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
-        Box::pin(async move { requeue_running(&db, Some(msg.0)).await })
+        Box::pin(async move { Ok(requeue_running(&db, Some(msg.0)).await?) })
     }
 }
 
 /// The owner's cancel: conditional QUEUED/RUNNING → CANCELLED, then what the task is now.
 impl Handler<CancelTask> for TaskStore {
-    type Result = ResponseFuture<Result<CancelOutcome, DbErr>>;
+    type Result = ResponseFuture<Result<CancelOutcome, StoreError>>;
 
     fn handle(&mut self, msg: CancelTask, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
         Box::pin(async move {
             let changed = Task::update_many()
                 .set(task::ActiveModel {
-                    status: Set(task::Status::Cancelled),
+                    status: Set(TaskStatus::Cancelled),
                     updated_at: Set(Utc::now()),
                     ..Default::default()
                 })
                 .filter(task::Column::TaskId.eq(msg.task_id.as_str()))
-                .filter(task::Column::UserId.eq(msg.user_id))
-                .filter(task::Column::Status.is_in([task::Status::Queued, task::Status::Running]))
+                .filter(task::Column::UserId.eq(msg.user_id.0))
+                .filter(task::Column::Status.is_in([TaskStatus::Queued, TaskStatus::Running]))
                 .exec(&db)
                 .await?
                 .rows_affected
                 == 1;
-            let found = Task::find()
-                .filter(task::Column::TaskId.eq(msg.task_id))
-                .filter(task::Column::UserId.eq(msg.user_id))
-                .one(&db)
-                .await?;
+            let found = crate::store::tasks::get(&db, msg.user_id, &msg.task_id).await?;
             Ok(match found {
                 None => CancelOutcome::NotFound,
-                Some(task) if task.status == task::Status::Cancelled => {
+                Some(task) if task.status == TaskStatus::Cancelled => {
                     CancelOutcome::Cancelled { task, changed }
                 }
                 Some(task) => CancelOutcome::Finished(task),
             })
-        })
-    }
-}
-
-/// QUEUED tasks, oldest first.
-impl Handler<LoadQueued> for TaskStore {
-    type Result = ResponseFuture<Result<Vec<task::Model>, DbErr>>;
-
-    fn handle(&mut self, _: LoadQueued, _: &mut Context<Self>) -> Self::Result {
-        let db = self.db.clone();
-        Box::pin(async move {
-            Task::find()
-                .filter(task::Column::Status.eq(task::Status::Queued))
-                .order_by_asc(task::Column::Id)
-                .all(&db)
-                .await
-        })
-    }
-}
-
-/// The user's task under an idempotency key.
-impl Handler<FindByIdempotencyKey> for TaskStore {
-    type Result = ResponseFuture<Result<Option<task::Model>, DbErr>>;
-
-    fn handle(&mut self, msg: FindByIdempotencyKey, _: &mut Context<Self>) -> Self::Result {
-        let db = self.db.clone();
-        Box::pin(async move {
-            Task::find()
-                .filter(task::Column::UserId.eq(msg.user_id))
-                .filter(task::Column::IdempotencyKey.eq(msg.key))
-                .one(&db)
-                .await
-        })
-    }
-}
-
-/// A task, only if it belongs to the user.
-impl Handler<GetTask> for TaskStore {
-    type Result = ResponseFuture<Result<Option<task::Model>, DbErr>>;
-
-    fn handle(&mut self, msg: GetTask, _: &mut Context<Self>) -> Self::Result {
-        let db = self.db.clone();
-        Box::pin(async move {
-            Task::find()
-                .filter(task::Column::TaskId.eq(msg.task_id))
-                .filter(task::Column::UserId.eq(msg.user_id))
-                .one(&db)
-                .await
-        })
-    }
-}
-
-/// The user's newest tasks first.
-impl Handler<ListTasks> for TaskStore {
-    type Result = ResponseFuture<Result<Vec<task::Model>, DbErr>>;
-
-    fn handle(&mut self, msg: ListTasks, _: &mut Context<Self>) -> Self::Result {
-        let db = self.db.clone();
-        Box::pin(async move {
-            Task::find()
-                .filter(task::Column::UserId.eq(msg.user_id))
-                .order_by_desc(task::Column::Id)
-                .limit(msg.limit)
-                .all(&db)
-                .await
-        })
-    }
-}
-
-/// An image, only if it belongs to the user.
-impl Handler<GetImage> for TaskStore {
-    type Result = ResponseFuture<Result<Option<image::Model>, DbErr>>;
-
-    fn handle(&mut self, msg: GetImage, _: &mut Context<Self>) -> Self::Result {
-        let db = self.db.clone();
-        Box::pin(async move {
-            Image::find_by_id(msg.image_id)
-                .filter(image::Column::UserId.eq(msg.user_id))
-                .one(&db)
-                .await
         })
     }
 }

@@ -13,8 +13,10 @@ use sea_orm::{
 use tokio::sync::oneshot;
 
 use crate::actors::messages::{Expect, FinishTask, Inserted, MarkRunning, TaskOutcome};
+use crate::domain::{TaskId, TaskStatus};
+use crate::store::StoreError;
 
-type Reply<T> = oneshot::Sender<Result<T, DbErr>>;
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// A write waiting for a group commit, with the channel its sender awaits.
 pub enum Write {
@@ -108,18 +110,19 @@ pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) -> Vec<Ending> {
         Err(e) => {
             let size = insert_replies.len() + marks.len() + endings.len();
             tracing::error!(error = %e, batch = size, "group commit failed");
+            let error = StoreError::from(e);
             for reply in insert_replies {
-                let _ = reply.send(Err(DbErr::Custom(e.to_string())));
+                let _ = reply.send(Err(error.clone()));
             }
             for (_, reply) in marks {
-                let _ = reply.send(Err(DbErr::Custom(e.to_string())));
+                let _ = reply.send(Err(error.clone()));
             }
             for reply in flushes {
-                let _ = reply.send(Err(DbErr::Custom(e.to_string())));
+                let _ = reply.send(Err(error.clone()));
             }
             for ending in &mut endings {
                 ending.failures += 1;
-                ending.last_error = Some(e.to_string());
+                ending.last_error = Some(error.to_string());
             }
             endings
         }
@@ -171,7 +174,7 @@ async fn insert_rows(
             Inserted::New
         } else {
             Inserted::Existing {
-                task_id: holder.task_id,
+                task_id: TaskId::from(holder.task_id),
                 request_hash: holder.request_hash,
             }
         });
@@ -183,14 +186,14 @@ async fn insert_rows(
 async fn mark_running(txn: &DatabaseTransaction, msg: &MarkRunning) -> Result<bool, DbErr> {
     let result = Task::update_many()
         .set(task::ActiveModel {
-            status: Set(task::Status::Running),
+            status: Set(TaskStatus::Running),
             instance: Set(Some(msg.instance.clone())),
             attempts: Set(msg.attempt),
             updated_at: Set(Utc::now()),
             ..Default::default()
         })
         .filter(task::Column::TaskId.eq(msg.task_id.as_str()))
-        .filter(task::Column::Status.eq(task::Status::Queued))
+        .filter(task::Column::Status.eq(TaskStatus::Queued))
         .filter(task::Column::Attempts.eq(msg.attempt - 1))
         .exec(txn)
         .await?;
@@ -213,8 +216,8 @@ async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbE
             bytes,
         } => {
             let row = image::ActiveModel {
-                user_id: Set(msg.user_id),
-                task_id: Set(msg.task_id.clone()),
+                user_id: Set(msg.user_id.0),
+                task_id: Set(msg.task_id.to_string()),
                 content_type: Set(content_type.clone()),
                 data: Set(bytes.clone()),
                 created_at: Set(now),
@@ -222,16 +225,16 @@ async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbE
             };
             // Only the id comes back, not the whole row with its bytes.
             image_id = Some(Image::insert(row).exec(txn).await?.last_insert_id);
-            update.status = Set(task::Status::Done);
+            update.status = Set(TaskStatus::Done);
             update.image_id = Set(image_id);
             update.error = Set(None);
         }
         TaskOutcome::Failed { error } => {
-            update.status = Set(task::Status::Failed);
+            update.status = Set(TaskStatus::Failed);
             update.error = Set(Some(error.clone()));
         }
         TaskOutcome::Retry { error } => {
-            update.status = Set(task::Status::Queued);
+            update.status = Set(TaskStatus::Queued);
             update.error = Set(Some(error.clone()));
         }
     }
@@ -239,9 +242,9 @@ async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbE
         .set(update)
         .filter(task::Column::TaskId.eq(msg.task_id.as_str()));
     let query = match msg.expect {
-        Expect::Queued => query.filter(task::Column::Status.eq(task::Status::Queued)),
+        Expect::Queued => query.filter(task::Column::Status.eq(TaskStatus::Queued)),
         Expect::Running { attempt } => query
-            .filter(task::Column::Status.eq(task::Status::Running))
+            .filter(task::Column::Status.eq(TaskStatus::Running))
             .filter(task::Column::Attempts.eq(attempt)),
     };
     let applied = query.exec(txn).await?.rows_affected == 1;
@@ -261,17 +264,17 @@ async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbE
 /// RUNNING → QUEUED for `only` these tasks, or for all.
 pub async fn requeue_running(
     db: &impl ConnectionTrait,
-    only: Option<Vec<String>>,
+    only: Option<Vec<TaskId>>,
 ) -> Result<u64, DbErr> {
     let mut query = Task::update_many()
         .set(task::ActiveModel {
-            status: Set(task::Status::Queued),
+            status: Set(TaskStatus::Queued),
             updated_at: Set(Utc::now()),
             ..Default::default()
         })
-        .filter(task::Column::Status.eq(task::Status::Running));
+        .filter(task::Column::Status.eq(TaskStatus::Running));
     if let Some(ids) = only {
-        query = query.filter(task::Column::TaskId.is_in(ids));
+        query = query.filter(task::Column::TaskId.is_in(ids.into_iter().map(TaskId::into_string)));
     }
     Ok(query.exec(db).await?.rows_affected)
 }

@@ -2,51 +2,44 @@
 //! writes them (startup reads them once), so the running set and the rows change in step.
 
 use chrono::Utc;
-use entity::instance::{self, Kind};
+use entity::instance;
 use entity::prelude::Instance;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+    TransactionTrait,
 };
 
-use crate::domain::InstanceChange;
-use crate::settings::{url_key, InstanceKind, InstanceSettings, Protocol};
+use super::StoreError;
+use crate::domain::{url_key, InstanceChange, InstanceSpec};
 
 /// Every API instance, oldest first.
-pub async fn load(db: &DatabaseConnection) -> Result<Vec<instance::Model>, DbErr> {
-    Instance::find()
+pub async fn load(db: &DatabaseConnection) -> Result<Vec<instance::Model>, StoreError> {
+    Ok(Instance::find()
         .order_by_asc(instance::Column::Id)
         .all(db)
-        .await
+        .await?)
 }
 
-/// A new enabled instance; a unique violation means the same kind and url exists.
+/// A new enabled instance; `StoreError::Constraint` when the same kind and url exists.
 pub async fn insert(
     db: &DatabaseConnection,
-    config: &InstanceSettings,
-) -> Result<instance::Model, DbErr> {
+    spec: &InstanceSpec,
+) -> Result<instance::Model, StoreError> {
     let now = Utc::now();
-    instance::ActiveModel {
-        kind: Set(match config.kind {
-            InstanceKind::Image => Kind::Image,
-            InstanceKind::Speech => Kind::Speech,
-        }),
-        url: Set(url_key(&config.url)),
-        protocol: Set(match config.protocol() {
-            Protocol::Qwen => instance::Protocol::Qwen,
-            Protocol::Fastwhisper => instance::Protocol::Fastwhisper,
-        }),
-        capacity: Set(config.capacity as i32),
-        weight: Set(config.weight as i32),
+    let row = instance::ActiveModel {
+        kind: Set(spec.kind),
+        url: Set(url_key(&spec.url)),
+        protocol: Set(spec.protocol()),
+        capacity: Set(spec.capacity as i32),
+        weight: Set(spec.weight as i32),
         enabled: Set(true),
         revision: Set(0),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()
-    }
-    .insert(db)
-    .await
+    };
+    Ok(row.insert(db).await?)
 }
 
 /// Applies the change and bumps the revision; `None` when there is no such row.
@@ -54,7 +47,7 @@ pub async fn update(
     db: &DatabaseConnection,
     id: i64,
     change: &InstanceChange,
-) -> Result<Option<instance::Model>, DbErr> {
+) -> Result<Option<instance::Model>, StoreError> {
     let mut update = Instance::update_many()
         .col_expr(
             instance::Column::Revision,
@@ -81,22 +74,17 @@ pub async fn update(
     Ok(row)
 }
 
-pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<(), DbErr> {
-    Instance::delete_by_id(id).exec(db).await.map(|_| ())
+pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<(), StoreError> {
+    Instance::delete_by_id(id).exec(db).await?;
+    Ok(())
 }
 
 /// The instance a row describes.
-pub fn config_of(row: &instance::Model) -> InstanceSettings {
-    InstanceSettings {
-        kind: match row.kind {
-            Kind::Image => InstanceKind::Image,
-            Kind::Speech => InstanceKind::Speech,
-        },
+pub fn spec_of(row: &instance::Model) -> InstanceSpec {
+    InstanceSpec {
+        kind: row.kind,
         url: row.url.clone(),
-        protocol: Some(match row.protocol {
-            instance::Protocol::Qwen => Protocol::Qwen,
-            instance::Protocol::Fastwhisper => Protocol::Fastwhisper,
-        }),
+        protocol: Some(row.protocol),
         capacity: row.capacity as u32,
         weight: row.weight as u32,
     }

@@ -1,4 +1,16 @@
-//! Connecting to the database and bringing its schema up to date.
+//! Persistence: connecting to the database, bringing its schema up to date, and the
+//! repositories, plain functions over the connection pool for every read and for the
+//! writes no actor batches (users, keys, instances). Task writes are the TaskStore
+//! actor's own (`actors/task_store`), because they share its group commit.
+
+pub mod api_keys;
+mod error;
+pub mod instances;
+pub mod meta;
+pub mod tasks;
+pub mod users;
+
+pub use error::StoreError;
 
 use std::str::FromStr;
 use std::time::Duration;

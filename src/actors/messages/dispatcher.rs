@@ -1,0 +1,97 @@
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::WorkerHandle;
+use crate::domain::{Idempotency, ImageJob, Priority, QueuedTask, TaskId, UserId};
+use crate::store::StoreError;
+
+/// Admit a new image task: refused when the queue is full, otherwise committed, then queued.
+#[derive(Message)]
+#[rtype(result = "Result<Submitted, SubmitError>")]
+pub struct Submit {
+    pub user_id: UserId,
+    pub priority: Priority,
+    pub job: ImageJob,
+    pub idempotency: Option<Idempotency>,
+}
+
+#[derive(Debug)]
+pub struct Submitted {
+    pub task_id: TaskId,
+    /// The idempotency key was already used for this same request: nothing new was made.
+    pub replayed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the task queue is full ({capacity} tasks)")]
+    QueueFull { capacity: usize },
+    #[error("the user has {limit} unfinished tasks")]
+    QuotaExceeded { limit: u32 },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("the idempotency key was used for another request")]
+    KeyReused,
+    #[error("cannot store the task: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A worker is free for its next task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerIdle(pub WorkerHandle);
+
+/// A failed attempt will be retried: back to the head of the queue after `delay`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetryLater {
+    pub task: QueuedTask,
+    pub delay: Duration,
+}
+
+/// The task was cancelled in the database: drop it from the queue, or abort its worker.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TaskCancelled {
+    pub task_id: TaskId,
+    pub user_id: UserId,
+}
+
+/// The 1-based queue positions of these tasks of the user (`None`: not queued here).
+#[derive(Message)]
+#[rtype(result = "Vec<Option<usize>>")]
+pub struct QueuePositions {
+    pub user_id: UserId,
+    pub task_ids: Vec<TaskId>,
+}
+
+/// Stop admitting and dispatching; wait up to `grace` for running tasks, then abort the
+/// rest and put them back to QUEUED for the next start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub grace: Duration,
+}
+
+/// The WorkerPool changed size: `added` new workers will announce themselves with
+/// `WorkerIdle`; `retire` workers are to go, idle ones at once, busy ones when they finish.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResizeWorkers {
+    pub added: usize,
+    pub retire: usize,
+}
+
+/// Queue figures for `/api/v1/system/stats`.
+#[derive(Message)]
+#[rtype(result = "QueueStats")]
+pub struct GetQueueStats;
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueStats {
+    pub queue_length: usize,
+    pub queue_capacity: usize,
+    pub workers: usize,
+    pub busy_workers: usize,
+}

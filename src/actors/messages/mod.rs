@@ -1,0 +1,19 @@
+//! Every message that crosses between actors (and from HTTP handlers to actors), as plain
+//! types: this module knows no actor. Actors are reached through `Recipient`s where a
+//! message must name its sender (a worker, the registry a lease returns to), so the
+//! actors import the messages and never each other in a circle.
+//!
+//! One file per recipient: `store` (the TaskStore's writes), `dispatcher`, `worker`,
+//! `registry` (the InstanceRegistry, its leases and views) and `pool` (the WorkerPool).
+
+mod dispatcher;
+mod pool;
+mod registry;
+mod store;
+mod worker;
+
+pub use dispatcher::*;
+pub use pool::*;
+pub use registry::*;
+pub use store::*;
+pub use worker::*;

@@ -1,0 +1,103 @@
+use actix::prelude::*;
+use entity::task;
+
+use crate::domain::{NewTask, TaskId, UserId};
+use crate::store::StoreError;
+
+/// Insert a new QUEUED task; the reply comes once the transaction holding it commits.
+#[derive(Message)]
+#[rtype(result = "Result<Inserted, StoreError>")]
+pub struct InsertTask(pub NewTask);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// The user already had a task under this idempotency key; nothing was inserted.
+    Existing {
+        task_id: TaskId,
+        request_hash: Option<String>,
+    },
+}
+
+/// QUEUED → RUNNING on `instance` as attempt `attempt`. `Ok(false)` when the task is no
+/// longer QUEUED at `attempt - 1` attempts (cancelled, or taken by someone else).
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct MarkRunning {
+    pub task_id: TaskId,
+    pub attempt: i32,
+    /// The instance's URL, shown as the task's `instance`.
+    pub instance: String,
+}
+
+/// The status a change expects to find; anything else means the task moved on and the
+/// change is dropped.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    Queued,
+    Running { attempt: i32 },
+}
+
+#[derive(Debug)]
+pub enum TaskOutcome {
+    Done {
+        content_type: String,
+        bytes: Vec<u8>,
+    },
+    Failed {
+        error: String,
+    },
+    /// Back to QUEUED for another attempt, keeping this attempt's error.
+    Retry {
+        error: String,
+    },
+}
+
+/// Apply an outcome to a task still as `expect`ed. `Ok(false)` when it was not.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct FinishTask {
+    pub task_id: TaskId,
+    pub user_id: UserId,
+    pub expect: Expect,
+    pub outcome: TaskOutcome,
+}
+
+/// At start: tasks a dead process left RUNNING go back to QUEUED, or FAILED once they
+/// have had `max_attempts`. Answers (re-queued, failed).
+#[derive(Message)]
+#[rtype(result = "Result<(u64, u64), StoreError>")]
+pub struct RecoverOrphans {
+    pub max_attempts: i32,
+}
+
+/// Answers once every write queued before it has committed (or failed): the last step of
+/// a drain, since workers hand over a task's ending without waiting for its commit.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Flush;
+
+/// RUNNING → QUEUED for these tasks, whose attempts were aborted by a shutdown.
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct RequeueRunning(pub Vec<TaskId>);
+
+/// Owner's cancel: QUEUED or RUNNING → CANCELLED.
+#[derive(Message)]
+#[rtype(result = "Result<CancelOutcome, StoreError>")]
+pub struct CancelTask {
+    pub task_id: TaskId,
+    pub user_id: UserId,
+}
+
+#[derive(Debug)]
+pub enum CancelOutcome {
+    NotFound,
+    /// Cancelled now (`changed`) or earlier.
+    Cancelled {
+        task: task::Model,
+        changed: bool,
+    },
+    /// It had already ended DONE or FAILED.
+    Finished(task::Model),
+}

@@ -1,0 +1,48 @@
+//! Image tasks as the actors see them: a new submission on its way to the database, and
+//! a committed task waiting in (or coming back to) the queue.
+
+use std::time::Instant;
+
+use super::{Idempotency, ImageJob, InstanceId, TaskId, UserId};
+
+pub use entity::task::{Priority, Status as TaskStatus};
+
+/// A validated submission, before it is stored.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub task_id: TaskId,
+    pub user_id: UserId,
+    pub priority: Priority,
+    pub job: ImageJob,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// A committed task admitted to the queue, as a worker needs it.
+#[derive(Clone, Debug)]
+pub struct QueuedTask {
+    pub task_id: TaskId,
+    pub user_id: UserId,
+    pub priority: Priority,
+    pub job: ImageJob,
+    /// Attempts already made (the stored `attempts`); the next one is `attempts + 1`.
+    pub attempts: i32,
+    /// The instance the last attempt failed on, to be avoided by the next.
+    pub avoid: Option<InstanceId>,
+    /// When this process queued it; the queue's max wait counts from here.
+    pub enqueued_at: Instant,
+}
+
+impl QueuedTask {
+    /// A task just committed, on its way to its first attempt.
+    pub fn fresh(task: NewTask) -> QueuedTask {
+        QueuedTask {
+            task_id: task.task_id,
+            user_id: task.user_id,
+            priority: task.priority,
+            job: task.job,
+            attempts: 0,
+            avoid: None,
+            enqueued_at: Instant::now(),
+        }
+    }
+}

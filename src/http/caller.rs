@@ -1,0 +1,161 @@
+//! Who is calling, as extractors: `AuthUser` (a login token), `AdminUser` (the token of a
+//! user the database says is an admin now) and `DeviceOrUser` (a device API key or a
+//! login token). What they check is `crate::auth`'s; here it becomes a request's caller.
+
+use std::future::{ready, Ready};
+
+use actix_web::{http::header, web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use futures_util::FutureExt;
+use sea_orm::DatabaseConnection;
+
+use crate::auth::{api_keys, AuthError, JwtKeys};
+use crate::domain::{Role, UserId};
+use crate::error::ApiError;
+use crate::store::users;
+
+/// The authenticated caller, taken from `Authorization: Bearer <JWT>`.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: UserId,
+    pub username: String,
+    pub role: Role,
+}
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = Ready<Result<AuthUser, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(from_jwt(req).map_err(ApiError::from))
+    }
+}
+
+/// The caller of a route that takes only login tokens.
+fn from_jwt(req: &HttpRequest) -> Result<AuthUser, AuthError> {
+    let token = bearer_token(req)?;
+    if api_keys::is_api_key(token) {
+        return Err(AuthError::ApiKeyNotAccepted);
+    }
+    verify_jwt(req, token)
+}
+
+/// The credential of `Authorization: Bearer <credential>`.
+fn bearer_token(req: &HttpRequest) -> Result<&str, AuthError> {
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::MissingAuthorization)?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::MalformedAuthorization)
+}
+
+fn verify_jwt(req: &HttpRequest, token: &str) -> Result<AuthUser, AuthError> {
+    let keys = req
+        .app_data::<web::Data<JwtKeys>>()
+        .expect("startup registers the JwtKeys");
+    let claims = keys.verify(token)?;
+    let id = claims.sub.parse().map_err(|_| AuthError::InvalidToken)?;
+    Ok(AuthUser {
+        id: UserId(id),
+        username: claims.name,
+        role: claims.role,
+    })
+}
+
+/// An admin: a login token whose user the database says is an admin now. The role in
+/// the token is not trusted here, so demoting an admin shuts them out of the admin
+/// routes at once rather than when their token expires.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequest for AdminUser {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<AdminUser, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let user = match from_jwt(req) {
+            Ok(user) => user,
+            Err(e) => return ready(Err(e.into())).boxed_local(),
+        };
+        let db = req
+            .app_data::<web::Data<DatabaseConnection>>()
+            .cloned()
+            .expect("startup registers the database");
+        async move {
+            let row = users::find_by_id(&db, user.id.0)
+                .await
+                .map_err(AuthError::from)?
+                .ok_or(AuthError::UserGone)?;
+            if row.role != Role::Admin {
+                return Err(AuthError::NotAdmin.into());
+            }
+            Ok(AdminUser(AuthUser {
+                role: row.role,
+                ..user
+            }))
+        }
+        .boxed_local()
+    }
+}
+
+/// A caller of the device-facing endpoints: a device with an API key (`X-API-Key: <key>`
+/// or `Authorization: Bearer igk_…`), or a user with a JWT. Either way it acts as the
+/// key's owner.
+#[derive(Debug, Clone)]
+pub struct DeviceOrUser {
+    pub user_id: UserId,
+    /// The API key used, when not a JWT.
+    pub key_id: Option<i64>,
+}
+
+impl FromRequest for DeviceOrUser {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<DeviceOrUser, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let key = match req.headers().get(api_keys::API_KEY_HEADER) {
+            Some(value) => match value.to_str() {
+                Ok(key) => key.trim().to_string(),
+                Err(_) => return ready(Err(AuthError::InvalidKey.into())).boxed_local(),
+            },
+            None => match bearer_token(req) {
+                Ok(token) if api_keys::is_api_key(token) => token.to_string(),
+                Ok(token) => {
+                    let user = verify_jwt(req, token).map(|user| DeviceOrUser {
+                        user_id: user.id,
+                        key_id: None,
+                    });
+                    return ready(user.map_err(ApiError::from)).boxed_local();
+                }
+                Err(e) => return ready(Err(e.into())).boxed_local(),
+            },
+        };
+        let db = req
+            .app_data::<web::Data<DatabaseConnection>>()
+            .cloned()
+            .expect("startup registers the database");
+        async move {
+            if !api_keys::is_api_key(&key) {
+                return Err(AuthError::InvalidKey.into());
+            }
+            let found = api_keys::authenticate(&db, &key)
+                .await
+                .map_err(AuthError::from)?
+                .ok_or(AuthError::InvalidKey)?;
+            Ok(DeviceOrUser {
+                user_id: UserId(found.user_id),
+                key_id: Some(found.id),
+            })
+        }
+        .boxed_local()
+    }
+}

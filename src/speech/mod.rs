@@ -1,0 +1,263 @@
+//! Speech to text: one synchronous call on a leased speech instance, with the client's
+//! upload streamed into it while it is still arriving.
+//!
+//! The HTTP handlers only parse the request (which audio, where its bytes are) and hand
+//! the upload to [`SpeechService::transcribe`], which leases an instance from the
+//! InstanceRegistry, pumps the client's chunks into a bounded channel that the backend
+//! request reads from, times each phase, and gives the lease back with the outcome.
+//! Memory stays bounded and the backend hears the first audio at once. Limits are judged
+//! by counting as the bytes arrive, and an upload that breaks one aborts the backend
+//! request rather than ending it, so the backend never transcribes a cut-off body.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_web::web::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::actors::messages::{Acquire, AcquireError, CallOutcome, Lease};
+use crate::actors::InstanceRegistry;
+use crate::backends::fastwhisper::{self, FileForm, SpeechToTextResponse};
+use crate::backends::{self, BackendError};
+use crate::domain::{InstanceKind, UserId};
+use crate::settings::SpeechSettings;
+
+thread_local! {
+    /// One backend client per HTTP worker thread, shared by its requests.
+    static CLIENT: awc::Client = backends::client();
+}
+
+/// Why a speech request got no transcript.
+#[derive(Debug, thiserror::Error)]
+pub enum SpeechError {
+    #[error("no data from the client for {0}s; upload cut off")]
+    Stalled(u64),
+    #[error("the upload took longer than {0}s; upload cut off")]
+    TooSlow(u64),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("audio is longer than {0}s of 16 kHz 16-bit mono PCM")]
+    TooLong(u64),
+    #[error("PCM body must hold whole 16-bit samples (an even number of bytes)")]
+    OddLength,
+    #[error("cannot read the upload: {0}")]
+    Unreadable(String),
+    #[error("no healthy speech backend instance; retry later")]
+    NoHealthyInstance,
+    #[error("every speech backend instance is busy; retry later")]
+    InstancesBusy,
+    #[error("the instance registry is not answering: {0}")]
+    RegistryUnavailable(#[from] actix::MailboxError),
+    /// The backend call failed; its own message is the client's.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl SpeechError {
+    /// Whether the client broke a rule of the upload (the instance is not to blame).
+    fn is_clients(&self) -> bool {
+        matches!(
+            self,
+            SpeechError::Stalled(_)
+                | SpeechError::TooSlow(_)
+                | SpeechError::TooLarge(_)
+                | SpeechError::TooLong(_)
+                | SpeechError::OddLength
+                | SpeechError::Unreadable(_)
+        )
+    }
+}
+
+/// What the upload holds.
+pub enum Audio {
+    /// A file from a form, forwarded as one with its name and type; `received` bytes of
+    /// form data were read before it.
+    File {
+        filename: String,
+        content_type: String,
+        received: usize,
+    },
+    /// Raw 16 kHz 16-bit LE mono PCM.
+    Pcm,
+}
+
+/// The speech path, shared by every HTTP worker.
+pub struct SpeechService {
+    /// Leases speech instances.
+    registry: Addr<InstanceRegistry>,
+    limits: SpeechSettings,
+}
+
+impl SpeechService {
+    pub fn new(registry: Addr<InstanceRegistry>, limits: SpeechSettings) -> SpeechService {
+        SpeechService { registry, limits }
+    }
+
+    pub fn limits(&self) -> &SpeechSettings {
+        &self.limits
+    }
+
+    /// When an upload that starts now must be complete.
+    pub fn upload_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + secs(self.limits.max_upload_secs)
+    }
+
+    /// The client's next item; a client silent for `read_timeout_secs` is cut off.
+    pub async fn next_chunk<T, E: Display>(
+        &self,
+        next: impl Future<Output = Option<Result<T, E>>>,
+    ) -> Result<Option<T>, SpeechError> {
+        match tokio::time::timeout(secs(self.limits.read_timeout_secs), next).await {
+            Err(_) => Err(SpeechError::Stalled(self.limits.read_timeout_secs)),
+            Ok(None) => Ok(None),
+            Ok(Some(Err(e))) => Err(SpeechError::Unreadable(e.to_string())),
+            Ok(Some(Ok(item))) => Ok(Some(item)),
+        }
+    }
+
+    /// Transcribes `upload` on a free healthy speech instance. The upload must end by
+    /// `deadline`; the backend then has `timeout_secs` to answer.
+    #[tracing::instrument(skip_all, fields(instance))]
+    pub async fn transcribe<S, E>(
+        &self,
+        user_id: UserId,
+        audio: Audio,
+        upload: S,
+        deadline: tokio::time::Instant,
+    ) -> Result<SpeechToTextResponse, SpeechError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let lease = self.acquire(user_id).await?;
+        tracing::Span::current().record("instance", lease.url.as_str());
+        let (body, stream) = fastwhisper::body_channel(secs(self.limits.timeout_secs));
+        let client = CLIENT.with(Clone::clone);
+        let base = lease.url.clone();
+        let limits = &self.limits;
+        let mut upload = upload;
+        match audio {
+            Audio::File {
+                filename,
+                content_type,
+                mut received,
+            } => {
+                let framing = FileForm::default();
+                let call = fastwhisper::transcribe_file(&client, &base, &framing, stream);
+                let pump = async {
+                    body.send(framing.opening(&filename, &content_type)).await?;
+                    while let Some(chunk) = self.next_chunk(upload.next()).await? {
+                        received += chunk.len();
+                        if received > limits.max_upload_bytes {
+                            return Err(SpeechError::TooLarge(limits.max_upload_bytes));
+                        }
+                        body.send(chunk).await?;
+                    }
+                    body.send(framing.closing()).await?;
+                    Ok(body.finish().await?)
+                };
+                self.relay(lease, call, pump, deadline).await
+            }
+            Audio::Pcm => {
+                let max_bytes = limits.max_pcm_bytes();
+                let call = fastwhisper::transcribe_pcm(&client, &base, stream);
+                let pump = async {
+                    let mut received = 0u64;
+                    while let Some(chunk) = self.next_chunk(upload.next()).await? {
+                        received += chunk.len() as u64;
+                        if received > max_bytes {
+                            return Err(SpeechError::TooLong(limits.max_pcm_seconds));
+                        }
+                        body.send(chunk).await?;
+                    }
+                    if !received.is_multiple_of(2) {
+                        return Err(SpeechError::OddLength);
+                    }
+                    Ok(body.finish().await?)
+                };
+                self.relay(lease, call, pump, deadline).await
+            }
+        }
+    }
+
+    /// A lease on a free healthy speech instance: refused at once when none is healthy or
+    /// too many requests already wait, and after `max_wait_secs` of waiting.
+    async fn acquire(&self, user_id: UserId) -> Result<Lease, SpeechError> {
+        let request = self.registry.send(Acquire {
+            kind: InstanceKind::Speech,
+            user_id,
+            avoid: None,
+            fail_fast: true,
+            max_waiting: Some(self.limits.max_waiting),
+        });
+        // On timeout the request is dropped, which withdraws it from the registry's line.
+        match tokio::time::timeout(secs(self.limits.max_wait_secs), request).await {
+            Ok(reply) => reply?.map_err(|e| match e {
+                AcquireError::NoHealthyInstance => SpeechError::NoHealthyInstance,
+                AcquireError::TooManyWaiting | AcquireError::RegistryStopped => {
+                    SpeechError::InstancesBusy
+                }
+            }),
+            Err(_) => Err(SpeechError::InstancesBusy),
+        }
+    }
+
+    /// Runs the backend `call` while `pump` feeds it, then gives the lease back with the
+    /// outcome. When the pump fails, the call is dropped mid-body, which aborts the
+    /// backend request.
+    async fn relay(
+        &self,
+        lease: Lease,
+        call: impl Future<Output = Result<SpeechToTextResponse, BackendError>>,
+        pump: impl Future<Output = Result<(), SpeechError>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<SpeechToTextResponse, SpeechError> {
+        let limits = &self.limits;
+        let pump = tokio::time::timeout_at(deadline, pump);
+        tokio::pin!(call, pump);
+        let mut uploaded_at = Instant::now();
+        let result = tokio::select! {
+            // The call first: a backend that already answered (or failed) has the last word.
+            biased;
+            answer = &mut call => answer.map_err(SpeechError::from),
+            pumped = &mut pump => match pumped {
+                Err(_) => Err(SpeechError::TooSlow(limits.max_upload_secs)),
+                Ok(Err(fault)) => Err(fault),
+                Ok(Ok(())) => {
+                    uploaded_at = Instant::now();
+                    match tokio::time::timeout(secs(limits.timeout_secs), &mut call).await {
+                        Ok(answer) => answer.map_err(SpeechError::from),
+                        Err(_) => Err(BackendError::Timeout(limits.timeout_secs).into()),
+                    }
+                }
+            },
+        };
+        match result {
+            Ok(answer) => {
+                lease.release(CallOutcome::Success {
+                    latency: uploaded_at.elapsed(),
+                });
+                Ok(answer)
+            }
+            Err(error) if error.is_clients() => {
+                lease.release(CallOutcome::Neutral);
+                Err(error)
+            }
+            Err(SpeechError::Backend(error)) => {
+                tracing::warn!(%error, "speech backend call failed");
+                lease.release(CallOutcome::from(&error));
+                Err(error.into())
+            }
+            Err(other) => {
+                lease.release(CallOutcome::Neutral);
+                Err(other)
+            }
+        }
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}

@@ -1,0 +1,92 @@
+//! Reads of tasks and images, straight from the pool: none of them needs the TaskStore's
+//! state, so none waits behind its write batch or its mailbox.
+
+use entity::prelude::{Image, Task};
+use entity::{image, task};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::StoreError;
+use crate::domain::{ImageId, ImageJob, QueuedTask, TaskId, TaskStatus, UserId};
+
+/// One of the user's tasks.
+pub async fn get(
+    db: &DatabaseConnection,
+    user_id: UserId,
+    task_id: &TaskId,
+) -> Result<Option<task::Model>, StoreError> {
+    Ok(Task::find()
+        .filter(task::Column::TaskId.eq(task_id.as_str()))
+        .filter(task::Column::UserId.eq(user_id.0))
+        .one(db)
+        .await?)
+}
+
+/// The user's newest tasks first.
+pub async fn newest(
+    db: &DatabaseConnection,
+    user_id: UserId,
+    limit: u64,
+) -> Result<Vec<task::Model>, StoreError> {
+    Ok(Task::find()
+        .filter(task::Column::UserId.eq(user_id.0))
+        .order_by_desc(task::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// The user's task submitted under this idempotency key.
+pub async fn by_idempotency_key(
+    db: &DatabaseConnection,
+    user_id: UserId,
+    key: &str,
+) -> Result<Option<task::Model>, StoreError> {
+    Ok(Task::find()
+        .filter(task::Column::UserId.eq(user_id.0))
+        .filter(task::Column::IdempotencyKey.eq(key))
+        .one(db)
+        .await?)
+}
+
+/// One of the user's images.
+pub async fn image(
+    db: &DatabaseConnection,
+    user_id: UserId,
+    image_id: ImageId,
+) -> Result<Option<image::Model>, StoreError> {
+    Ok(Image::find_by_id(image_id.0)
+        .filter(image::Column::UserId.eq(user_id.0))
+        .one(db)
+        .await?)
+}
+
+/// Every QUEUED task in submission order, ready for the Dispatcher's queue.
+pub async fn queued(db: &DatabaseConnection) -> Result<Vec<QueuedTask>, StoreError> {
+    let rows = Task::find()
+        .filter(task::Column::Status.eq(TaskStatus::Queued))
+        .order_by_asc(task::Column::Id)
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(queued_task).collect())
+}
+
+fn queued_task(row: task::Model) -> QueuedTask {
+    let job = ImageJob {
+        prompt: row.prompt,
+        negative_prompt: row.negative_prompt,
+        width: row.width.map(|v| v as u32),
+        height: row.height.map(|v| v as u32),
+        steps: row.steps as u32,
+        seed: row.seed.map(|v| v as u64),
+    };
+    QueuedTask {
+        attempts: row.attempts,
+        ..QueuedTask::fresh(crate::domain::NewTask {
+            task_id: TaskId::from(row.task_id),
+            user_id: UserId(row.user_id),
+            priority: row.priority,
+            job,
+            idempotency: None,
+        })
+    }
+}
