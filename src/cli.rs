@@ -22,6 +22,8 @@ pub enum CliError {
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Startup(#[from] StartupError),
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
     #[error("database: {0}")]
     Migration(#[from] sea_orm::DbErr),
     #[error("database: {0}")]
@@ -111,7 +113,8 @@ fn parse_role(raw: &str) -> Result<Role, String> {
 /// Runs the parsed command; errors are printed by `main`.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init(&settings.log);
+    // Kept until the command ends, so the last spans are exported.
+    let _telemetry = telemetry::init(&settings.log, &settings.telemetry)?;
     match cli.command.unwrap_or(Command::Serve { demo: false }) {
         Command::Serve { demo } => serve(settings, demo).await,
         Command::Migrate => {

@@ -11,6 +11,8 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
+use crate::telemetry::HttpSpan;
+
 use crate::actors::messages::{Drain, RecoverOrphans};
 use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
@@ -141,7 +143,7 @@ impl Application {
         );
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<HttpSpan>::new())
                 .app_data(http::extract::json_config(max_json))
                 .app_data(http::extract::query_config())
                 .app_data(http::extract::path_config())

@@ -95,6 +95,9 @@ pub struct Model {
     /// SHA-256 of the request that came with the key, to tell a replay from a reuse.
     pub request_hash: Option<String>,
     pub priority: Priority,
+    /// The W3C trace context of the submission, continued by every attempt.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

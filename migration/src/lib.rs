@@ -6,6 +6,7 @@ mod m20261128_000002_api_keys;
 mod m20261128_000003_idempotency_keys;
 mod m20261128_000004_instances;
 mod m20261128_000005_task_priority;
+mod m20261201_000006_task_trace;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_idempotency_keys::Migration),
             Box::new(m20261128_000004_instances::Migration),
             Box::new(m20261128_000005_task_priority::Migration),
+            Box::new(m20261201_000006_task_trace::Migration),
         ]
     }
 }

@@ -18,6 +18,7 @@ use super::task_store::write;
 use super::task_store::TaskStore;
 use crate::backends::{self, qwen};
 use crate::domain::{InstanceKind, QueuedTask, TaskId};
+use crate::telemetry;
 
 /// Longest pause between two attempts of one task.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -84,13 +85,17 @@ impl Handler<Run> for Worker {
 
     fn handle(&mut self, Run(task): Run, ctx: &mut Context<Self>) {
         let span = tracing::info_span!(
-            "task",
+            "task attempt",
+            otel.name = "image task attempt",
             task_id = %task.task_id,
             user_id = %task.user_id,
             attempt = task.attempts + 1,
             slot = self.slot,
             instance = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
+        // A child of the submission's span, even after a restart: the context is stored.
+        telemetry::continue_trace(&span, task.trace.as_ref());
         let task_id = task.task_id.clone();
         let client = self.client.clone().expect("client is created in started");
         let run = run_task(self.deps.clone(), client, task).instrument(span);
@@ -139,13 +144,15 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     tracing::info!("calling backend");
     let started = Instant::now();
     let (url, job) = (lease.url.clone(), task.job.clone());
-    let call = qwen::generate(
-        &client,
-        &url,
-        &job,
-        deps.task_timeout,
-        deps.max_response_bytes,
-    );
+    let call_span = telemetry::backend_span(&format!("{}/generate", url.trim_end_matches('/')));
+    let headers = telemetry::propagation_headers(&call_span);
+    let call = async {
+        let (timeout, max_bytes) = (deps.task_timeout, deps.max_response_bytes);
+        let result = qwen::generate(&client, &url, &job, timeout, max_bytes, &headers).await;
+        telemetry::record_backend_outcome(&tracing::Span::current(), result.as_ref().err());
+        result
+    }
+    .instrument(call_span);
     tokio::pin!(marked, call);
     let mut answered = None;
     let marked = tokio::select! {

@@ -13,7 +13,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{error_detail, BackendError};
+use super::{error_detail, with_headers, BackendError, CallHeaders};
 
 /// Chunks in flight between the caller's upload and the backend's: what bounds the memory
 /// one streaming request holds (a few network reads' worth).
@@ -157,8 +157,10 @@ pub async fn transcribe_file(
     base: &str,
     form: &FileForm,
     body: impl Stream<Item = Result<Bytes, std::io::Error>> + 'static,
+    headers: &CallHeaders,
 ) -> Result<SpeechToTextResponse, BackendError> {
-    call(client, base, "/api/v1/asr", &form.content_type(), body).await
+    let content_type = form.content_type();
+    call(client, base, FILE_PATH, &content_type, body, headers).await
 }
 
 /// `POST {base}/api/v1/asr/pcm` with raw PCM.
@@ -166,16 +168,14 @@ pub async fn transcribe_pcm(
     client: &awc::Client,
     base: &str,
     body: impl Stream<Item = Result<Bytes, std::io::Error>> + 'static,
+    headers: &CallHeaders,
 ) -> Result<SpeechToTextResponse, BackendError> {
-    call(
-        client,
-        base,
-        "/api/v1/asr/pcm",
-        "application/octet-stream",
-        body,
-    )
-    .await
+    let content_type = "application/octet-stream";
+    call(client, base, PCM_PATH, content_type, body, headers).await
 }
+
+pub const FILE_PATH: &str = "/api/v1/asr";
+pub const PCM_PATH: &str = "/api/v1/asr/pcm";
 
 async fn call(
     client: &awc::Client,
@@ -183,9 +183,10 @@ async fn call(
     path: &str,
     content_type: &str,
     body: impl Stream<Item = Result<Bytes, std::io::Error>> + 'static,
+    headers: &CallHeaders,
 ) -> Result<SpeechToTextResponse, BackendError> {
-    let mut response = client
-        .post(format!("{}{path}", base.trim_end_matches('/')))
+    let request = client.post(format!("{}{path}", base.trim_end_matches('/')));
+    let mut response = with_headers(request, headers)
         .insert_header((header::CONTENT_TYPE, content_type))
         .send_stream(body)
         .await

@@ -3,6 +3,18 @@
 pub mod fastwhisper;
 pub mod qwen;
 
+/// Headers of one backend request beyond its protocol's own: the W3C trace context
+/// (`traceparent`, `tracestate`) of the call's client span.
+pub type CallHeaders = [(&'static str, String)];
+
+/// `request` with `headers` on it.
+pub fn with_headers(mut request: awc::ClientRequest, headers: &CallHeaders) -> awc::ClientRequest {
+    for (name, value) in headers {
+        request = request.insert_header((*name, value.as_str()));
+    }
+    request
+}
+
 /// The outbound client for backend calls and pings. Redirects are not followed (a
 /// backend that redirects is misconfigured), and there is no client-wide timeout: each
 /// call bounds its own phases. awc clients are bound to their thread: make one per actor
@@ -28,6 +40,16 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A short name of the failure, for the `error.type` of a trace span.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Transport(_) => "transport",
+            BackendError::Timeout(_) => "timeout",
+            BackendError::Status { .. } => "status",
+            BackendError::BadAnswer(_) => "bad_answer",
+        }
+    }
+
     /// Whether the failure says the instance itself is in trouble (counts towards
     /// ejecting it); a 4xx means the request was at fault.
     pub fn is_instance_fault(&self) -> bool {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use actix_web::http::{header, StatusCode};
 use serde::Serialize;
 
-use super::{error_detail, BackendError};
+use super::{error_detail, with_headers, BackendError, CallHeaders};
 use crate::domain::ImageJob;
 
 /// Bytes of a failed answer kept as the task's error.
@@ -38,6 +38,7 @@ pub async fn generate(
     job: &ImageJob,
     timeout: Duration,
     max_bytes: usize,
+    headers: &CallHeaders,
 ) -> Result<GeneratedImage, BackendError> {
     let call = async {
         let body = GenerateRequest {
@@ -48,8 +49,8 @@ pub async fn generate(
             height: job.height,
             seed: job.seed,
         };
-        let mut response = client
-            .post(format!("{}/generate", base.trim_end_matches('/')))
+        let request = client.post(format!("{}/generate", base.trim_end_matches('/')));
+        let mut response = with_headers(request, headers)
             .timeout(timeout)
             .send_json(&body)
             .await

@@ -20,4 +20,4 @@ pub use instance::{
     NewInstanceRequest, Protocol, Strategy, MAX_INSTANCE_CAPACITY, MAX_INSTANCE_WEIGHT,
 };
 pub use new_user::{check_username, NewUser, RegisterRequest};
-pub use task::{NewTask, Priority, QueuedTask, TaskStatus};
+pub use task::{NewTask, Priority, QueuedTask, TaskStatus, TraceContext};

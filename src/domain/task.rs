@@ -7,6 +7,14 @@ use super::{Idempotency, ImageJob, InstanceId, TaskId, UserId};
 
 pub use entity::task::{Priority, Status as TaskStatus};
 
+/// The W3C trace context a task was submitted in, stored with it so that its attempts
+/// continue the submitting trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
 /// A validated submission, before it is stored.
 #[derive(Clone, Debug)]
 pub struct NewTask {
@@ -15,6 +23,7 @@ pub struct NewTask {
     pub priority: Priority,
     pub job: ImageJob,
     pub idempotency: Option<Idempotency>,
+    pub trace: Option<TraceContext>,
 }
 
 /// A committed task admitted to the queue, as a worker needs it.
@@ -30,6 +39,7 @@ pub struct QueuedTask {
     pub avoid: Option<InstanceId>,
     /// When this process queued it; the queue's max wait counts from here.
     pub enqueued_at: Instant,
+    pub trace: Option<TraceContext>,
 }
 
 impl QueuedTask {
@@ -43,6 +53,7 @@ impl QueuedTask {
             attempts: 0,
             avoid: None,
             enqueued_at: Instant::now(),
+            trace: task.trace,
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::http::caller::AuthUser;
 use crate::limits::{Limits, RateInfo};
 use crate::settings::Settings;
 use crate::store::tasks;
+use crate::telemetry;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/image/async", web::post().to(submit))
@@ -84,6 +85,7 @@ pub async fn submit(
         priority: priority_of(user.role),
         job,
         idempotency,
+        trace: telemetry::current_trace(),
     };
     let submitted = ask(&dispatcher, submit).await??;
     tracing::Span::current().record("task_id", submitted.task_id.as_str());

@@ -72,7 +72,9 @@ impl Settings {
     fn rules(&self) -> Vec<(&'static str, bool, &'static str)> {
         let (db, auth, queue, workers) = (&self.database, &self.auth, &self.queue, &self.workers);
         let (health, image, speech) = (&self.health, &self.image, &self.speech);
+        let telemetry = &self.telemetry;
         let at_least_1 = "must be at least 1";
+        let otlp_url = url::Url::parse(&telemetry.otlp_endpoint);
         vec![
             ("database.url", !db.url.is_empty(), "must not be empty"),
             (
@@ -169,6 +171,17 @@ impl Settings {
             ),
             ("speech.max_waiting", speech.max_waiting >= 1, at_least_1),
             ("speech.timeout_secs", speech.timeout_secs >= 1, at_least_1),
+            (
+                "telemetry.otlp_endpoint",
+                telemetry.otlp_endpoint.is_empty()
+                    || otlp_url.is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+                "must be empty or an http(s) URL",
+            ),
+            (
+                "telemetry.service_name",
+                !telemetry.service_name.is_empty(),
+                "must not be empty",
+            ),
         ]
     }
 }

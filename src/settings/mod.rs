@@ -34,6 +34,7 @@ pub struct Settings {
     pub speech: SpeechSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     pub instances: Vec<InstanceSpec>,
 }
 
@@ -150,6 +151,25 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// Traces: exported over OTLP/HTTP when an endpoint is set, not made at all otherwise.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is added); empty: no traces.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: String::new(),
+            service_name: "infergate".into(),
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -164,6 +184,7 @@ impl Default for Settings {
             speech: SpeechSettings::default(),
             limits: LimitSettings::default(),
             log: LogSettings::default(),
+            telemetry: TelemetrySettings::default(),
             instances: vec![InstanceSpec {
                 protocol: Some(Protocol::Qwen),
                 ..InstanceSpec::new(InstanceKind::Image, "http://localhost:8000")

@@ -23,6 +23,8 @@ use crate::backends::fastwhisper::{self, FileForm, SpeechToTextResponse};
 use crate::backends::{self, BackendError};
 use crate::domain::{InstanceKind, UserId};
 use crate::settings::SpeechSettings;
+use crate::telemetry;
+use tracing::Instrument;
 
 thread_local! {
     /// One backend client per HTTP worker thread, shared by its requests.
@@ -136,6 +138,12 @@ impl SpeechService {
         let (body, stream) = fastwhisper::body_channel(secs(self.limits.timeout_secs));
         let client = CLIENT.with(Clone::clone);
         let base = lease.url.clone();
+        let path = match audio {
+            Audio::File { .. } => fastwhisper::FILE_PATH,
+            Audio::Pcm => fastwhisper::PCM_PATH,
+        };
+        let call_span = telemetry::backend_span(&format!("{}{path}", base.trim_end_matches('/')));
+        let headers = telemetry::propagation_headers(&call_span);
         let limits = &self.limits;
         let mut upload = upload;
         match audio {
@@ -145,7 +153,7 @@ impl SpeechService {
                 mut received,
             } => {
                 let framing = FileForm::default();
-                let call = fastwhisper::transcribe_file(&client, &base, &framing, stream);
+                let call = fastwhisper::transcribe_file(&client, &base, &framing, stream, &headers);
                 let pump = async {
                     body.send(framing.opening(&filename, &content_type)).await?;
                     while let Some(chunk) = self.next_chunk(upload.next()).await? {
@@ -158,11 +166,13 @@ impl SpeechService {
                     body.send(framing.closing()).await?;
                     Ok(body.finish().await?)
                 };
-                self.relay(lease, call, pump, deadline).await
+                self.relay(lease, call, pump, deadline)
+                    .instrument(call_span)
+                    .await
             }
             Audio::Pcm => {
                 let max_bytes = limits.max_pcm_bytes();
-                let call = fastwhisper::transcribe_pcm(&client, &base, stream);
+                let call = fastwhisper::transcribe_pcm(&client, &base, stream, &headers);
                 let pump = async {
                     let mut received = 0u64;
                     while let Some(chunk) = self.next_chunk(upload.next()).await? {
@@ -177,7 +187,9 @@ impl SpeechService {
                     }
                     Ok(body.finish().await?)
                 };
-                self.relay(lease, call, pump, deadline).await
+                self.relay(lease, call, pump, deadline)
+                    .instrument(call_span)
+                    .await
             }
         }
     }
@@ -234,8 +246,10 @@ impl SpeechService {
                 }
             },
         };
+        let span = tracing::Span::current();
         match result {
             Ok(answer) => {
+                telemetry::record_backend_outcome(&span, None);
                 lease.release(CallOutcome::Success {
                     latency: uploaded_at.elapsed(),
                 });
@@ -246,6 +260,7 @@ impl SpeechService {
                 Err(error)
             }
             Err(SpeechError::Backend(error)) => {
+                telemetry::record_backend_outcome(&span, Some(&error));
                 tracing::warn!(%error, "speech backend call failed");
                 lease.release(CallOutcome::from(&error));
                 Err(error.into())

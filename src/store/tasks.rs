@@ -6,7 +6,9 @@ use entity::{image, task};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::StoreError;
-use crate::domain::{ImageId, ImageJob, QueuedTask, TaskId, TaskStatus, UserId};
+use crate::domain::{
+    ImageId, ImageJob, NewTask, QueuedTask, TaskId, TaskStatus, TraceContext, UserId,
+};
 
 /// One of the user's tasks.
 pub async fn get(
@@ -79,14 +81,19 @@ fn queued_task(row: task::Model) -> QueuedTask {
         steps: row.steps as u32,
         seed: row.seed.map(|v| v as u64),
     };
+    let trace = row.traceparent.map(|traceparent| TraceContext {
+        traceparent,
+        tracestate: row.tracestate,
+    });
     QueuedTask {
         attempts: row.attempts,
-        ..QueuedTask::fresh(crate::domain::NewTask {
+        ..QueuedTask::fresh(NewTask {
             task_id: TaskId::from(row.task_id),
             user_id: UserId(row.user_id),
             priority: row.priority,
             job,
             idempotency: None,
+            trace,
         })
     }
 }

@@ -212,6 +212,7 @@ mod tests {
                 seed: None,
             },
             idempotency: None,
+            trace: None,
         })
     }
 

@@ -174,6 +174,7 @@ impl Handler<Submit> for Dispatcher {
             priority: msg.priority,
             job: msg.job,
             idempotency: msg.idempotency,
+            trace: msg.trace,
         };
         let insert = self.store.send(InsertTask(task.clone()));
         Box::pin(insert.into_actor(self).map(move |result, dispatcher, _| {

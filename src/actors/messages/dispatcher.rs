@@ -3,7 +3,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::WorkerHandle;
-use crate::domain::{Idempotency, ImageJob, Priority, QueuedTask, TaskId, UserId};
+use crate::domain::{Idempotency, ImageJob, Priority, QueuedTask, TaskId, TraceContext, UserId};
 use crate::store::StoreError;
 
 /// Admit a new image task: refused when the queue is full, otherwise committed, then queued.
@@ -14,6 +14,8 @@ pub struct Submit {
     pub priority: Priority,
     pub job: ImageJob,
     pub idempotency: Option<Idempotency>,
+    /// The submitting request's trace, continued by the task's attempts.
+    pub trace: Option<TraceContext>,
 }
 
 #[derive(Debug)]

@@ -15,6 +15,7 @@ pub fn new_task(task: NewTask) -> task::ActiveModel {
         priority,
         job,
         idempotency,
+        trace,
     } = task;
     let (idempotency_key, request_hash) = match idempotency {
         Some(i) => (Some(i.key), Some(i.request_hash)),
@@ -37,6 +38,8 @@ pub fn new_task(task: NewTask) -> task::ActiveModel {
         priority: Set(priority),
         idempotency_key: Set(idempotency_key),
         request_hash: Set(request_hash),
+        traceparent: Set(trace.as_ref().map(|t| t.traceparent.clone())),
+        tracestate: Set(trace.and_then(|t| t.tracestate)),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()
