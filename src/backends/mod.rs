@@ -2,6 +2,7 @@
 
 pub mod fastwhisper;
 pub mod qwen;
+pub mod transcript_formats;
 
 /// Why a backend call failed; the Worker decides what to do by matching on it.
 #[derive(Debug, thiserror::Error)]
