@@ -1,22 +1,23 @@
 //! A simulated GPU backend speaking both backend protocols ("qwen" image and
-//! "fastwhisper" speech), for tests, benchmarks and demo mode.
+//! "fastwhisper" speech), for tests, benchmarks and demo mode. Each protocol's routes
+//! live in a file of their own; this one holds what they share: the knobs, the
+//! counters, the "GPU" and the images.
 //!
 //! Knobs: latency per call, failure rate (HTTP 500), hang rate (never answers), capacity
 //! (concurrent calls; extra calls wait their turn, as on a GPU) and readiness of `/ping`.
 //! Images are real PNGs whose pixels depend on the prompt.
+
+mod fastwhisper;
+mod qwen;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_multipart::Multipart;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use futures_util::StreamExt;
 use rand::Rng;
-use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::Semaphore;
 
 /// Bytes per second of 16 kHz 16-bit mono PCM.
@@ -65,8 +66,32 @@ pub struct SimState {
 }
 
 impl SimState {
+    fn new(config: SimConfig) -> SimState {
+        SimState {
+            gpu: Semaphore::new(config.capacity.max(1)),
+            config: Mutex::new(config),
+            ready: AtomicBool::new(true),
+            generated: AtomicU64::new(0),
+            transcribed: AtomicU64::new(0),
+            pings: AtomicU64::new(0),
+            arrived_prompts: Mutex::new(Vec::new()),
+            pcm_bytes_received: AtomicU64::new(0),
+        }
+    }
+
     fn knobs(&self) -> SimConfig {
         self.config.lock().expect("sim config lock").clone()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn record_prompt(&self, prompt: &str) {
+        self.arrived_prompts
+            .lock()
+            .expect("sim prompts lock")
+            .push(prompt.to_string());
     }
 }
 
@@ -82,25 +107,14 @@ impl SimBackend {
     pub fn start(config: SimConfig, host: &str, port: u16) -> std::io::Result<SimBackend> {
         let listener = TcpListener::bind((host, port))?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(SimState {
-            gpu: Semaphore::new(config.capacity.max(1)),
-            config: Mutex::new(config),
-            ready: AtomicBool::new(true),
-            generated: AtomicU64::new(0),
-            transcribed: AtomicU64::new(0),
-            pings: AtomicU64::new(0),
-            arrived_prompts: Mutex::new(Vec::new()),
-            pcm_bytes_received: AtomicU64::new(0),
-        });
+        let state = Arc::new(SimState::new(config));
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(web::JsonConfig::default().limit(1024 * 1024))
-                .route("/ping", web::get().to(ping))
-                .route("/generate", web::post().to(generate))
-                .route("/api/v1/asr", web::post().to(transcribe_file))
-                .route("/api/v1/asr/pcm", web::post().to(transcribe_pcm))
+                .configure(qwen::configure)
+                .configure(fastwhisper::configure)
         })
         .workers(1)
         .disable_signals()
@@ -159,16 +173,6 @@ impl SimBackend {
     }
 }
 
-async fn ping(state: web::Data<SimState>) -> HttpResponse {
-    state.pings.fetch_add(1, Ordering::Relaxed);
-    if state.ready.load(Ordering::SeqCst) {
-        HttpResponse::Ok().json(json!({"message": "simulated backend is ready", "status": "ready"}))
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"message": "model is loading", "status": "loading"}))
-    }
-}
-
 /// Holds a GPU permit for the configured latency; `Err` is the answer to send instead.
 async fn occupy_gpu(state: &SimState) -> Result<(), HttpResponse> {
     let knobs = state.knobs();
@@ -197,40 +201,23 @@ async fn occupy_gpu(state: &SimState) -> Result<(), HttpResponse> {
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct GenerateRequest {
-    prompt: String,
-    #[serde(default)]
-    num_inference_steps: Option<u32>,
-    #[serde(default)]
-    width: Option<u32>,
-    #[serde(default)]
-    height: Option<u32>,
+/// The side drawn for a requested one: small images keep tests fast, so the requested
+/// size only scales them a little.
+fn drawn_side(requested: Option<u32>) -> u32 {
+    requested.unwrap_or(256).clamp(64, 1024) / 4
 }
 
-async fn generate(state: web::Data<SimState>, body: web::Json<GenerateRequest>) -> HttpResponse {
-    if body.prompt.trim().is_empty() {
-        return HttpResponse::UnprocessableEntity()
-            .json(json!({"detail": "prompt must not be empty"}));
+/// Start, end and text of each segment of a simulated transcript of `seconds` of audio.
+fn simulated_segments(seconds: f64) -> Vec<(f64, f64, String)> {
+    let mut segments = Vec::new();
+    let mut start = 0.0;
+    while start < seconds {
+        let end = (start + 2.5f64).min(seconds);
+        let text = format!("simulated segment {}", segments.len() + 1);
+        segments.push((start, end, text));
+        start = end;
     }
-    state
-        .arrived_prompts
-        .lock()
-        .expect("sim prompts lock")
-        .push(body.prompt.clone());
-    if let Err(answer) = occupy_gpu(&state).await {
-        return answer;
-    }
-    state.generated.fetch_add(1, Ordering::SeqCst);
-    // Small images keep tests fast; the requested size only scales them a little.
-    let side = |v: Option<u32>| v.unwrap_or(256).clamp(64, 1024) / 4;
-    let png = render_png(
-        &body.prompt,
-        side(body.width),
-        side(body.height),
-        body.num_inference_steps.unwrap_or(20),
-    );
-    HttpResponse::Ok().content_type("image/png").body(png)
+    segments
 }
 
 /// A valid PNG whose pixels are a function of the prompt.
@@ -244,8 +231,8 @@ pub fn render_png(prompt: &str, width: u32, height: u32, steps: u32) -> Vec<u8> 
         for x in 0..width {
             let v = seed.rotate_left((x * 7 + y * 13 + steps) % 64);
             pixels.extend_from_slice(&[
-                (v as u8) ^ (x as u8 * 4),
-                (v >> 8) as u8 ^ (y as u8 * 4),
+                (v as u8) ^ (x as u8).wrapping_mul(4),
+                (v >> 8) as u8 ^ (y as u8).wrapping_mul(4),
                 (v >> 16) as u8,
             ]);
         }
@@ -262,73 +249,10 @@ pub fn render_png(prompt: &str, width: u32, height: u32, steps: u32) -> Vec<u8> 
     out
 }
 
-/// Segments of a simulated transcript of `seconds` of audio.
-fn transcript(seconds: f64) -> serde_json::Value {
-    if seconds < 1.0 {
-        return json!({"code": 1, "message": "audio too short"});
-    }
-    let mut segments = Vec::new();
-    let mut start = 0.0;
-    while start < seconds {
-        let end = (start + 2.5f64).min(seconds);
-        segments.push(json!({"start": start, "end": end, "text": format!("simulated segment {}", segments.len() + 1)}));
-        start = end;
-    }
-    json!({"code": 0, "language": "en", "language_probability": 0.98, "segments": segments})
-}
-
-async fn transcribe_file(state: web::Data<SimState>, mut form: Multipart) -> HttpResponse {
-    let mut bytes = 0u64;
-    let mut saw_file = false;
-    while let Some(field) = form.next().await {
-        let Ok(mut field) = field else {
-            return HttpResponse::BadRequest().json(json!({"detail": "malformed multipart body"}));
-        };
-        let is_file = field.name() == Some("file");
-        while let Some(chunk) = field.next().await {
-            match chunk {
-                Ok(chunk) if is_file => bytes += chunk.len() as u64,
-                Ok(_) => {}
-                Err(_) => {
-                    return HttpResponse::BadRequest()
-                        .json(json!({"detail": "malformed multipart body"}))
-                }
-            }
-        }
-        saw_file |= is_file;
-    }
-    if !saw_file {
-        return HttpResponse::UnprocessableEntity()
-            .json(json!({"detail": "field `file` is required"}));
-    }
-    if let Err(answer) = occupy_gpu(&state).await {
-        return answer;
-    }
-    state.transcribed.fetch_add(1, Ordering::SeqCst);
-    // Treat the file as 16 kHz PCM-sized audio for the transcript's length.
-    HttpResponse::Ok().json(transcript(bytes as f64 / PCM_BYTES_PER_SEC as f64))
-}
-
-async fn transcribe_pcm(state: web::Data<SimState>, mut body: web::Payload) -> HttpResponse {
-    state.pcm_bytes_received.store(0, Ordering::SeqCst);
-    let mut bytes = 0u64;
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else {
-            return HttpResponse::BadRequest().json(json!({"detail": "upload interrupted"}));
-        };
-        bytes += chunk.len() as u64;
-        state.pcm_bytes_received.store(bytes, Ordering::SeqCst);
-    }
-    if let Err(answer) = occupy_gpu(&state).await {
-        return answer;
-    }
-    state.transcribed.fetch_add(1, Ordering::SeqCst);
-    HttpResponse::Ok().json(transcript(bytes as f64 / PCM_BYTES_PER_SEC as f64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::sniff_image;
 
     #[test]
     fn pngs_are_valid_and_depend_on_the_prompt() {
@@ -340,11 +264,18 @@ mod tests {
         let decoder = png::Decoder::new(std::io::Cursor::new(a));
         let reader = decoder.read_info().unwrap();
         assert_eq!(reader.info().width, 16);
+        // Sides past 64 pixels, as a 512x512 request draws, are fine too.
+        assert_eq!(
+            sniff_image(&render_png("a cat", 256, 2, 20)),
+            Some("image/png")
+        );
     }
 
     #[test]
-    fn short_audio_gets_the_backends_own_answer() {
-        assert_eq!(transcript(0.5)["code"], 1);
-        assert_eq!(transcript(5.0)["segments"].as_array().unwrap().len(), 2);
+    fn segments_cover_the_audio_in_steps_of_two_and_a_half_seconds() {
+        let segments = simulated_segments(6.0);
+        let spans: Vec<_> = segments.iter().map(|(s, e, _)| (*s, *e)).collect();
+        assert_eq!(spans, [(0.0, 2.5), (2.5, 5.0), (5.0, 6.0)]);
+        assert_eq!(segments[2].2, "simulated segment 3");
     }
 }
