@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
+use actix_web::dev::{ServerHandle, Service};
+use actix_web::http::header::HeaderMap;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use rand::Rng;
 use tokio::sync::Semaphore;
@@ -50,6 +51,19 @@ impl Default for SimConfig {
     }
 }
 
+/// The W3C trace context headers requests carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceHeadersSeen {
+    /// The last `traceparent` received.
+    pub traceparent: Option<String>,
+    /// The last `tracestate` received.
+    pub tracestate: Option<String>,
+    /// Requests that carried a `traceparent`.
+    pub with_traceparent: u64,
+    /// Requests that carried a `tracestate`.
+    pub with_tracestate: u64,
+}
+
 /// Live knobs and counters, shared with whoever started the simulator.
 pub struct SimState {
     config: Mutex<SimConfig>,
@@ -63,6 +77,7 @@ pub struct SimState {
     arrived_prompts: Mutex<Vec<String>>,
     /// Bytes of the PCM upload in progress received so far (for streaming tests).
     pub pcm_bytes_received: AtomicU64,
+    trace_headers: Mutex<TraceHeadersSeen>,
 }
 
 impl SimState {
@@ -76,6 +91,7 @@ impl SimState {
             pings: AtomicU64::new(0),
             arrived_prompts: Mutex::new(Vec::new()),
             pcm_bytes_received: AtomicU64::new(0),
+            trace_headers: Mutex::new(TraceHeadersSeen::default()),
         }
     }
 
@@ -92,6 +108,23 @@ impl SimState {
             .lock()
             .expect("sim prompts lock")
             .push(prompt.to_string());
+    }
+
+    fn record_trace_headers(&self, headers: &HeaderMap) {
+        let value = |name| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let mut seen = self.trace_headers.lock().expect("sim trace lock");
+        if let Some(traceparent) = value("traceparent") {
+            seen.traceparent = Some(traceparent);
+            seen.with_traceparent += 1;
+        }
+        if let Some(tracestate) = value("tracestate") {
+            seen.tracestate = Some(tracestate);
+            seen.with_tracestate += 1;
+        }
     }
 }
 
@@ -110,9 +143,14 @@ impl SimBackend {
         let state = Arc::new(SimState::new(config));
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
+            let state = data.clone();
             App::new()
                 .app_data(data.clone())
                 .app_data(web::JsonConfig::default().limit(1024 * 1024))
+                .wrap_fn(move |req, service| {
+                    state.record_trace_headers(req.headers());
+                    service.call(req)
+                })
                 .configure(qwen::configure)
                 .configure(fastwhisper::configure)
         })
@@ -166,6 +204,15 @@ impl SimBackend {
 
     pub fn generated(&self) -> u64 {
         self.state.generated.load(Ordering::SeqCst)
+    }
+
+    /// The trace context headers received so far, on any route.
+    pub fn trace_headers(&self) -> TraceHeadersSeen {
+        self.state
+            .trace_headers
+            .lock()
+            .expect("sim trace lock")
+            .clone()
     }
 
     pub async fn stop(self) {
@@ -268,6 +315,40 @@ mod tests {
         assert_eq!(
             sniff_image(&render_png("a cat", 256, 2, 20)),
             Some("image/png")
+        );
+    }
+
+    #[actix_web::test]
+    async fn every_route_records_the_trace_context_it_received() {
+        let sim = SimBackend::start(SimConfig::default(), "127.0.0.1", 0).unwrap();
+        let client = awc::Client::default();
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        client
+            .get(format!("{}/ping", sim.url()))
+            .insert_header(("traceparent", parent))
+            .insert_header(("tracestate", "congo=t61rcWkgMzE"))
+            .send()
+            .await
+            .unwrap();
+        client
+            .get(format!("{}/v1/models", sim.url()))
+            .send()
+            .await
+            .unwrap();
+        client
+            .get(format!("{}/no/such/route", sim.url()))
+            .insert_header(("traceparent", parent.replace("-01", "-00")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            sim.trace_headers(),
+            TraceHeadersSeen {
+                traceparent: Some(parent.replace("-01", "-00")),
+                tracestate: Some("congo=t61rcWkgMzE".into()),
+                with_traceparent: 2,
+                with_tracestate: 1,
+            }
         );
     }
 
