@@ -1,6 +1,8 @@
 //! Clients for the backend protocols the existing Python servers speak.
 
+mod answers;
 pub mod fastwhisper;
+pub mod openai;
 pub mod qwen;
 pub mod transcript_formats;
 
