@@ -1,13 +1,15 @@
-//! A simulated GPU backend speaking both backend protocols ("qwen" image and
-//! "fastwhisper" speech), for tests, benchmarks and demo mode. Each protocol's routes
+//! A simulated GPU backend speaking the backend protocols ("qwen" image, "fastwhisper"
+//! speech, "openai" speech), for tests, benchmarks and demo mode. Each protocol's routes
 //! live in a file of their own; this one holds what they share: the knobs, the
 //! counters, the "GPU" and the images.
 //!
 //! Knobs: latency per call, failure rate (HTTP 500), hang rate (never answers), capacity
 //! (concurrent calls; extra calls wait their turn, as on a GPU) and readiness of `/ping`.
-//! Images are real PNGs whose pixels depend on the prompt.
+//! For client tests: malformed JSON. Images are real PNGs whose pixels depend on the
+//! prompt.
 
 mod fastwhisper;
+mod openai;
 mod qwen;
 
 use std::net::{SocketAddr, TcpListener};
@@ -21,8 +23,12 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
+pub use openai::{TranscriptionSeen, WavHeaderSeen};
+
 /// Bytes per second of 16 kHz 16-bit mono PCM.
 const PCM_BYTES_PER_SEC: u64 = 32_000;
+/// What every answer of the malformed-JSON knob is: JSON cut off mid-way.
+const MALFORMED_JSON: &str = r#"{"data": [{"b64_json": "iVBORw0KGgo"#;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct SimConfig {
@@ -38,6 +44,9 @@ pub struct SimConfig {
     /// Calls served at once; the rest wait.
     #[arg(long, default_value_t = 1)]
     pub capacity: usize,
+    /// Answer transcription calls with malformed JSON.
+    #[arg(long)]
+    pub malformed_json: bool,
 }
 
 impl Default for SimConfig {
@@ -47,6 +56,7 @@ impl Default for SimConfig {
             failure_rate: 0.0,
             hang_rate: 0.0,
             capacity: 1,
+            malformed_json: false,
         }
     }
 }
@@ -77,6 +87,10 @@ pub struct SimState {
     arrived_prompts: Mutex<Vec<String>>,
     /// Bytes of the PCM upload in progress received so far (for streaming tests).
     pub pcm_bytes_received: AtomicU64,
+    /// Bytes of the file of the `/v1/audio/transcriptions` upload in progress received so
+    /// far, a WAV header included (for streaming tests).
+    pub transcription_bytes_received: AtomicU64,
+    last_transcription: Mutex<Option<TranscriptionSeen>>,
     trace_headers: Mutex<TraceHeadersSeen>,
 }
 
@@ -91,6 +105,8 @@ impl SimState {
             pings: AtomicU64::new(0),
             arrived_prompts: Mutex::new(Vec::new()),
             pcm_bytes_received: AtomicU64::new(0),
+            transcription_bytes_received: AtomicU64::new(0),
+            last_transcription: Mutex::new(None),
             trace_headers: Mutex::new(TraceHeadersSeen::default()),
         }
     }
@@ -126,6 +142,16 @@ impl SimState {
             seen.with_tracestate += 1;
         }
     }
+
+    /// `answer` as JSON, or malformed JSON under that knob.
+    fn json_answer(&self, answer: serde_json::Value) -> HttpResponse {
+        if self.knobs().malformed_json {
+            return HttpResponse::Ok()
+                .content_type("application/json")
+                .body(MALFORMED_JSON);
+        }
+        HttpResponse::Ok().json(answer)
+    }
 }
 
 /// A running simulator.
@@ -153,6 +179,7 @@ impl SimBackend {
                 })
                 .configure(qwen::configure)
                 .configure(fastwhisper::configure)
+                .configure(openai::configure)
         })
         .workers(1)
         .disable_signals()
@@ -172,25 +199,26 @@ impl SimBackend {
         format!("http://{}", self.addr)
     }
 
+    fn tune(&self, change: impl FnOnce(&mut SimConfig)) {
+        change(&mut self.state.config.lock().expect("sim config lock"));
+    }
+
     /// Whether `/ping` reports ready.
     pub fn set_ready(&self, ready: bool) {
         self.state.ready.store(ready, Ordering::SeqCst);
     }
 
     pub fn set_failure_rate(&self, rate: f64) {
-        self.state
-            .config
-            .lock()
-            .expect("sim config lock")
-            .failure_rate = rate;
+        self.tune(|config| config.failure_rate = rate);
     }
 
     pub fn set_latency(&self, latency: Duration) {
-        self.state
-            .config
-            .lock()
-            .expect("sim config lock")
-            .latency_ms = latency.as_millis() as u64;
+        self.tune(|config| config.latency_ms = latency.as_millis() as u64);
+    }
+
+    /// Whether transcription calls answer malformed JSON.
+    pub fn set_malformed_json(&self, on: bool) {
+        self.tune(|config| config.malformed_json = on);
     }
 
     /// Prompts in the order their generation requests arrived.
@@ -204,6 +232,15 @@ impl SimBackend {
 
     pub fn generated(&self) -> u64 {
         self.state.generated.load(Ordering::SeqCst)
+    }
+
+    /// What the last `/v1/audio/transcriptions` request sent.
+    pub fn last_transcription(&self) -> Option<TranscriptionSeen> {
+        self.state
+            .last_transcription
+            .lock()
+            .expect("sim transcription lock")
+            .clone()
     }
 
     /// The trace context headers received so far, on any route.

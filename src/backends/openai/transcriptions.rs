@@ -193,7 +193,170 @@ impl From<VerboseTranscription> for SpeechToTextResponse {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
     use super::*;
+    use crate::backends::fastwhisper::{self, body_channel};
+    use crate::simulator::{SimBackend, SimConfig, TranscriptionSeen, WavHeaderSeen};
+
+    fn sim() -> SimBackend {
+        let config = SimConfig {
+            latency_ms: 0,
+            ..SimConfig::default()
+        };
+        SimBackend::start(config, "127.0.0.1", 0).unwrap()
+    }
+
+    /// Uploads `opening`, then `chunks`, then the form's closing, as one streamed body.
+    async fn upload(
+        sim: &SimBackend,
+        form: &TranscriptionForm,
+        opening: Bytes,
+        chunks: Vec<Vec<u8>>,
+    ) -> Result<SpeechToTextResponse, BackendError> {
+        let (sender, body) = body_channel(Duration::from_secs(5));
+        let (client, base, content_type) = (fastwhisper::client(), sim.url(), form.content_type());
+        let call = transcribe(&client, &base, &content_type, body);
+        let feed = async {
+            sender.send(opening).await?;
+            for chunk in chunks {
+                sender.send(Bytes::from(chunk)).await?;
+            }
+            sender.send(form.closing()).await?;
+            sender.finish().await
+        };
+        let (answer, fed) = tokio::join!(call, feed);
+        fed.expect("the upload went through");
+        answer
+    }
+
+    #[actix_web::test]
+    async fn an_uploaded_file_is_transcribed_into_our_segments() {
+        let sim = sim();
+        let form = TranscriptionForm::new("sim-whisper");
+        let opening = form.opening("memo.mp3", "audio/mpeg");
+        // Three seconds' worth of 16 kHz 16-bit audio, as the simulator counts.
+        let answer = upload(&sim, &form, opening, vec![vec![7; 96_000]])
+            .await
+            .unwrap();
+        assert_eq!(answer.code, 0);
+        assert_eq!(answer.language.as_deref(), Some("english"));
+        assert_eq!(answer.language_probability, None);
+        assert_eq!(
+            spans(&answer),
+            [
+                (0.0, 2.5, "simulated segment 1"),
+                (2.5, 3.0, "simulated segment 2")
+            ]
+        );
+        assert_eq!(
+            sim.last_transcription().unwrap(),
+            TranscriptionSeen {
+                fields: vec!["model".into(), "response_format".into(), "file".into()],
+                model: Some("sim-whisper".into()),
+                response_format: Some("verbose_json".into()),
+                language: None,
+                filename: Some("memo.mp3".into()),
+                file_content_type: Some("audio/mpeg".into()),
+                file_bytes: 96_000,
+                wav_header: WavHeaderSeen::NotWav,
+            }
+        );
+    }
+
+    #[actix_web::test]
+    async fn pcm_streams_as_a_wav_the_backend_hears_before_the_last_chunk() {
+        let sim = sim();
+        let form = TranscriptionForm::new("sim-whisper");
+        let (sender, body) = body_channel(Duration::from_secs(5));
+        let (client, base, content_type) = (fastwhisper::client(), sim.url(), form.content_type());
+        let call = transcribe(&client, &base, &content_type, body);
+        let received = || {
+            sim.state
+                .transcription_bytes_received
+                .load(Ordering::SeqCst)
+        };
+        let feed = async {
+            sender.send(form.pcm_opening()).await?;
+            // Four seconds of PCM in ten chunks; before the last one the simulator must
+            // already have some: a client that buffered the body could not pass this.
+            let mut heard_early = false;
+            for chunk in 0..10 {
+                if chunk == 9 {
+                    for _ in 0..500 {
+                        if received() > 0 {
+                            heard_early = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                sender.send(Bytes::from(vec![0u8; 12_800])).await?;
+            }
+            sender.send(form.closing()).await?;
+            sender.finish().await?;
+            Ok::<_, BackendError>(heard_early)
+        };
+        let (answer, heard_early) = tokio::join!(call, feed);
+        assert!(
+            heard_early.unwrap(),
+            "the backend had nothing before the last chunk"
+        );
+        let answer = answer.unwrap();
+        assert_eq!(answer.segments.as_ref().unwrap().last().unwrap().end, 4.0);
+        let seen = sim.last_transcription().unwrap();
+        assert_eq!(seen.wav_header, WavHeaderSeen::Pcm16kMono);
+        assert_eq!(
+            (seen.filename.as_deref(), seen.file_content_type.as_deref()),
+            (Some("audio.wav"), Some("audio/wav"))
+        );
+        assert_eq!(seen.file_bytes, 44 + 128_000);
+        assert_eq!(received(), 44 + 128_000);
+    }
+
+    #[actix_web::test]
+    async fn under_a_second_of_audio_is_the_servers_refusal() {
+        let sim = sim();
+        let form = TranscriptionForm::new("sim-whisper");
+        let short = upload(&sim, &form, form.pcm_opening(), vec![vec![0; 16_000]]).await;
+        match short {
+            Err(BackendError::Status {
+                status: 400,
+                detail,
+            }) => {
+                assert!(detail.contains("audio too short"), "{detail}")
+            }
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_malformed_transcript_is_a_bad_answer() {
+        let sim = sim();
+        sim.set_malformed_json(true);
+        let form = TranscriptionForm::new("sim-whisper");
+        let opening = form.opening("memo.mp3", "audio/mpeg");
+        match upload(&sim, &form, opening, vec![vec![7; 64_000]]).await {
+            Err(BackendError::BadAnswer(reason)) => {
+                assert!(reason.contains("not verbose_json"), "{reason}")
+            }
+            other => panic!("expected a bad answer, got {other:?}"),
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_failing_server_is_a_status_error() {
+        let sim = sim();
+        sim.set_failure_rate(1.0);
+        let form = TranscriptionForm::new("sim-whisper");
+        let opening = form.opening("memo.mp3", "audio/mpeg");
+        let failed = upload(&sim, &form, opening, vec![vec![7; 64_000]]).await;
+        assert!(
+            matches!(failed, Err(BackendError::Status { status: 500, .. })),
+            "{failed:?}"
+        );
+    }
 
     fn mapped(answer: &str) -> SpeechToTextResponse {
         serde_json::from_str::<VerboseTranscription>(answer)
