@@ -1,17 +1,20 @@
-//! A simulated GPU backend speaking the backend protocols ("qwen" image, "fastwhisper"
-//! speech, "openai" speech), for tests, benchmarks and demo mode. Each protocol's routes
-//! live in a file of their own; this one holds what they share: the knobs, the
-//! counters, the "GPU" and the images.
+//! A simulated GPU backend speaking every backend protocol ("qwen" image, "fastwhisper"
+//! speech, "openai" image and speech, "a1111" image), for tests, benchmarks and demo
+//! mode. Each protocol's routes live in a file of their own; this one holds what they
+//! share: the knobs, the counters, the "GPU" and the images.
 //!
 //! Knobs: latency per call, failure rate (HTTP 500), hang rate (never answers), capacity
-//! (concurrent calls; extra calls wait their turn, as on a GPU) and readiness of `/ping`.
-//! For client tests: malformed JSON. Images are real PNGs whose pixels depend on the
-//! prompt.
+//! (concurrent calls; extra calls wait their turn, as on a GPU) and readiness of the
+//! health routes. For client tests: answering an image by URL, malformed JSON, images
+//! padded past a cap, and bytes that are no image at all. Images are real PNGs whose
+//! pixels depend on the prompt.
 
+mod a1111;
 mod fastwhisper;
 mod openai;
 mod qwen;
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,8 @@ pub use openai::{TranscriptionSeen, WavHeaderSeen};
 
 /// Bytes per second of 16 kHz 16-bit mono PCM.
 const PCM_BYTES_PER_SEC: u64 = 32_000;
+/// Images answered by URL that stay fetchable: the latest ones.
+const KEPT_FILES: usize = 16;
 /// What every answer of the malformed-JSON knob is: JSON cut off mid-way.
 const MALFORMED_JSON: &str = r#"{"data": [{"b64_json": "iVBORw0KGgo"#;
 
@@ -44,9 +49,18 @@ pub struct SimConfig {
     /// Calls served at once; the rest wait.
     #[arg(long, default_value_t = 1)]
     pub capacity: usize,
-    /// Answer transcription calls with malformed JSON.
+    /// Answer OpenAI image generations with a `url` to fetch instead of `b64_json`.
+    #[arg(long)]
+    pub answer_url: bool,
+    /// Answer OpenAI, A1111 and transcription calls with malformed JSON.
     #[arg(long)]
     pub malformed_json: bool,
+    /// Pad every image to at least this many bytes (0: no padding), to test answer caps.
+    #[arg(long, default_value_t = 0)]
+    pub answer_bytes: usize,
+    /// Answer image calls with random bytes that are no image (labelled image/png).
+    #[arg(long)]
+    pub garbage_image: bool,
 }
 
 impl Default for SimConfig {
@@ -56,7 +70,10 @@ impl Default for SimConfig {
             failure_rate: 0.0,
             hang_rate: 0.0,
             capacity: 1,
+            answer_url: false,
             malformed_json: false,
+            answer_bytes: 0,
+            garbage_image: false,
         }
     }
 }
@@ -91,6 +108,11 @@ pub struct SimState {
     /// far, a WAV header included (for streaming tests).
     pub transcription_bytes_received: AtomicU64,
     last_transcription: Mutex<Option<TranscriptionSeen>>,
+    /// The JSON body of the last OpenAI or A1111 image request.
+    last_image_request: Mutex<Option<serde_json::Value>>,
+    /// Images answered by URL, by number; bounded to the latest [`KEPT_FILES`].
+    files: Mutex<VecDeque<(u64, Vec<u8>)>>,
+    next_file: AtomicU64,
     trace_headers: Mutex<TraceHeadersSeen>,
 }
 
@@ -107,6 +129,9 @@ impl SimState {
             pcm_bytes_received: AtomicU64::new(0),
             transcription_bytes_received: AtomicU64::new(0),
             last_transcription: Mutex::new(None),
+            last_image_request: Mutex::new(None),
+            files: Mutex::new(VecDeque::new()),
+            next_file: AtomicU64::new(0),
             trace_headers: Mutex::new(TraceHeadersSeen::default()),
         }
     }
@@ -126,6 +151,10 @@ impl SimState {
             .push(prompt.to_string());
     }
 
+    fn record_image_request(&self, request: &serde_json::Value) {
+        *self.last_image_request.lock().expect("sim request lock") = Some(request.clone());
+    }
+
     fn record_trace_headers(&self, headers: &HeaderMap) {
         let value = |name| {
             headers
@@ -141,6 +170,39 @@ impl SimState {
             seen.tracestate = Some(tracestate);
             seen.with_tracestate += 1;
         }
+    }
+
+    /// The image a generation answers: the prompt's PNG (padded to the `answer_bytes`
+    /// knob), or bytes that are no image at all under the garbage knob.
+    fn image(&self, prompt: &str, width: u32, height: u32, steps: u32) -> Vec<u8> {
+        let knobs = self.knobs();
+        if knobs.garbage_image {
+            return garbage();
+        }
+        let png = render_png(prompt, width, height, steps);
+        if png.len() >= knobs.answer_bytes {
+            return png;
+        }
+        encode_png(prompt, width, height, steps, knobs.answer_bytes - png.len())
+    }
+
+    /// Keeps `bytes` fetchable at `/files/{n}.png`; returns that path.
+    fn keep_file(&self, bytes: Vec<u8>) -> String {
+        let number = self.next_file.fetch_add(1, Ordering::SeqCst);
+        let mut files = self.files.lock().expect("sim files lock");
+        if files.len() == KEPT_FILES {
+            files.pop_front();
+        }
+        files.push_back((number, bytes));
+        format!("/files/{number}.png")
+    }
+
+    fn kept_file(&self, number: u64) -> Option<Vec<u8>> {
+        let files = self.files.lock().expect("sim files lock");
+        files
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, bytes)| bytes.clone())
     }
 
     /// `answer` as JSON, or malformed JSON under that knob.
@@ -180,6 +242,7 @@ impl SimBackend {
                 .configure(qwen::configure)
                 .configure(fastwhisper::configure)
                 .configure(openai::configure)
+                .configure(a1111::configure)
         })
         .workers(1)
         .disable_signals()
@@ -203,7 +266,7 @@ impl SimBackend {
         change(&mut self.state.config.lock().expect("sim config lock"));
     }
 
-    /// Whether `/ping` reports ready.
+    /// Whether the health routes (`/ping`, `/v1/models`, `/sdapi/v1/options`) report ready.
     pub fn set_ready(&self, ready: bool) {
         self.state.ready.store(ready, Ordering::SeqCst);
     }
@@ -212,13 +275,32 @@ impl SimBackend {
         self.tune(|config| config.failure_rate = rate);
     }
 
+    pub fn set_hang_rate(&self, rate: f64) {
+        self.tune(|config| config.hang_rate = rate);
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         self.tune(|config| config.latency_ms = latency.as_millis() as u64);
     }
 
-    /// Whether transcription calls answer malformed JSON.
+    /// Whether OpenAI image generations answer a `url` instead of `b64_json`.
+    pub fn set_answer_url(&self, on: bool) {
+        self.tune(|config| config.answer_url = on);
+    }
+
+    /// Whether OpenAI, A1111 and transcription calls answer malformed JSON.
     pub fn set_malformed_json(&self, on: bool) {
         self.tune(|config| config.malformed_json = on);
+    }
+
+    /// Pads every image to at least `bytes` (0: no padding).
+    pub fn set_answer_bytes(&self, bytes: usize) {
+        self.tune(|config| config.answer_bytes = bytes);
+    }
+
+    /// Whether image calls answer random bytes that are no image.
+    pub fn set_garbage_image(&self, on: bool) {
+        self.tune(|config| config.garbage_image = on);
     }
 
     /// Prompts in the order their generation requests arrived.
@@ -232,6 +314,15 @@ impl SimBackend {
 
     pub fn generated(&self) -> u64 {
         self.state.generated.load(Ordering::SeqCst)
+    }
+
+    /// The JSON body of the last OpenAI or A1111 image request.
+    pub fn last_image_request(&self) -> Option<serde_json::Value> {
+        self.state
+            .last_image_request
+            .lock()
+            .expect("sim request lock")
+            .clone()
     }
 
     /// What the last `/v1/audio/transcriptions` request sent.
@@ -304,8 +395,21 @@ fn simulated_segments(seconds: f64) -> Vec<(f64, f64, String)> {
     segments
 }
 
+/// Bytes that no image format starts with.
+fn garbage() -> Vec<u8> {
+    let mut bytes = b"not an image: ".to_vec();
+    let mut rng = rand::thread_rng();
+    bytes.extend((0..1024).map(|_| rng.gen::<u8>()));
+    bytes
+}
+
 /// A valid PNG whose pixels are a function of the prompt.
 pub fn render_png(prompt: &str, width: u32, height: u32, steps: u32) -> Vec<u8> {
+    encode_png(prompt, width, height, steps, 0)
+}
+
+/// [`render_png`] with a text chunk of `padding` bytes, for answers of a given size.
+fn encode_png(prompt: &str, width: u32, height: u32, steps: u32, padding: usize) -> Vec<u8> {
     let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in prompt.bytes() {
         seed = (seed ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
@@ -325,6 +429,11 @@ pub fn render_png(prompt: &str, width: u32, height: u32, steps: u32) -> Vec<u8> 
     let mut encoder = png::Encoder::new(&mut out, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
+    if padding > 0 {
+        encoder
+            .add_text_chunk("Comment".into(), "x".repeat(padding))
+            .expect("an ASCII text chunk");
+    }
     let mut writer = encoder.write_header().expect("in-memory PNG header");
     writer
         .write_image_data(&pixels)
@@ -352,6 +461,59 @@ mod tests {
         assert_eq!(
             sniff_image(&render_png("a cat", 256, 2, 20)),
             Some("image/png")
+        );
+    }
+
+    #[test]
+    fn padded_images_are_still_valid_pngs_of_at_least_the_size_asked() {
+        let state = SimState::new(SimConfig {
+            answer_bytes: 50_000,
+            ..SimConfig::default()
+        });
+        let padded = state.image("a cat", 16, 16, 20);
+        assert!(
+            padded.len() >= 50_000 && padded.len() < 50_200,
+            "{}",
+            padded.len()
+        );
+        let mut reader = png::Decoder::new(std::io::Cursor::new(padded))
+            .read_info()
+            .unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size()];
+        reader.next_frame(&mut pixels).unwrap();
+        assert_eq!(pixels.len(), 16 * 16 * 3);
+        let unpadded = SimState::new(SimConfig::default()).image("a cat", 16, 16, 20);
+        assert_eq!(unpadded, render_png("a cat", 16, 16, 20));
+    }
+
+    #[test]
+    fn garbage_is_no_image() {
+        let state = SimState::new(SimConfig {
+            garbage_image: true,
+            ..SimConfig::default()
+        });
+        let garbage = state.image("a cat", 16, 16, 20);
+        assert_eq!(sniff_image(&garbage), None);
+        assert_ne!(
+            garbage,
+            state.image("a cat", 16, 16, 20),
+            "random each time"
+        );
+    }
+
+    #[test]
+    fn only_the_latest_files_are_kept() {
+        let state = SimState::new(SimConfig::default());
+        let first = state.keep_file(vec![1]);
+        assert_eq!(first, "/files/0.png");
+        for n in 1..=KEPT_FILES as u8 {
+            state.keep_file(vec![n]);
+        }
+        assert_eq!(state.kept_file(0), None);
+        assert_eq!(state.kept_file(1), Some(vec![1]));
+        assert_eq!(
+            state.kept_file(KEPT_FILES as u64),
+            Some(vec![KEPT_FILES as u8])
         );
     }
 

@@ -1,14 +1,18 @@
-//! The simulator's "openai" route: `POST /v1/audio/transcriptions`.
+//! The simulator's "openai" routes: `GET /v1/models`, `POST /v1/images/generations` (with
+//! `GET /files/{n}.png` for images answered by URL) and `POST /v1/audio/transcriptions`.
 
 use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_multipart::{Field, Multipart};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::json;
 
-use super::{occupy_gpu, simulated_segments, SimState, PCM_BYTES_PER_SEC};
+use super::{drawn_side, occupy_gpu, simulated_segments, SimState, PCM_BYTES_PER_SEC};
 
 /// Bytes of a WAV header as our clients write it: RIFF, one fmt chunk, the data chunk.
 const WAV_HEADER_BYTES: usize = 44;
@@ -16,7 +20,10 @@ const WAV_HEADER_BYTES: usize = 44;
 const MAX_FIELD_BYTES: usize = 1024;
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/audio/transcriptions", web::post().to(transcriptions));
+    cfg.route("/v1/models", web::get().to(models))
+        .route("/v1/images/generations", web::post().to(generations))
+        .route("/files/{name}", web::get().to(file))
+        .route("/v1/audio/transcriptions", web::post().to(transcriptions));
 }
 
 /// What a `/v1/audio/transcriptions` request sent.
@@ -51,6 +58,89 @@ fn openai_error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({"error": {
         "message": message, "type": "invalid_request_error", "param": null, "code": null,
     }}))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+async fn models(state: web::Data<SimState>) -> HttpResponse {
+    state.pings.fetch_add(1, Ordering::Relaxed);
+    if !state.is_ready() {
+        return openai_error(StatusCode::SERVICE_UNAVAILABLE, "model is loading");
+    }
+    HttpResponse::Ok().json(json!({"object": "list", "data": [
+        {"id": "sim-image", "object": "model"},
+        {"id": "sim-whisper", "object": "model"},
+    ]}))
+}
+
+#[derive(Deserialize)]
+struct GenerationRequest {
+    prompt: String,
+    size: Option<String>,
+    steps: Option<u32>,
+    response_format: Option<String>,
+}
+
+/// `"WxH"` as a width and height.
+fn parse_size(size: &str) -> Option<(u32, u32)> {
+    let (width, height) = size.split_once('x')?;
+    let side = |text: &str| text.parse().ok().filter(|side| (1..=4096).contains(side));
+    Some((side(width)?, side(height)?))
+}
+
+async fn generations(
+    req: HttpRequest,
+    state: web::Data<SimState>,
+    body: web::Json<serde_json::Value>,
+) -> HttpResponse {
+    state.record_image_request(&body);
+    let request: GenerationRequest = match serde_json::from_value(body.into_inner()) {
+        Ok(request) => request,
+        Err(e) => return openai_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    if request.prompt.trim().is_empty() {
+        return openai_error(StatusCode::BAD_REQUEST, "prompt must not be empty");
+    }
+    let (width, height) = match request.size.as_deref().map(parse_size) {
+        None => (None, None),
+        Some(Some((width, height))) => (Some(width), Some(height)),
+        Some(None) => return openai_error(StatusCode::BAD_REQUEST, "size must be WIDTHxHEIGHT"),
+    };
+    state.record_prompt(&request.prompt);
+    if let Err(answer) = occupy_gpu(&state).await {
+        return answer;
+    }
+    state.generated.fetch_add(1, Ordering::SeqCst);
+    let image = state.image(
+        &request.prompt,
+        drawn_side(width),
+        drawn_side(height),
+        request.steps.unwrap_or(20),
+    );
+    let by_url = state.knobs().answer_url || request.response_format.as_deref() == Some("url");
+    let item = if by_url {
+        let path = state.keep_file(image);
+        let host = req.connection_info().host().to_string();
+        json!({"url": format!("http://{host}{path}")})
+    } else {
+        json!({"b64_json": base64::engine::general_purpose::STANDARD.encode(image)})
+    };
+    state.json_answer(json!({"created": unix_now(), "data": [item]}))
+}
+
+async fn file(state: web::Data<SimState>, name: web::Path<String>) -> HttpResponse {
+    let kept = name
+        .strip_suffix(".png")
+        .and_then(|number| number.parse().ok())
+        .and_then(|number| state.kept_file(number));
+    match kept {
+        Some(bytes) => HttpResponse::Ok().content_type("image/png").body(bytes),
+        None => HttpResponse::NotFound().body("no such file"),
+    }
 }
 
 /// Reads a text field of at most [`MAX_FIELD_BYTES`].
@@ -219,6 +309,14 @@ mod tests {
         let seen = sim.last_transcription().unwrap();
         assert_eq!(seen.language.as_deref(), Some("en"));
         assert_eq!(seen.response_format, None);
+    }
+
+    #[test]
+    fn sizes_are_width_by_height() {
+        assert_eq!(parse_size("320x192"), Some((320, 192)));
+        for bad in ["320", "x192", "320x", "0x10", "10x5000", "axb", "320X192"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
     }
 
     #[test]

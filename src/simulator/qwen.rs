@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{drawn_side, occupy_gpu, render_png, SimState};
+use super::{drawn_side, occupy_gpu, SimState};
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ping", web::get().to(ping))
@@ -44,11 +44,37 @@ async fn generate(state: web::Data<SimState>, body: web::Json<GenerateRequest>) 
         return answer;
     }
     state.generated.fetch_add(1, Ordering::SeqCst);
-    let png = render_png(
+    let image = state.image(
         &body.prompt,
         drawn_side(body.width),
         drawn_side(body.height),
         body.num_inference_steps.unwrap_or(20),
     );
-    HttpResponse::Ok().content_type("image/png").body(png)
+    HttpResponse::Ok().content_type("image/png").body(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backends::sniff_image;
+    use crate::simulator::{SimBackend, SimConfig};
+
+    #[actix_web::test]
+    async fn the_garbage_knob_answers_bytes_labelled_png_that_are_no_image() {
+        let config = SimConfig {
+            latency_ms: 0,
+            garbage_image: true,
+            ..SimConfig::default()
+        };
+        let sim = SimBackend::start(config, "127.0.0.1", 0).unwrap();
+        let mut response = awc::Client::default()
+            .post(format!("{}/generate", sim.url()))
+            .send_json(&serde_json::json!({"prompt": "a cat"}))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers().get("content-type").unwrap(), "image/png");
+        let body = response.body().await.unwrap();
+        assert!(!body.is_empty());
+        assert_eq!(sniff_image(&body), None);
+    }
 }
