@@ -1,8 +1,11 @@
-//! Reading backends' answers over HTTP: the status check and the size cap.
+//! Reading backends' answers over HTTP: the status check, the size cap, the error a
+//! failed send stands for, and the up-or-down probe of a health route.
+
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
-use awc::error::PayloadError;
+use awc::error::{PayloadError, SendRequestError};
 use futures_util::Stream;
 
 use super::{error_detail, BackendError};
@@ -11,6 +14,14 @@ use super::{error_detail, BackendError};
 const ERROR_DETAIL_BYTES: usize = 2048;
 /// Largest error body read, of which [`ERROR_DETAIL_BYTES`] are kept.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The error a failed send stands for, `timeout` being the one the request had.
+pub(super) fn send_error(error: SendRequestError, timeout: Duration) -> BackendError {
+    match error {
+        SendRequestError::Timeout => BackendError::Timeout(timeout.as_secs()),
+        other => BackendError::Transport(other.to_string()),
+    }
+}
 
 /// The body of a 200 answer, at most `max_bytes` of it; any other status is an error
 /// carrying the start of its body. `what` names the body in errors.
@@ -40,4 +51,27 @@ where
         }
         other => BackendError::Transport(format!("reading the {what}: {other}")),
     })
+}
+
+/// `GET {base}{path}` within `timeout`: a 200 means the instance is up, anything else
+/// is the reason it is not.
+pub(super) async fn probe_route(
+    client: &awc::Client,
+    base: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let request = client
+        .get(format!("{}{path}", base.trim_end_matches('/')))
+        .timeout(timeout)
+        .send();
+    match tokio::time::timeout(timeout, request).await {
+        Ok(Ok(response)) if response.status() == StatusCode::OK => Ok(()),
+        Ok(Ok(response)) => Err(format!("GET {path} answered {}", response.status())),
+        Ok(Err(SendRequestError::Timeout)) | Err(_) => Err(format!(
+            "GET {path} timed out after {}s",
+            timeout.as_secs_f64()
+        )),
+        Ok(Err(e)) => Err(format!("GET {path} failed: {e}")),
+    }
 }

@@ -1,7 +1,10 @@
-//! Clients for the backend protocols the existing Python servers speak.
+//! Clients for the backend protocols: those the existing Python servers speak (qwen,
+//! fastwhisper), OpenAI-compatible servers, and AUTOMATIC1111's API.
 
+pub mod a1111;
 mod answers;
 pub mod fastwhisper;
+mod json_images;
 pub mod openai;
 pub mod qwen;
 pub mod transcript_formats;
