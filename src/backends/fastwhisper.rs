@@ -145,6 +145,14 @@ impl FileForm {
         ))
     }
 
+    /// A text field before the file part, for protocols that want more than the file.
+    pub fn text_field(&self, name: &str, value: &str) -> Bytes {
+        Bytes::from(format!(
+            "--{}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n",
+            self.boundary
+        ))
+    }
+
     /// Everything after the file's bytes.
     pub fn closing(&self) -> Bytes {
         Bytes::from(format!("\r\n--{}--\r\n", self.boundary))
@@ -221,6 +229,18 @@ mod tests {
         );
         assert!(text.starts_with(&format!("--{}\r\n", form.boundary)));
         assert_eq!(form.closing(), format!("\r\n--{}--\r\n", form.boundary));
+    }
+
+    #[test]
+    fn text_fields_are_parts_of_their_own() {
+        let form = FileForm::default();
+        assert_eq!(
+            form.text_field("model", "whisper-1"),
+            format!(
+                "--{}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n",
+                form.boundary
+            )
+        );
     }
 
     #[test]

@@ -1,7 +1,13 @@
-//! Clients for the backend protocols the existing Python servers speak.
+//! Clients for the backend protocols: those the existing Python servers speak (qwen,
+//! fastwhisper), OpenAI-compatible servers, and AUTOMATIC1111's API.
 
+pub mod a1111;
+mod answers;
 pub mod fastwhisper;
+mod json_images;
+pub mod openai;
 pub mod qwen;
+pub mod transcript_formats;
 
 /// Headers of one backend request beyond its protocol's own: the W3C trace context
 /// (`traceparent`, `tracestate`) of the call's client span.
@@ -75,9 +81,36 @@ pub fn error_detail(body: &[u8], max: usize) -> String {
     }
 }
 
+/// The image format named by the first bytes of `bytes`: PNG, JPEG or WebP.
+pub fn sniff_image(bytes: &[u8]) -> Option<&'static str> {
+    match bytes {
+        [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some("image/png"),
+        [0xFF, 0xD8, 0xFF, ..] => Some("image/jpeg"),
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some("image/webp"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_known_by_their_magic_bytes() {
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        assert_eq!(sniff_image(png), Some("image/png"));
+        assert_eq!(
+            sniff_image(b"\xFF\xD8\xFF\xE0\0\x10JFIF"),
+            Some("image/jpeg")
+        );
+        assert_eq!(sniff_image(b"RIFF\x24\0\0\0WEBPVP8 "), Some("image/webp"));
+        // Near misses: a WAV is RIFF too, a PNG signature cut short is not a PNG.
+        assert_eq!(sniff_image(b"RIFF\x24\0\0\0WAVEfmt "), None);
+        assert_eq!(sniff_image(&png[..7]), None);
+        assert_eq!(sniff_image(b"\xFF\xD8"), None);
+        assert_eq!(sniff_image(b"<html>not an image</html>"), None);
+        assert_eq!(sniff_image(b""), None);
+    }
 
     #[test]
     fn error_detail_is_capped_and_never_empty() {
