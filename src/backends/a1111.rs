@@ -74,7 +74,6 @@ pub async fn probe(client: &awc::Client, base: &str, timeout: Duration) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::fastwhisper;
     use crate::simulator::{render_png, SimBackend, SimConfig};
 
     const MAX_BYTES: usize = 1024 * 1024;
@@ -104,7 +103,7 @@ mod tests {
         max_bytes: usize,
     ) -> Result<GeneratedImage, BackendError> {
         let timeout = Duration::from_secs(10);
-        generate(&fastwhisper::client(), &sim.url(), job, timeout, max_bytes).await
+        generate(&crate::backends::client(), &sim.url(), job, timeout, max_bytes).await
     }
 
     fn bad_answer(result: Result<GeneratedImage, BackendError>) -> String {
@@ -185,7 +184,7 @@ mod tests {
     #[actix_web::test]
     async fn a_server_is_up_while_it_answers_its_options() {
         let sim = sim();
-        let (client, timeout) = (fastwhisper::client(), Duration::from_secs(5));
+        let (client, timeout) = (crate::backends::client(), Duration::from_secs(5));
         assert_eq!(probe(&client, &sim.url(), timeout).await, Ok(()));
         sim.set_ready(false);
         let down = probe(&client, &sim.url(), timeout).await.unwrap_err();

@@ -130,7 +130,6 @@ fn image_url(base: &str, url: &str) -> Result<url::Url, BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::fastwhisper;
     use crate::simulator::{render_png, SimBackend, SimConfig};
 
     const MAX_BYTES: usize = 1024 * 1024;
@@ -161,7 +160,7 @@ mod tests {
     ) -> Result<GeneratedImage, BackendError> {
         let timeout = Duration::from_secs(10);
         generate(
-            &fastwhisper::client(),
+            &crate::backends::client(),
             &sim.url(),
             "sim-image",
             job,
@@ -298,7 +297,7 @@ mod tests {
         let sim = sim();
         sim.set_hang_rate(1.0);
         let timeout = Duration::from_millis(300);
-        let client = fastwhisper::client();
+        let client = crate::backends::client();
         let result = generate(
             &client,
             &sim.url(),

@@ -16,13 +16,12 @@ pub async fn probe(client: &awc::Client, base: &str, timeout: Duration) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::fastwhisper;
     use crate::simulator::{SimBackend, SimConfig};
 
     #[actix_web::test]
     async fn a_server_is_up_while_it_lists_its_models() {
         let sim = SimBackend::start(SimConfig::default(), "127.0.0.1", 0).unwrap();
-        let client = fastwhisper::client();
+        let client = crate::backends::client();
         let timeout = Duration::from_secs(5);
         assert_eq!(probe(&client, &sim.url(), timeout).await, Ok(()));
         sim.set_ready(false);
@@ -38,7 +37,7 @@ mod tests {
             .unwrap()
             .port();
         let base = format!("http://127.0.0.1:{port}");
-        let down = probe(&fastwhisper::client(), &base, Duration::from_secs(5))
+        let down = probe(&crate::backends::client(), &base, Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(down.starts_with("GET /v1/models failed: "), "{down}");

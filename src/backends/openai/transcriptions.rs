@@ -197,7 +197,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::backends::fastwhisper::{self, body_channel};
+    use crate::backends::fastwhisper::body_channel;
     use crate::simulator::{SimBackend, SimConfig, TranscriptionSeen, WavHeaderSeen};
 
     fn sim() -> SimBackend {
@@ -216,7 +216,7 @@ mod tests {
         chunks: Vec<Vec<u8>>,
     ) -> Result<SpeechToTextResponse, BackendError> {
         let (sender, body) = body_channel(Duration::from_secs(5));
-        let (client, base, content_type) = (fastwhisper::client(), sim.url(), form.content_type());
+        let (client, base, content_type) = (crate::backends::client(), sim.url(), form.content_type());
         let call = transcribe(&client, &base, &content_type, body);
         let feed = async {
             sender.send(opening).await?;
@@ -270,7 +270,7 @@ mod tests {
         let sim = sim();
         let form = TranscriptionForm::new("sim-whisper");
         let (sender, body) = body_channel(Duration::from_secs(5));
-        let (client, base, content_type) = (fastwhisper::client(), sim.url(), form.content_type());
+        let (client, base, content_type) = (crate::backends::client(), sim.url(), form.content_type());
         let call = transcribe(&client, &base, &content_type, body);
         let received = || {
             sim.state
