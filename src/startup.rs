@@ -23,16 +23,24 @@ use crate::http;
 use crate::limits::Limits;
 use crate::settings::Settings;
 use crate::speech::SpeechService;
-use crate::store::{self, instances, StoreError};
+use crate::store::{self, DatabaseLock, LockError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("database: {0}")]
     Migration(#[from] sea_orm::DbErr),
     #[error("database: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot listen: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("cannot serve: {0}")]
+    Serve(#[from] std::io::Error),
 }
 
 pub struct Application {
@@ -43,10 +51,36 @@ pub struct Application {
     shutdown_grace: Duration,
     /// The TaskStore's thread, stopped last.
     store_thread: Arbiter,
+    /// This gateway's hold on its SQLite file, released at exit.
+    _lock: Option<DatabaseLock>,
+    /// Asks for the same graceful shutdown as a signal (tests restart in one process).
+    stop: Arc<tokio::sync::Notify>,
+}
+
+/// Stops a running gateway as SIGTERM would.
+#[derive(Clone)]
+pub struct Stopper(Arc<tokio::sync::Notify>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.notify_one();
+    }
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        // Nothing is touched before these two hold: the database is this gateway's alone,
+        // and the port is free. A start that fails here changes nothing.
+        let lock = store::lock(&settings.database.url)?;
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listen_error = |source| StartupError::Listen {
+            address: address.clone(),
+            source,
+        };
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .map_err(listen_error)?;
+        let port = listener.local_addr().map_err(listen_error)?.port();
+
         let db = store::connect(&settings.database).await?;
         store::migrate(&db).await?;
         let secret = load_or_create_secret(&db, &settings.auth.jwt_secret).await?;
@@ -79,12 +113,6 @@ impl Application {
             (InstanceKind::Image, settings.balancing.image),
             (InstanceKind::Speech, settings.balancing.speech),
         ]);
-        let added = instances::load(&db).await?;
-        tracing::info!(
-            from_settings = settings.instances.len(),
-            added_by_api = added.len(),
-            "instances"
-        );
 
         let (capacity, dispatcher_store, queue_db) =
             (settings.queue.capacity, store.clone(), db.clone());
@@ -110,18 +138,9 @@ impl Application {
                 retry_base: Duration::from_millis(workers.retry_base_ms),
             };
             let pool = WorkerPool::new(deps, workers).start();
-            InstanceRegistry::new(
-                &instances,
-                added,
-                strategies,
-                health,
-                registry_db,
-                pool.recipient(),
-            )
+            InstanceRegistry::new(instances, strategies, health, registry_db, pool.recipient())
         });
 
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
-        let port = listener.local_addr()?.port();
         let max_json = settings.server.max_json_bytes;
         let shutdown_grace = settings.shutdown_grace();
         let drain = dispatcher.clone();
@@ -170,11 +189,17 @@ impl Application {
             dispatcher: drain,
             shutdown_grace,
             store_thread,
+            _lock: lock,
+            stop: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully: submissions get 503,
@@ -186,6 +211,7 @@ impl Application {
         tokio::select! {
             result = &mut server => return result.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
+            _ = self.stop.notified() => tracing::info!("shutting down on request"),
         }
         let drain = Drain {
             grace: self.shutdown_grace,

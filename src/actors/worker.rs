@@ -7,7 +7,10 @@
 
 use std::time::{Duration, Instant};
 
+use std::panic::AssertUnwindSafe;
+
 use actix::prelude::*;
+use futures_util::FutureExt;
 use rand::Rng;
 use tracing::Instrument;
 
@@ -18,10 +21,12 @@ use super::task_store::write;
 use super::task_store::TaskStore;
 use crate::backends::{self, qwen};
 use crate::domain::{InstanceKind, QueuedTask, TaskId};
-use crate::telemetry;
+use crate::{faults, telemetry};
 
 /// Longest pause between two attempts of one task.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Pause before asking a restarting registry for an instance again.
+const ASK_AGAIN: Duration = Duration::from_millis(100);
 
 /// What a worker needs from the rest of the gateway.
 #[derive(Clone)]
@@ -98,13 +103,71 @@ impl Handler<Run> for Worker {
         telemetry::continue_trace(&span, task.trace.as_ref());
         let task_id = task.task_id.clone();
         let client = self.client.clone().expect("client is created in started");
-        let run = run_task(self.deps.clone(), client, task).instrument(span);
-        let handle = ctx.spawn(
-            run.into_actor(self)
-                .map(|_, worker, ctx| worker.report_idle(ctx)),
-        );
+        // A panic inside the attempt is contained here: its lease is released as the
+        // future unwinds, the task is put back (or failed), and the worker restarts.
+        let run = AssertUnwindSafe(run_task(self.deps.clone(), client, task.clone()))
+            .catch_unwind()
+            .instrument(span.clone());
+        let handle = ctx.spawn(run.into_actor(self).map(move |ran, worker, ctx| match ran {
+            Ok(()) => worker.report_idle(ctx),
+            Err(panic) => worker.crashed(task, panic_message(&panic), span, ctx),
+        }));
         self.current = Some((task_id, handle));
     }
+}
+
+impl Worker {
+    /// After a panic in an attempt: the attempt counts (back to QUEUED, or FAILED when it
+    /// was the last), then the worker stops and its supervisor starts it afresh, and the
+    /// fresh worker reports idle. A task that had not become RUNNING goes back to the
+    /// queue as it was.
+    fn crashed(
+        &mut self,
+        task: QueuedTask,
+        panic: String,
+        span: tracing::Span,
+        ctx: &mut Context<Self>,
+    ) {
+        let attempt = task.attempts + 1;
+        let _entered = span.enter();
+        tracing::error!(%panic, slot = self.slot, "worker crashed during an attempt; restarting it");
+        let error = format!("the gateway's worker crashed during attempt {attempt}: {panic}");
+        let deps = self.deps.clone();
+        let put_back = async move {
+            let last = attempt >= deps.max_attempts;
+            let outcome = if last {
+                TaskOutcome::Failed { error }
+            } else {
+                TaskOutcome::Retry { error }
+            };
+            let expect = Expect::Running { attempt };
+            if finish(&deps, &task, expect, outcome).await {
+                if !last {
+                    let mut task = task;
+                    task.attempts = attempt;
+                    let delay = backoff(deps.retry_base, attempt);
+                    deps.dispatcher.do_send(RetryLater { task, delay });
+                }
+            } else {
+                // Not RUNNING at this attempt: still QUEUED (the next worker's conditional
+                // RUNNING tells), or it ended meanwhile (and the next worker skips it).
+                deps.dispatcher.do_send(RetryLater {
+                    task,
+                    delay: Duration::ZERO,
+                });
+            }
+        };
+        ctx.spawn(put_back.into_actor(self).map(|_, _, ctx| ctx.stop()));
+    }
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Drops the running task's future (its backend call and lease with it) if it is this one.
@@ -163,7 +226,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         }
     };
     match marked {
-        Ok(true) => {}
+        Ok(true) => faults::hit(faults::Site::WorkerAttempt),
         Ok(false) => {
             tracing::info!("task is no longer queued; skipping it");
             return lease.release(CallOutcome::Neutral);
@@ -222,16 +285,24 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
 /// of one.
 async fn acquire(deps: &WorkerDeps, task: &QueuedTask) -> Option<Lease> {
     let deadline = tokio::time::Instant::from_std(task.enqueued_at + deps.max_wait);
-    let mut request = Acquire::waiting(InstanceKind::Image, task.user_id);
-    request.avoid = task.avoid;
-    let error = match tokio::time::timeout_at(deadline, deps.registry.send(request)).await {
-        Ok(Ok(Ok(lease))) => return Some(lease),
-        Ok(Ok(Err(e))) => e.to_string(),
-        Ok(Err(e)) => format!("the instance registry is unavailable: {e}"),
-        Err(_) => format!(
-            "no healthy backend instance within {}s",
-            deps.max_wait.as_secs()
-        ),
+    let error = loop {
+        let mut request = Acquire::waiting(InstanceKind::Image, task.user_id);
+        request.avoid = task.avoid;
+        match tokio::time::timeout_at(deadline, deps.registry.send(request)).await {
+            Ok(Ok(Ok(lease))) => return Some(lease),
+            // The registry restarted and dropped the request, or is restarting: ask again.
+            Ok(Ok(Err(AcquireError::RegistryStopped)) | Err(_)) => {
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + ASK_AGAIN))
+                    .await;
+            }
+            Ok(Ok(Err(e))) => break e.to_string(),
+            Err(_) => {
+                break format!(
+                    "no healthy backend instance within {}s",
+                    deps.max_wait.as_secs()
+                )
+            }
+        }
     };
     tracing::warn!(%error, "task failed before reaching a backend");
     let outcome = TaskOutcome::Failed { error };

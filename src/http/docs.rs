@@ -17,7 +17,7 @@ use super::{accounts, admin, image, keys, speech, system, tasks};
         tasks::get_tasks, tasks::cancel_task,
         speech::transcribe, speech::pcm,
         keys::create_key, keys::list_keys, keys::delete_key,
-        system::health, system::stats,
+        system::health, system::ready, system::stats,
         admin::list_instances, admin::add_instance, admin::update_instance, admin::remove_instance,
     ),
     components(schemas(crate::error::ErrorBody)),

@@ -1,17 +1,26 @@
-//! `GET /health` and `GET /api/v1/system/stats` (no auth, aggregate figures only).
+//! `GET /health` (liveness), `GET /ready` (readiness) and `GET /api/v1/system/stats`
+//! (no auth, aggregate figures only).
 
-use actix::Addr;
+use std::time::Duration;
+
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler};
 use actix_web::{web, HttpResponse};
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
 
-use crate::actors::messages::{CountWaiting, GetQueueStats, InstanceState, ListInstances};
-use crate::actors::{Dispatcher, InstanceRegistry};
+use crate::actors::messages::{CountWaiting, GetQueueStats, InstanceState, ListInstances, Ping};
+use crate::actors::{Dispatcher, InstanceRegistry, TaskStore};
 use crate::domain::InstanceKind;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
 
+/// How long `/ready` waits for each part.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
         .route("/api/v1/system/stats", web::get().to(stats));
 }
 
@@ -25,6 +34,69 @@ pub struct HealthResponse {
 #[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = HealthResponse)))]
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(HealthResponse { status: "ok" })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReadyResponse {
+    /// `ready` or `not ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// Each part: `ok`, or why it is not.
+    pub database: String,
+    pub task_store: String,
+    pub dispatcher: String,
+    pub instance_registry: String,
+}
+
+/// Readiness: 200 once the database answers, every actor answers within a short
+/// deadline, and every instance has answered its first ping; 503 naming what is not.
+#[utoipa::path(get, path = "/ready", tag = "system", responses(
+    (status = 200, description = "Ready", body = ReadyResponse),
+    (status = 503, description = "Not ready; the failing parts say why", body = ReadyResponse),
+))]
+pub async fn ready(
+    db: web::Data<DatabaseConnection>,
+    store: web::Data<Addr<TaskStore>>,
+    dispatcher: web::Data<Addr<Dispatcher>>,
+    registry: web::Data<Addr<InstanceRegistry>>,
+) -> HttpResponse {
+    let database = match tokio::time::timeout(READY_TIMEOUT, db.ping()).await {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "error: no answer in time".to_string(),
+    };
+    let (task_store, dispatcher, instance_registry) = tokio::join!(
+        pinged(&store, "ok"),
+        pinged(&dispatcher, "ok"),
+        pinged(&registry, "probing its instances"),
+    );
+    let parts = [&database, &task_store, &dispatcher, &instance_registry];
+    let is_ready = parts.iter().all(|p| *p == "ok");
+    let body = ReadyResponse {
+        status: if is_ready { "ready" } else { "not ready" },
+        database,
+        task_store,
+        dispatcher,
+        instance_registry,
+    };
+    if is_ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// `ok` when the actor answers that it is ready, else what it is.
+async fn pinged<A>(actor: &Addr<A>, not_yet: &str) -> String
+where
+    A: Actor + Handler<Ping>,
+    A::Context: ToEnvelope<A, Ping>,
+{
+    match actor.send(Ping).timeout(READY_TIMEOUT).await {
+        Ok(true) => "ok".into(),
+        Ok(false) => not_yet.into(),
+        Err(e) => format!("error: {e}"),
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

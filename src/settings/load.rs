@@ -130,6 +130,26 @@ impl Settings {
                 at_least_1,
             ),
             (
+                "health.eject_failure_percent",
+                health.eject_failure_percent <= 100,
+                "must be between 0 and 100",
+            ),
+            (
+                "health.base_ejection_secs",
+                health.base_ejection_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "health.max_ejection_secs",
+                health.max_ejection_secs >= health.base_ejection_secs,
+                "must be at least health.base_ejection_secs",
+            ),
+            (
+                "health.max_ejection_percent",
+                (1..=100).contains(&health.max_ejection_percent),
+                "must be between 1 and 100",
+            ),
+            (
                 "image.max_prompt_chars",
                 image.max_prompt_chars >= 1,
                 at_least_1,

@@ -93,8 +93,16 @@ pub struct WorkerSettings {
 pub struct HealthSettings {
     pub interval_secs: u64,
     pub ping_timeout_secs: u64,
-    /// Consecutive failed calls that take an instance out of rotation before its next ping.
+    /// Consecutive failed calls that eject an instance (see `outlier.rs`).
     pub eject_after_failures: u32,
+    /// A failure rate (in percent, of its recent calls) that ejects an instance; 0: off.
+    pub eject_failure_percent: u32,
+    /// The first ejection's length; each further one in a streak doubles it.
+    pub base_ejection_secs: u64,
+    /// The longest ejection, and how long an instance must behave to start afresh.
+    pub max_ejection_secs: u64,
+    /// The most of a kind's instances ejected at once (one is always allowed).
+    pub max_ejection_percent: u32,
     /// An instance that comes back healthy ramps up to its capacity over this long; 0: at once.
     pub slow_start_secs: u64,
 }
@@ -250,6 +258,10 @@ impl Default for HealthSettings {
             interval_secs: 30,
             ping_timeout_secs: 5,
             eject_after_failures: 3,
+            eject_failure_percent: 80,
+            base_ejection_secs: 5,
+            max_ejection_secs: 300,
+            max_ejection_percent: 50,
             slow_start_secs: 10,
         }
     }

@@ -6,11 +6,13 @@
 pub mod api_keys;
 mod error;
 pub mod instances;
+mod lock;
 pub mod meta;
 pub mod tasks;
 pub mod users;
 
 pub use error::StoreError;
+pub use lock::{lock, DatabaseLock, LockError};
 
 use std::str::FromStr;
 use std::time::Duration;

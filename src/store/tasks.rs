@@ -72,6 +72,37 @@ pub async fn queued(db: &DatabaseConnection) -> Result<Vec<QueuedTask>, StoreErr
     Ok(rows.into_iter().map(queued_task).collect())
 }
 
+/// The ids of every QUEUED task.
+pub async fn queued_ids(db: &DatabaseConnection) -> Result<Vec<TaskId>, StoreError> {
+    let ids: Vec<String> = Task::find()
+        .select_only()
+        .column(task::Column::TaskId)
+        .filter(task::Column::Status.eq(TaskStatus::Queued))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(ids.into_iter().map(TaskId::from).collect())
+}
+
+/// Those of these tasks still QUEUED, in submission order.
+pub async fn queued_among(
+    db: &DatabaseConnection,
+    ids: &[TaskId],
+) -> Result<Vec<QueuedTask>, StoreError> {
+    let mut found = Vec::with_capacity(ids.len());
+    // Bounded statements: a long IN list is split.
+    for chunk in ids.chunks(500) {
+        let rows = Task::find()
+            .filter(task::Column::Status.eq(TaskStatus::Queued))
+            .filter(task::Column::TaskId.is_in(chunk.iter().map(TaskId::as_str)))
+            .order_by_asc(task::Column::Id)
+            .all(db)
+            .await?;
+        found.extend(rows.into_iter().map(queued_task));
+    }
+    Ok(found)
+}
+
 fn queued_task(row: task::Model) -> QueuedTask {
     let job = ImageJob {
         prompt: row.prompt,

@@ -3,7 +3,7 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, spawn_app, start, TestApp, TEST_SECRET};
+use crate::helpers::{assert_error, spawn_app, start, Stopped, TEST_SECRET};
 
 #[actix_web::test]
 async fn register_and_login() {
@@ -189,7 +189,7 @@ async fn protected_routes_reject_bad_tokens() {
 async fn a_generated_secret_survives_a_restart() {
     let first = crate::helpers::spawn_app_with(vec![], |s| s.auth.jwt_secret = String::new()).await;
     let user = first.new_user("alice").await;
-    let TestApp { db_url, dir, .. } = first;
+    let Stopped { db_url, dir, .. } = first.stop().await;
     let mut settings = infergate::settings::Settings::default();
     settings.server.host = "127.0.0.1".into();
     settings.server.port = 0;

@@ -5,7 +5,7 @@ use entity::user::Role;
 use infergate::domain::{InstanceKind, InstanceSpec};
 use infergate::settings::Settings;
 use infergate::simulator::{SimBackend, SimConfig};
-use infergate::startup::Application;
+use infergate::startup::{Application, Stopper};
 use reqwest::multipart::Form;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
@@ -27,6 +27,15 @@ pub struct TestApp {
     pub db_url: String,
     /// Keeps the database file alive for the test.
     pub dir: TempDir,
+    stopper: Stopper,
+    running: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// What outlives a stopped gateway, for the next start on the same database.
+pub struct Stopped {
+    pub db_url: String,
+    pub dir: TempDir,
+    pub sims: Vec<SimBackend>,
 }
 
 pub struct TestUser {
@@ -108,7 +117,8 @@ pub async fn start(settings: Settings, sims: Vec<SimBackend>, dir: TempDir) -> T
         .await
         .expect("build application");
     let address = format!("http://127.0.0.1:{}", app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
+    let stopper = app.stopper();
+    let running = actix_web::rt::spawn(app.run_until_stopped());
     let db = open_database(&db_url).await;
     TestApp {
         address,
@@ -118,10 +128,26 @@ pub async fn start(settings: Settings, sims: Vec<SimBackend>, dir: TempDir) -> T
         db,
         db_url,
         dir,
+        stopper,
+        running,
     }
 }
 
 impl TestApp {
+    /// Shuts the gateway down as SIGTERM would, and waits until it has.
+    pub async fn stop(self) -> Stopped {
+        self.stopper.stop();
+        self.running
+            .await
+            .expect("gateway task")
+            .expect("gateway shut down cleanly");
+        Stopped {
+            db_url: self.db_url,
+            dir: self.dir,
+            sims: self.sims,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -126,6 +126,14 @@ impl FairQueue {
         task
     }
 
+    /// The ids of every queued task.
+    pub fn ids(&self) -> std::collections::HashSet<&TaskId> {
+        self.lanes
+            .values()
+            .flat_map(|lane| lane.iter().map(|t| &t.task_id))
+            .collect()
+    }
+
     /// Takes a queued task out (a cancel).
     pub fn remove(&mut self, task_id: &TaskId, user_id: UserId) -> Option<QueuedTask> {
         let owner = self.owner(user_id);

@@ -4,13 +4,17 @@
 //! user's count of unfinished tasks (for the quota), the idle workers and which worker
 //! runs which task; no one else touches them. A submission is refused while the queue
 //! (counting submissions still committing) is full or the user is at their quota, so
-//! nothing is written for a refused task. On start it reloads the QUEUED tasks from the
-//! database, which is why tasks are committed before they are queued.
+//! nothing is written for a refused task. On start (and after a restart by its
+//! supervisor, which a panic in one of its handlers leads to) it reloads the QUEUED tasks
+//! from the database, which is why tasks are committed before they are queued; every
+//! `RESYNC_EVERY` it also takes in QUEUED tasks it does not know, so a task committed
+//! while nobody could queue it (a crash between commit and reply) still runs.
 
 mod fair_queue;
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
@@ -19,9 +23,13 @@ use tokio::sync::oneshot;
 use super::messages::*;
 use super::task_store::{write, TaskStore};
 use crate::domain::{NewTask, QueuedTask, TaskId, UserId};
+use crate::faults;
 use crate::settings::LimitSettings;
 use crate::store::{self, StoreError};
 use fair_queue::FairQueue;
+
+/// How often the queue is checked against the database's QUEUED tasks.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Dispatcher {
     store: Addr<TaskStore>,
@@ -31,6 +39,10 @@ pub struct Dispatcher {
     queue: FairQueue,
     /// Admitted submissions whose insert has not committed yet; they hold queue places.
     reserved: usize,
+    /// Their ids, and those of tasks waiting out a retry's backoff: QUEUED in the
+    /// database but not in `queue`, and known, so a resync does not queue them twice.
+    inserting: HashSet<TaskId>,
+    retrying: HashSet<TaskId>,
     /// Unfinished tasks per user (committing, queued, waiting to retry or running).
     unfinished: HashMap<UserId, u32>,
     /// Most unfinished tasks per user; 0 = no quota.
@@ -63,6 +75,8 @@ impl Dispatcher {
             capacity,
             queue: FairQueue::new(limits.fair_order, limits.vip_share),
             reserved: 0,
+            inserting: HashSet::new(),
+            retrying: HashSet::new(),
             unfinished: HashMap::new(),
             quota: limits.max_queued_per_user,
             idle: Vec::new(),
@@ -74,12 +88,22 @@ impl Dispatcher {
         }
     }
 
-    fn dispatch(&mut self) {
+    /// Hands queued tasks to idle workers. A panic in here is contained: the Dispatcher
+    /// stops and its supervisor starts it again, with the queue reloaded.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| self.dispatch_now())).is_err() {
+            tracing::error!("the dispatcher failed; restarting it with the queue reloaded");
+            ctx.stop();
+        }
+    }
+
+    fn dispatch_now(&mut self) {
         while !self.draining && !self.queue.is_empty() {
             let Some(worker) = self.idle.pop() else {
                 return;
             };
             let task = self.queue.pop().expect("queue is not empty");
+            faults::hit(faults::Site::DispatcherDispatch);
             let (task_id, user_id) = (task.task_id.clone(), task.user_id);
             match worker.run.try_send(Run(task)) {
                 Ok(()) => {
@@ -123,11 +147,16 @@ impl Actor for Dispatcher {
                         if !tasks.is_empty() {
                             tracing::info!(tasks = tasks.len(), "re-queued unfinished tasks");
                         }
+                        let running: Vec<UserId> =
+                            dispatcher.running.values().map(|(_, user)| *user).collect();
+                        for user_id in running {
+                            dispatcher.count_in(user_id);
+                        }
                         for task in tasks {
                             dispatcher.count_in(task.user_id);
                             dispatcher.queue.push_back(task);
                         }
-                        dispatcher.dispatch();
+                        dispatcher.dispatch(ctx);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot reload queued tasks; restarting");
@@ -135,16 +164,67 @@ impl Actor for Dispatcher {
                     }
                 }),
         );
+        ctx.run_interval(RESYNC_EVERY, |dispatcher, ctx| dispatcher.resync(ctx));
     }
 }
 
 impl Supervised for Dispatcher {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // The queue is rebuilt from the database in `started`; tasks handed out before
-        // are guarded by the conditional QUEUED → RUNNING.
+        // are guarded by the conditional QUEUED → RUNNING. The workers, idle and busy,
+        // are as they were: only this actor knows them, and they are alive.
         self.queue.clear();
         self.reserved = 0;
+        self.inserting.clear();
+        self.retrying.clear();
         self.unfinished.clear();
+    }
+}
+
+impl Dispatcher {
+    /// Queues the QUEUED tasks of the database this actor does not know.
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        let db = self.db.clone();
+        let queued = async move { store::tasks::queued_ids(&db).await };
+        ctx.spawn(queued.into_actor(self).then(|ids, dispatcher, _| {
+            let queued = dispatcher.queue.ids();
+            let unknown: Vec<TaskId> = ids
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|id| !queued.contains(id) && !dispatcher.elsewhere(id))
+                .collect();
+            let db = dispatcher.db.clone();
+            async move {
+                if unknown.is_empty() {
+                    return Ok(Vec::new());
+                }
+                store::tasks::queued_among(&db, &unknown).await
+            }
+            .into_actor(dispatcher)
+            .map(|found, dispatcher, ctx| {
+                let queued: HashSet<TaskId> = dispatcher.queue.ids().into_iter().cloned().collect();
+                for task in found.unwrap_or_default() {
+                    // Known by now (its insert's reply came in meanwhile): queued already.
+                    if queued.contains(&task.task_id) || dispatcher.elsewhere(&task.task_id) {
+                        continue;
+                    }
+                    tracing::warn!(task_id = %task.task_id, "a queued task was not in the queue; queueing it");
+                    dispatcher.count_in(task.user_id);
+                    dispatcher.queue.push_back(task);
+                }
+                dispatcher.dispatch(ctx);
+            })
+        }));
+    }
+
+    /// Whether the task is running, committing or waiting to retry here.
+    fn elsewhere(&self, task_id: &TaskId) -> bool {
+        self.running.contains_key(task_id)
+            || self.inserting.contains(task_id)
+            || self.retrying.contains(task_id)
     }
 }
 
@@ -176,9 +256,11 @@ impl Handler<Submit> for Dispatcher {
             idempotency: msg.idempotency,
             trace: msg.trace,
         };
+        self.inserting.insert(task.task_id.clone());
         let insert = self.store.send(InsertTask(task.clone()));
-        Box::pin(insert.into_actor(self).map(move |result, dispatcher, _| {
+        Box::pin(insert.into_actor(self).map(move |result, dispatcher, ctx| {
             dispatcher.reserved -= 1;
+            dispatcher.inserting.remove(&task.task_id);
             let result = result
                 .map_err(StoreError::from)
                 .and_then(|inserted| inserted);
@@ -202,7 +284,7 @@ impl Handler<Submit> for Dispatcher {
                 Inserted::New => {
                     let task_id = task.task_id.clone();
                     dispatcher.queue.push_back(QueuedTask::fresh(task));
-                    dispatcher.dispatch();
+                    dispatcher.dispatch(ctx);
                     Ok(Submitted {
                         task_id,
                         replayed: false,
@@ -217,7 +299,7 @@ impl Handler<Submit> for Dispatcher {
 impl Handler<WorkerIdle> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, WorkerIdle(worker): WorkerIdle, _: &mut Context<Self>) {
+    fn handle(&mut self, WorkerIdle(worker): WorkerIdle, ctx: &mut Context<Self>) {
         let finished = self
             .running
             .iter()
@@ -241,7 +323,7 @@ impl Handler<WorkerIdle> for Dispatcher {
         if !self.idle.contains(&worker) {
             self.idle.push(worker);
         }
-        self.dispatch();
+        self.dispatch(ctx);
     }
 }
 
@@ -267,11 +349,13 @@ impl Handler<RetryLater> for Dispatcher {
         let mut task = msg.task;
         // Still unfinished after its worker reports idle (which comes after this).
         self.count_in(task.user_id);
-        ctx.run_later(msg.delay, move |dispatcher, _| {
+        self.retrying.insert(task.task_id.clone());
+        ctx.run_later(msg.delay, move |dispatcher, ctx| {
+            dispatcher.retrying.remove(&task.task_id);
             // A fresh max wait: the instance it failed on may have been ejected.
             task.enqueued_at = Instant::now();
             dispatcher.queue.push_front(task);
-            dispatcher.dispatch();
+            dispatcher.dispatch(ctx);
         });
     }
 }
@@ -353,6 +437,15 @@ impl Handler<Drain> for Dispatcher {
             }
             .into_actor(dispatcher)
         }))
+    }
+}
+
+/// Answering is being ready: the queue is loaded before any message is handled.
+impl Handler<Ping> for Dispatcher {
+    type Result = bool;
+
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> bool {
+        true
     }
 }
 

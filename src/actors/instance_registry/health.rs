@@ -1,32 +1,25 @@
-//! Health: every instance is pinged on its own timer, jittered so that a gateway's
-//! instances (and several restarted gateways) never ping in step; passive ejection lives
-//! in the `Release` handler. An instance that comes back after being unhealthy gets a
-//! slow start: the capacity it may use ramps from one call to its full capacity over
+//! Health: every instance is pinged on its own timer. The first ping is at once, so
+//! health is known before traffic comes; later ones are jittered so that a gateway's
+//! instances (and several restarted gateways) never ping in step. Passive health lives in
+//! `outlier`. An instance that comes back after being down (or ejected) gets a slow
+//! start: the capacity it may use ramps from one call to its full capacity over
 //! `health.slow_start_secs`, in ten steps.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::http::StatusCode;
 use chrono::Utc;
 use rand::Rng;
 
-use super::{Instance, InstanceRegistry};
+use super::instance::Pinged;
+use super::InstanceRegistry;
 use crate::domain::{InstanceId, Protocol};
 
-/// The first ping of each instance at start is spread over this long at most.
-const MAX_FIRST_PING_SPREAD: Duration = Duration::from_secs(1);
 /// Each interval is the configured one, give or take this fraction.
 const INTERVAL_JITTER: f64 = 0.2;
 /// A slow start raises the usable capacity in this many steps.
-const SLOW_START_STEPS: u32 = 10;
-
-/// When to ping an instance first: soon, but not all at the same instant.
-pub(super) fn first_ping_delay(interval: Duration) -> Duration {
-    interval
-        .min(MAX_FIRST_PING_SPREAD)
-        .mul_f64(rand::thread_rng().gen_range(0.0..1.0))
-}
+pub(super) const SLOW_START_STEPS: u32 = 10;
 
 /// When to ping again after a ping ended.
 fn next_ping_delay(interval: Duration) -> Duration {
@@ -36,22 +29,12 @@ fn next_ping_delay(interval: Duration) -> Duration {
 
 /// Capacity usable `elapsed` into a slow start of length `window`: one call at first,
 /// then a tenth more of `full` at each step.
-fn ramp(full: u32, elapsed: Duration, window: Duration) -> u32 {
+pub(super) fn ramp(full: u32, elapsed: Duration, window: Duration) -> u32 {
     if elapsed >= window {
         return full;
     }
     let steps = (elapsed.as_secs_f64() / window.as_secs_f64() * SLOW_START_STEPS as f64) as u32;
     (full * steps).div_ceil(SLOW_START_STEPS).max(1)
-}
-
-impl Instance {
-    /// The capacity the strategies may fill now.
-    pub(super) fn usable_capacity(&self, slow_start: Duration) -> u32 {
-        match self.back_since {
-            Some(since) => ramp(self.spec.capacity, since.elapsed(), slow_start),
-            None => self.spec.capacity,
-        }
-    }
 }
 
 impl InstanceRegistry {
@@ -88,38 +71,39 @@ impl InstanceRegistry {
 
     fn on_ping(&mut self, id: InstanceId, result: Result<(), String>, ctx: &mut Context<Self>) {
         let interval = Duration::from_secs(self.health.interval_secs);
-        let slow_start = Duration::from_secs(self.health.slow_start_secs);
-        let Some(instance) = self.instances.iter_mut().find(|i| i.id == id) else {
+        if let Some(first) = self.first_round.as_mut() {
+            first.remove(&id);
+        }
+        let Some(index) = self.instances.iter().position(|i| i.id == id) else {
             return;
         };
+        let instance = &mut self.instances[index];
         instance.last_check = Some(Utc::now());
         match result {
             Ok(()) => {
-                if !instance.healthy {
-                    // Not at its first healthy ping: that is the gateway starting (or
-                    // the instance being added), not the instance coming back.
-                    let back = instance.seen_healthy && !slow_start.is_zero();
+                if instance.pinged != Pinged::Up {
+                    // Not at its first ping: that is the gateway starting (or the instance
+                    // being added), not the instance coming back.
+                    let back = instance.seen_up;
                     tracing::info!(instance = %instance.spec.url, slow_start = back, "instance is healthy");
-                    instance.back_since = back.then(Instant::now);
+                    instance.pinged = Pinged::Up;
+                    instance.seen_up = true;
                     if back {
-                        // Nothing else may happen as the ramp climbs: serve the waiters at each step.
-                        for step in 1..=SLOW_START_STEPS {
-                            let at = slow_start * step / SLOW_START_STEPS;
-                            ctx.run_later(at, |registry, ctx| registry.serve_waiters(ctx));
-                        }
+                        self.coming_back(index, ctx);
                     }
                 }
-                instance.healthy = true;
-                instance.seen_healthy = true;
-                instance.consecutive_failures = 0;
                 self.serve_waiters(ctx);
             }
             Err(error) => {
-                if instance.healthy || instance.last_error.as_deref() != Some(error.as_str()) {
+                if instance.pinged != Pinged::Down
+                    || instance.last_error.as_deref() != Some(error.as_str())
+                {
                     tracing::warn!(instance = %instance.spec.url, %error, "instance is unhealthy");
                 }
-                instance.healthy = false;
+                instance.pinged = Pinged::Down;
                 instance.last_error = Some(error);
+                // Requests waiting for its first ping hear that there is none to wait for.
+                self.serve_waiters(ctx);
             }
         }
         self.schedule_ping(id, next_ping_delay(interval), ctx);
@@ -161,17 +145,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pings_are_spread_around_the_interval() {
+    fn pings_after_the_first_are_spread_around_the_interval() {
         let interval = Duration::from_secs(30);
-        let firsts: Vec<Duration> = (0..200).map(|_| first_ping_delay(interval)).collect();
-        assert!(firsts.iter().all(|d| *d < MAX_FIRST_PING_SPREAD));
         let nexts: Vec<Duration> = (0..200).map(|_| next_ping_delay(interval)).collect();
         assert!(nexts
             .iter()
             .all(|d| (24.0..=36.0).contains(&d.as_secs_f64())));
         // Spread, not in step: the delays differ from each other.
-        let distinct = |ds: &[Duration]| ds.iter().filter(|d| **d != ds[0]).count();
-        assert!(distinct(&firsts) > 150 && distinct(&nexts) > 150);
+        assert!(nexts.iter().filter(|d| **d != nexts[0]).count() > 150);
     }
 
     #[test]

@@ -7,29 +7,38 @@
 //! change and remove instances through it (it writes their rows too). Whenever the
 //! enabled image capacity changes it tells the WorkerPool, which sizes the workers to it.
 //!
+//! A panic in one of its handlers is contained: the registry stops, its supervisor starts
+//! it again, and it reloads the instances (from settings.toml and the database), keeping
+//! what it knew of each (calls in flight above all), and pings them all at once.
+//!
+//! - `instance`: one instance's state;
 //! - `balancing`: the strategies, as pure functions over the instances that may take work;
-//! - `health`: jittered pings, slow start;
+//! - `health`: pings (the first at once, then jittered), slow start;
+//! - `outlier`: passive health, ejection by consecutive faults or failure rate;
 //! - `admin`: add, change, drain and remove.
 
 mod admin;
 mod balancing;
 mod health;
+mod instance;
+mod outlier;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
-use entity::instance;
 use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use super::messages::*;
 use crate::backends;
 use crate::domain::{InstanceId, InstanceKind, InstanceSpec, Strategy, UserId};
+use crate::faults;
 use crate::settings::HealthSettings;
 use crate::store::instances;
 use balancing::Candidate;
+use instance::{Instance, Pinged};
 
 /// Ids of instances from settings.toml start above this (the first is `+ 1`, in file
 /// order); API-added instances keep their database id, which never gets this far.
@@ -46,100 +55,6 @@ fn trusted_latency(latency_ms: Option<f64>, last_lease: u64, leases: u64) -> Opt
     latency_ms.filter(|_| leases - last_lease <= LATENCY_TRUSTED_FOR_LEASES)
 }
 
-struct Instance {
-    id: InstanceId,
-    source: InstanceSource,
-    spec: InstanceSpec,
-    enabled: bool,
-    draining: bool,
-    /// Of the last change applied from its row (API instances), to apply changes that
-    /// commit concurrently in commit order.
-    revision: i64,
-    /// Unhealthy until its first successful ping.
-    healthy: bool,
-    /// It has been healthy before in this process: turning healthy again is coming back.
-    seen_healthy: bool,
-    /// Start of its slow start, when it came back.
-    back_since: Option<Instant>,
-    in_flight: u32,
-    completed: u64,
-    failed: u64,
-    consecutive_failures: u32,
-    latency_ms: Option<f64>,
-    /// The kind's lease count when this instance was last leased.
-    last_lease: u64,
-    last_error: Option<String>,
-    last_check: Option<DateTime<Utc>>,
-}
-
-impl Instance {
-    fn new(id: InstanceId, source: InstanceSource, spec: InstanceSpec) -> Instance {
-        Instance {
-            id,
-            source,
-            spec,
-            enabled: true,
-            draining: false,
-            revision: 0,
-            healthy: false,
-            seen_healthy: false,
-            back_since: None,
-            in_flight: 0,
-            completed: 0,
-            failed: 0,
-            consecutive_failures: 0,
-            latency_ms: None,
-            last_lease: 0,
-            last_error: None,
-            last_check: None,
-        }
-    }
-
-    fn from_row(row: instance::Model) -> Instance {
-        let mut instance = Instance::new(
-            InstanceId(row.id as u64),
-            InstanceSource::Api,
-            instances::spec_of(&row),
-        );
-        instance.enabled = row.enabled;
-        instance.revision = row.revision;
-        instance
-    }
-
-    /// Healthy, enabled and not draining: the strategies may give it work.
-    fn takes_work(&self) -> bool {
-        self.healthy && self.enabled && !self.draining
-    }
-
-    fn state(&self) -> InstanceState {
-        match (self.draining, self.enabled, self.healthy) {
-            (true, _, _) => InstanceState::Draining,
-            (false, false, _) => InstanceState::Disabled,
-            (false, true, true) => InstanceState::Healthy,
-            (false, true, false) => InstanceState::Unhealthy,
-        }
-    }
-
-    fn view(&self) -> InstanceView {
-        InstanceView {
-            id: self.id,
-            kind: self.spec.kind,
-            url: self.spec.url.clone(),
-            protocol: self.spec.protocol(),
-            capacity: self.spec.capacity,
-            weight: self.spec.weight,
-            state: self.state(),
-            source: self.source,
-            in_flight: self.in_flight,
-            completed: self.completed,
-            failed: self.failed,
-            latency_ms: self.latency_ms,
-            last_error: self.last_error.clone(),
-            last_check: self.last_check,
-        }
-    }
-}
-
 struct Waiter {
     kind: InstanceKind,
     user_id: UserId,
@@ -148,7 +63,11 @@ struct Waiter {
 }
 
 pub struct InstanceRegistry {
+    /// The instances of settings.toml, the start of every (re)load.
+    from_settings: Vec<InstanceSpec>,
     instances: Vec<Instance>,
+    /// Instances of the first load not pinged yet: the gateway is ready once it is empty.
+    first_round: Option<HashSet<InstanceId>>,
     strategies: HashMap<InstanceKind, Strategy>,
     /// Round-robin position per kind.
     cursors: HashMap<InstanceKind, usize>,
@@ -168,23 +87,18 @@ pub struct InstanceRegistry {
 }
 
 impl InstanceRegistry {
-    /// The instances of settings.toml, then those added through the API (`rows`).
+    /// The instances of settings.toml, and at start those added through the API.
     pub fn new(
-        settings: &[InstanceSpec],
-        rows: Vec<instance::Model>,
+        from_settings: Vec<InstanceSpec>,
         strategies: HashMap<InstanceKind, Strategy>,
         health: HealthSettings,
         db: DatabaseConnection,
         pool: Recipient<ImageCapacity>,
     ) -> InstanceRegistry {
-        let from_settings = settings.iter().enumerate().map(|(i, spec)| {
-            let id = InstanceId(SETTINGS_ID_BASE + i as u64 + 1);
-            Instance::new(id, InstanceSource::Settings, spec.clone())
-        });
         InstanceRegistry {
-            instances: from_settings
-                .chain(rows.into_iter().map(Instance::from_row))
-                .collect(),
+            from_settings,
+            instances: Vec::new(),
+            first_round: None,
             strategies,
             cursors: HashMap::new(),
             leases: HashMap::new(),
@@ -198,9 +112,42 @@ impl InstanceRegistry {
     }
 
     fn any_takes_work(&self, kind: InstanceKind, except: Option<InstanceId>) -> bool {
+        let now = Instant::now();
         self.instances
             .iter()
-            .any(|i| i.spec.kind == kind && i.takes_work() && Some(i.id) != except)
+            .any(|i| i.spec.kind == kind && i.takes_work(now) && Some(i.id) != except)
+    }
+
+    /// The settings' instances and the API's rows, each with what this process knew of
+    /// it before (after a restart of the registry).
+    fn load(&mut self, rows: Vec<entity::instance::Model>) {
+        let mut known: HashMap<InstanceId, Instance> =
+            self.instances.drain(..).map(|i| (i.id, i)).collect();
+        let from_settings = self.from_settings.iter().enumerate().map(|(i, spec)| {
+            let id = InstanceId(SETTINGS_ID_BASE + i as u64 + 1);
+            Instance::new(id, InstanceSource::Settings, spec.clone())
+        });
+        let loaded: Vec<Instance> = from_settings
+            .chain(rows.into_iter().map(Instance::from_row))
+            .collect();
+        for mut instance in loaded {
+            if let Some(old) = known.remove(&instance.id) {
+                instance.carry_over(old);
+            }
+            self.instances.push(instance);
+        }
+        // Gone from the database while calls were in flight: they drain.
+        for (_, mut gone) in known {
+            if gone.in_flight > 0 {
+                gone.draining = true;
+                self.instances.push(gone);
+            }
+        }
+    }
+
+    /// Whether the first ping of every instance of the first load has been answered.
+    fn probed(&self) -> bool {
+        self.first_round.as_ref().is_some_and(HashSet::is_empty)
     }
 
     /// The instance index the kind's strategy picks for this user, among those that take
@@ -213,11 +160,12 @@ impl InstanceRegistry {
     ) -> Option<usize> {
         let avoid = avoid.filter(|&id| self.any_takes_work(kind, Some(id)));
         let slow_start = Duration::from_secs(self.health.slow_start_secs);
+        let now = Instant::now();
         let leases = self.leases.get(&kind).copied().unwrap_or(0);
         let indices: Vec<usize> = (0..self.instances.len())
             .filter(|&i| {
                 let instance = &self.instances[i];
-                instance.spec.kind == kind && instance.takes_work() && Some(instance.id) != avoid
+                instance.spec.kind == kind && instance.takes_work(now) && Some(instance.id) != avoid
             })
             .collect();
         let candidates: Vec<Candidate> = indices
@@ -227,7 +175,7 @@ impl InstanceRegistry {
                 Candidate {
                     key: &instance.spec.url,
                     in_flight: instance.in_flight,
-                    capacity: instance.usable_capacity(slow_start),
+                    capacity: instance.usable_capacity(slow_start, now),
                     weight: instance.spec.weight,
                     latency_ms: trusted_latency(instance.latency_ms, instance.last_lease, leases),
                 }
@@ -243,7 +191,10 @@ impl InstanceRegistry {
     }
 
     fn lease(&mut self, index: usize, ctx: &Context<Self>) -> Lease {
+        faults::hit(faults::Site::RegistryLease);
         let instance = &mut self.instances[index];
+        // After an ejection, this is the one call that decides.
+        instance.outlier.start_probe();
         let leases = self.leases.entry(instance.spec.kind).or_insert(0);
         *leases += 1;
         if trusted_latency(instance.latency_ms, instance.last_lease, *leases - 1).is_none() {
@@ -260,8 +211,19 @@ impl InstanceRegistry {
         )
     }
 
-    /// Hands free capacity to waiting requests, oldest first.
-    fn serve_waiters(&mut self, ctx: &Context<Self>) {
+    /// Hands free capacity to waiting requests, oldest first. A panic in here is
+    /// contained: the registry stops and its supervisor starts it again.
+    fn serve_waiters(&mut self, ctx: &mut Context<Self>) {
+        let served = std::panic::catch_unwind(AssertUnwindSafe(|| self.serve_waiters_now(ctx)));
+        if served.is_err() {
+            tracing::error!(
+                "the instance registry failed; restarting it with the instances reloaded"
+            );
+            ctx.stop();
+        }
+    }
+
+    fn serve_waiters_now(&mut self, ctx: &Context<Self>) {
         let mut i = 0;
         while i < self.waiters.len() {
             if self.waiters[i].reply.is_closed() {
@@ -312,18 +274,36 @@ impl Actor for InstanceRegistry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.client = Some(backends::client());
-        let interval = Duration::from_secs(self.health.interval_secs);
-        for id in self.instances.iter().map(|i| i.id).collect::<Vec<_>>() {
-            self.schedule_ping(id, health::first_ping_delay(interval), ctx);
-        }
-        self.report_capacity();
+        // Hold every other message until the instances are loaded.
+        let db = self.db.clone();
+        let rows = async move { instances::load(&db).await };
+        ctx.wait(rows.into_actor(self).map(|rows, registry, ctx| {
+            let rows = rows.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot load the instances added through the API; starting with those of settings.toml");
+                Vec::new()
+            });
+            registry.load(rows);
+            if registry.first_round.is_none() {
+                registry.first_round = Some(registry.instances.iter().map(|i| i.id).collect());
+            }
+            tracing::info!(
+                from_settings = registry.from_settings.len(),
+                all = registry.instances.len(),
+                "instances"
+            );
+            // The first ping at once: health is known before traffic comes.
+            for id in registry.instances.iter().map(|i| i.id).collect::<Vec<_>>() {
+                registry.schedule_ping(id, Duration::ZERO, ctx);
+            }
+            registry.report_capacity();
+        }));
     }
 }
 
 impl Supervised for InstanceRegistry {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        // Pings in flight and their timers died with the old context (`started` schedules
-        // them again); waiters see their request dropped.
+        // Pings in flight and their timers died with the old context (`started` reloads
+        // and pings again); waiters see their request dropped, and ask again.
         self.waiters.clear();
     }
 }
@@ -333,7 +313,12 @@ impl Handler<Acquire> for InstanceRegistry {
     type Result = ResponseFuture<Result<Lease, AcquireError>>;
 
     fn handle(&mut self, msg: Acquire, ctx: &mut Context<Self>) -> Self::Result {
-        if msg.fail_fast && !self.any_takes_work(msg.kind, None) {
+        // An instance whose first ping is still out is worth waiting for.
+        let soon = self
+            .instances
+            .iter()
+            .any(|i| i.spec.kind == msg.kind && i.awaits_first_ping());
+        if msg.fail_fast && !soon && !self.any_takes_work(msg.kind, None) {
             return Box::pin(async { Err(AcquireError::NoHealthyInstance) });
         }
         if let Some(max) = msg.max_waiting {
@@ -359,14 +344,14 @@ impl Handler<Acquire> for InstanceRegistry {
     }
 }
 
-/// Frees the capacity and records the outcome; ejects an instance after too many faults,
-/// and removes a draining one after its last call.
+/// Frees the capacity and records the outcome (passive health, see `outlier`), and
+/// removes a draining instance after its last call.
 impl Handler<Release> for InstanceRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Release, ctx: &mut Context<Self>) {
-        let eject_after = self.health.eject_after_failures;
         if let Some(index) = self.instances.iter().position(|i| i.id == msg.instance_id) {
+            let now = Instant::now();
             let instance = &mut self.instances[index];
             instance.in_flight = instance.in_flight.saturating_sub(1);
             match msg.outcome {
@@ -375,22 +360,83 @@ impl Handler<Release> for InstanceRegistry {
                     instance.latency_ms =
                         Some(instance.latency_ms.map_or(ms, |avg| avg * 0.8 + ms * 0.2));
                     instance.completed += 1;
-                    instance.consecutive_failures = 0;
+                    if instance.outlier.succeeded(now) {
+                        tracing::info!(instance = %instance.spec.url, "instance back after its ejection");
+                        self.coming_back(index, ctx);
+                    }
                 }
                 CallOutcome::InstanceFault { error } => {
                     instance.failed += 1;
-                    instance.consecutive_failures += 1;
-                    if instance.healthy && instance.consecutive_failures >= eject_after {
-                        tracing::warn!(instance = %instance.spec.url, %error, failures = instance.consecutive_failures, "instance ejected after consecutive failures");
-                        instance.healthy = false;
+                    instance.last_error = Some(error.clone());
+                    if instance.outlier.failed(&self.health) {
+                        self.eject(index, &error, ctx);
                     }
-                    instance.last_error = Some(error);
                 }
                 CallOutcome::Neutral => {}
             }
             self.remove_if_drained(index);
         }
         self.serve_waiters(ctx);
+    }
+}
+
+impl InstanceRegistry {
+    /// Ejects the instance, if the policy allows; otherwise it keeps taking work (a
+    /// failed probe included).
+    fn eject(&mut self, index: usize, error: &str, ctx: &mut Context<Self>) {
+        let instance = &self.instances[index];
+        let now = Instant::now();
+        let kind = instance.spec.kind;
+        let live: Vec<&Instance> = self
+            .instances
+            .iter()
+            .filter(|i| i.spec.kind == kind && i.enabled && !i.draining)
+            .collect();
+        let ejected_others = live
+            .iter()
+            .filter(|i| i.id != instance.id && i.outlier.is_ejected())
+            .count();
+        let others_take_work = live
+            .iter()
+            .any(|i| i.id != instance.id && i.pinged == Pinged::Up && !i.outlier.is_ejected());
+        let allowed = ejected_others < outlier::max_ejected(live.len(), self.health.max_ejection_percent)
+            // Never the last one of its kind that still does some of the work.
+            && (others_take_work || !instance.outlier.succeeds_sometimes());
+        let instance = &mut self.instances[index];
+        if !allowed {
+            if instance.outlier.is_ejected() {
+                // A failed probe the policy will not eject for: it is back.
+                instance.outlier.succeeded(now);
+            }
+            tracing::debug!(instance = %instance.spec.url, "not ejected: too many of its kind are out, or it is the last that works");
+            return;
+        }
+        let duration = instance.outlier.eject(now, &self.health);
+        tracing::warn!(instance = %instance.spec.url, %error, ejected_for_secs = duration.as_secs(), "instance ejected after failed calls");
+        // Its probe call may go out then.
+        ctx.run_later(duration, |registry, ctx| registry.serve_waiters(ctx));
+    }
+
+    /// The instance ramps up again, over the slow start, serving waiters at each step.
+    fn coming_back(&mut self, index: usize, ctx: &mut Context<Self>) {
+        let slow_start = Duration::from_secs(self.health.slow_start_secs);
+        if slow_start.is_zero() {
+            return;
+        }
+        self.instances[index].back_since = Some(Instant::now());
+        for step in 1..=health::SLOW_START_STEPS {
+            let at = slow_start * step / health::SLOW_START_STEPS;
+            ctx.run_later(at, |registry, ctx| registry.serve_waiters(ctx));
+        }
+    }
+}
+
+/// Ready once every instance of the first load has answered its first ping.
+impl Handler<Ping> for InstanceRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> bool {
+        self.probed()
     }
 }
 

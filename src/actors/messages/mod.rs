@@ -12,8 +12,16 @@ mod registry;
 mod store;
 mod worker;
 
+use actix::prelude::*;
+
 pub use dispatcher::*;
 pub use pool::*;
 pub use registry::*;
 pub use store::*;
 pub use worker::*;
+
+/// Are you there, and ready? Answered by the TaskStore and the Dispatcher as soon as
+/// they run, by the InstanceRegistry once every instance has answered its first ping.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Ping;

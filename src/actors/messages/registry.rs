@@ -184,8 +184,13 @@ pub enum InstanceAdminError {
 #[serde(rename_all = "lowercase")]
 pub enum InstanceState {
     Healthy,
-    /// Not answering its pings (or not yet), or ejected after failed calls.
+    /// Not probed yet: it takes no work, and requests wait for its first ping.
+    Unknown,
+    /// Not answering its pings.
     Unhealthy,
+    /// Out of rotation after failed calls, until its ejection ends and a probe call
+    /// succeeds.
+    Ejected,
     /// Removed: takes no new work and goes once its last call ends.
     Draining,
     /// Switched off by an admin; still pinged, so it is ready when switched on.

@@ -13,12 +13,15 @@
 mod rows;
 mod writes;
 
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
 use entity::prelude::Task;
 use entity::task;
+use futures_util::FutureExt;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait};
 use tokio::sync::oneshot;
 
@@ -73,11 +76,37 @@ impl TaskStore {
             let fresh = self.pending.iter().take(MAX_BATCH);
             fresh.take_while(|write| !write.is_retry()).count()
         };
-        let batch: Vec<Write> = self.pending.drain(..take).collect();
-        let commit = writes::commit(self.db.clone(), batch);
-        ctx.spawn(commit.into_actor(self).map(|failed, store, ctx| {
+        let (mut batch, mut endings) = (Vec::new(), Vec::new());
+        for write in self.pending.drain(..take) {
+            match write {
+                Write::Finish(ending) => endings.push(ending),
+                other => batch.push(other),
+            }
+        }
+        let messages = endings.iter().map(|e| e.msg.clone()).collect();
+        // A panic inside the commit is contained: its transaction is dropped (rolled
+        // back), the writers waiting on it hear that the store restarted, and the
+        // endings, kept here, are tried again.
+        let commit =
+            AssertUnwindSafe(writes::commit(self.db.clone(), batch, messages)).catch_unwind();
+        ctx.spawn(commit.into_actor(self).map(move |committed, store, ctx| {
             store.committing = false;
-            for ending in failed {
+            let error = match committed {
+                Ok(Ok(applied)) => {
+                    for (ending, applied) in endings.into_iter().zip(applied) {
+                        let _ = ending.reply.send(Ok(applied));
+                    }
+                    return store.flush(ctx);
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => {
+                    tracing::error!(writes = take, "the task store panicked during a group commit; its writes are refused and its endings retried");
+                    "the task store failed during the commit".to_string()
+                }
+            };
+            for mut ending in endings {
+                ending.failures += 1;
+                ending.last_error = Some(error.clone());
                 store.retry_later(ending, ctx);
             }
             store.flush(ctx);
@@ -96,9 +125,14 @@ impl TaskStore {
             .elapsed();
         if held >= self.hold_results && matches!(ending.msg.outcome, TaskOutcome::Done { .. }) {
             tracing::error!(%task_id, %error, "cannot store the image; the task fails instead");
-            ending.msg.outcome = TaskOutcome::Failed {
-                error: format!("the result could not be stored: {error}"),
-            };
+            ending.msg = Arc::new(FinishTask {
+                task_id: ending.msg.task_id.clone(),
+                user_id: ending.msg.user_id,
+                expect: ending.msg.expect,
+                outcome: TaskOutcome::Failed {
+                    error: format!("the result could not be stored: {error}"),
+                },
+            });
         }
         let delay = ENDING_RETRY_BASE
             .saturating_mul(1 << (ending.failures - 1).min(16))
@@ -174,7 +208,7 @@ impl Handler<FinishTask> for TaskStore {
     fn handle(&mut self, msg: FinishTask, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         let ending = Ending {
-            msg,
+            msg: Arc::new(msg),
             reply: tx,
             failures: 0,
             first_failure: None,
@@ -193,6 +227,15 @@ impl Handler<Flush> for TaskStore {
         let (tx, rx) = oneshot::channel();
         self.push(Write::Flush(tx), ctx);
         committed(rx)
+    }
+}
+
+/// Answering is being ready.
+impl Handler<Ping> for TaskStore {
+    type Result = bool;
+
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> bool {
+        true
     }
 }
 

@@ -1,5 +1,6 @@
 //! The statements of a group commit: every write a batch holds, in one transaction.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -36,8 +37,10 @@ impl Write {
 
 /// A task's ending. Unlike the other writes it is never answered with a database
 /// error: its worker has already moved on, so the store retries it until it commits.
+/// The store keeps the ending itself while its commit runs (the commit reads `msg`
+/// through the `Arc`), so a commit that fails, or panics, cannot lose it.
 pub struct Ending {
-    pub msg: FinishTask,
+    pub msg: Arc<FinishTask>,
     pub reply: Reply<bool>,
     /// Commits this ending has failed so far, and when the first one did.
     pub failures: u32,
@@ -52,14 +55,17 @@ enum Update<'a> {
     Finish(&'a FinishTask),
 }
 
-/// Applies the batch in one transaction, then answers every writer: each its own
-/// outcome once committed, or the error if anything failed. Endings of a failed commit
-/// are not answered but handed back, to be tried again.
-pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) -> Vec<Ending> {
+/// Applies the batch and the endings in one transaction, then answers every writer of
+/// the batch: each its own outcome once committed, or the error if anything failed.
+/// The endings are the caller's to answer: this says whether each applied.
+pub async fn commit(
+    db: DatabaseConnection,
+    batch: Vec<Write>,
+    endings: Vec<Arc<FinishTask>>,
+) -> Result<Vec<bool>, StoreError> {
     let mut inserts = Vec::new();
     let mut insert_replies = Vec::new();
     let mut marks = Vec::new();
-    let mut endings = Vec::new();
     let mut flushes = Vec::new();
     for write in batch {
         match write {
@@ -68,14 +74,14 @@ pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) -> Vec<Ending> {
                 insert_replies.push(reply);
             }
             Write::MarkRunning(msg, reply) => marks.push((msg, reply)),
-            Write::Finish(ending) => endings.push(ending),
+            Write::Finish(_) => unreachable!("endings are passed on their own"),
             Write::Flush(reply) => flushes.push(reply),
         }
     }
     let updates = marks
         .iter()
         .map(|(msg, _)| Update::MarkRunning(msg))
-        .chain(endings.iter().map(|ending| Update::Finish(&ending.msg)));
+        .chain(endings.iter().map(|msg| Update::Finish(msg)));
     let result = async {
         let txn = db.begin().await?;
         let inserted = insert_rows(&txn, inserts).await?;
@@ -86,6 +92,7 @@ pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) -> Vec<Ending> {
                 Update::Finish(msg) => finish(&txn, msg).await?,
             });
         }
+        crate::faults::hit(crate::faults::Site::StoreCommit);
         txn.commit().await?;
         Ok::<_, DbErr>((inserted, applied))
     }
@@ -99,13 +106,10 @@ pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) -> Vec<Ending> {
             for ((_, reply), applied) in marks.into_iter().zip(&mut applied) {
                 let _ = reply.send(Ok(applied));
             }
-            for (ending, applied) in endings.into_iter().zip(applied) {
-                let _ = ending.reply.send(Ok(applied));
-            }
             for reply in flushes {
                 let _ = reply.send(Ok(()));
             }
-            Vec::new()
+            Ok(applied.collect())
         }
         Err(e) => {
             let size = insert_replies.len() + marks.len() + endings.len();
@@ -120,11 +124,7 @@ pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) -> Vec<Ending> {
             for reply in flushes {
                 let _ = reply.send(Err(error.clone()));
             }
-            for ending in &mut endings {
-                ending.failures += 1;
-                ending.last_error = Some(error.to_string());
-            }
-            endings
+            Err(error)
         }
     }
 }
