@@ -20,6 +20,7 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlxSqliteConnector};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Connection;
 
 use crate::settings::DatabaseSettings;
 
@@ -36,6 +37,18 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    // Flush the rollback a dropped transaction queued, then judge. A
+                    // connection sqlx still counts in a transaction is out of step with
+                    // SQLite, which ended it itself (a COMMIT that fails on a full disk
+                    // rolls back): its next BEGIN would be a SAVEPOINT whose rollback
+                    // leaves a write transaction open, holding the write lock for good,
+                    // and whose "commit" commits nothing. It is closed instead.
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)))?;

@@ -8,6 +8,7 @@ mod balancing;
 mod cancel;
 mod cli;
 mod database_faults;
+mod disk_full;
 mod fairness;
 mod fake_backend;
 mod faults;
