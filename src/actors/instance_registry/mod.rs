@@ -126,6 +126,7 @@ impl Instance {
             kind: self.spec.kind,
             url: self.spec.url.clone(),
             protocol: self.spec.protocol(),
+            model: self.spec.model().map(str::to_string),
             capacity: self.spec.capacity,
             weight: self.spec.weight,
             state: self.state(),
@@ -252,12 +253,7 @@ impl InstanceRegistry {
         }
         instance.last_lease = *leases;
         instance.in_flight += 1;
-        Lease::new(
-            instance.id,
-            instance.spec.url.clone(),
-            instance.spec.protocol(),
-            ctx.address().recipient(),
-        )
+        Lease::new(instance.id, &instance.spec, ctx.address().recipient())
     }
 
     /// Hands free capacity to waiting requests, oldest first.
