@@ -108,7 +108,7 @@ pub async fn transcribe(
         Some((item, (form, field)))
     });
     let answer = speech
-        .transcribe(caller.user_id, audio, Box::pin(upload), deadline)
+        .transcribe(caller.user_id, audio, None, Box::pin(upload), deadline)
         .await?;
     tracing::info!(code = answer.code, "file transcribed");
     Ok(HttpResponse::Ok().json(answer))
@@ -157,7 +157,7 @@ pub async fn pcm(
         }
     }
     let answer = speech
-        .transcribe(caller.user_id, Audio::Pcm, payload, deadline)
+        .transcribe(caller.user_id, Audio::Pcm, None, payload, deadline)
         .await?;
     tracing::info!(code = answer.code, "pcm transcribed");
     Ok(HttpResponse::Ok().json(answer))

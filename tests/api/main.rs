@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod backend_protocols;
 mod bad_input;
 mod balancing;
 mod cancel;

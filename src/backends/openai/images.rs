@@ -7,11 +7,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::backends::answers::{read_ok_body, send_error};
-use crate::backends::json_images::{
-    answer_limit, checked_image, decode_image, post_json, DEFAULT_SIDE,
-};
+use crate::backends::json_images::{answer_limit, decode_image, post_json, DEFAULT_SIDE};
 use crate::backends::qwen::GeneratedImage;
-use crate::backends::BackendError;
+use crate::backends::{checked_image, with_headers, BackendError, CallHeaders};
 use crate::domain::ImageJob;
 
 #[derive(Serialize)]
@@ -44,7 +42,7 @@ struct GeneratedItem {
 
 /// One generation with `model` on the server at `base`, of the job's width x height
 /// (512 each when absent), bounded by `timeout` from start to last byte (an image
-/// fetched by URL included) and by `max_bytes` of image.
+/// fetched by URL included) and by `max_bytes` of image; every request carries `headers`.
 pub async fn generate(
     client: &awc::Client,
     base: &str,
@@ -52,6 +50,7 @@ pub async fn generate(
     job: &ImageJob,
     timeout: Duration,
     max_bytes: usize,
+    headers: &CallHeaders,
 ) -> Result<GeneratedImage, BackendError> {
     let deadline = Instant::now() + timeout;
     let call = async {
@@ -70,15 +69,22 @@ pub async fn generate(
             seed: job.seed,
         };
         let url = format!("{}/v1/images/generations", base.trim_end_matches('/'));
+        let limit = answer_limit(max_bytes);
         let answer: GenerationAnswer =
-            post_json(client, &url, &request, timeout, answer_limit(max_bytes)).await?;
+            post_json(client, &url, &request, timeout, limit, headers).await?;
         let Some(first) = answer.data.into_iter().next() else {
             return Err(BackendError::BadAnswer("answer holds no image".into()));
         };
         match (first.b64_json, first.url) {
             (Some(encoded), _) if !encoded.is_empty() => decode_image(&encoded, max_bytes),
             (_, Some(url)) if !url.is_empty() => {
-                fetch_image(client, base, &url, deadline, timeout, max_bytes).await
+                let fetch = Fetch {
+                    deadline,
+                    timeout,
+                    max_bytes,
+                    headers,
+                };
+                fetch_image(client, base, &url, fetch).await
             }
             _ => Err(BackendError::BadAnswer(
                 "the answer's image has neither b64_json nor url".into(),
@@ -90,24 +96,30 @@ pub async fn generate(
         .unwrap_or(Err(BackendError::Timeout(timeout.as_secs())))
 }
 
+/// The bounds of the call a fetch by URL is part of.
+struct Fetch<'a> {
+    deadline: Instant,
+    /// The whole call's, named in a timeout error.
+    timeout: Duration,
+    max_bytes: usize,
+    headers: &'a CallHeaders,
+}
+
 /// `GET` of an image the server answered by URL, in what is left of the call's time.
 async fn fetch_image(
     client: &awc::Client,
     base: &str,
     url: &str,
-    deadline: Instant,
-    timeout: Duration,
-    max_bytes: usize,
+    fetch: Fetch<'_>,
 ) -> Result<GeneratedImage, BackendError> {
     let url = image_url(base, url)?;
-    let mut response = client
-        .get(url.as_str())
-        .timeout(deadline.saturating_duration_since(Instant::now()))
+    let mut response = with_headers(client.get(url.as_str()), fetch.headers)
+        .timeout(fetch.deadline.saturating_duration_since(Instant::now()))
         .send()
         .await
-        .map_err(|e| send_error(e, timeout))?;
-    let bytes = read_ok_body(&mut response, max_bytes, "image").await?;
-    checked_image(bytes.to_vec(), max_bytes)
+        .map_err(|e| send_error(e, fetch.timeout))?;
+    let bytes = read_ok_body(&mut response, fetch.max_bytes, "image").await?;
+    checked_image(bytes.to_vec(), fetch.max_bytes)
 }
 
 /// Where an image URL from the server at `base` points, relative ones resolved against
@@ -166,6 +178,7 @@ mod tests {
             job,
             timeout,
             max_bytes,
+            &[],
         )
         .await
     }
@@ -245,6 +258,25 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn the_trace_context_goes_with_the_call_and_the_fetch() {
+        let sim = sim();
+        sim.set_answer_url(true);
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string();
+        let headers = [("traceparent", parent.clone())];
+        let (client, timeout) = (crate::backends::client(), Duration::from_secs(10));
+        let job = job("a cat");
+        generate(&client, &sim.url(), "m", &job, timeout, MAX_BYTES, &headers)
+            .await
+            .unwrap();
+        let seen = sim.trace_headers();
+        assert_eq!(seen.traceparent, Some(parent));
+        assert_eq!(
+            seen.with_traceparent, 2,
+            "the generation and the image's fetch"
+        );
+    }
+
+    #[actix_web::test]
     async fn a_failed_generation_carries_the_status_and_the_servers_words() {
         let sim = sim();
         sim.set_failure_rate(1.0);
@@ -305,6 +337,7 @@ mod tests {
             &job("a cat"),
             timeout,
             MAX_BYTES,
+            &[],
         )
         .await;
         assert!(matches!(result, Err(BackendError::Timeout(_))));
