@@ -6,6 +6,7 @@ pub mod backends;
 pub mod cli;
 pub mod domain;
 pub mod error;
+pub mod generation;
 pub mod http;
 pub mod limits;
 pub mod settings;

@@ -16,6 +16,7 @@ mod helpers;
 mod idempotency;
 mod image_flow;
 mod keys;
+mod openai_front;
 mod poll;
 mod postgres;
 mod process;
