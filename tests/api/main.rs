@@ -17,6 +17,7 @@ mod idempotency;
 mod image_flow;
 mod keys;
 mod openai_front;
+mod openai_sdk;
 mod poll;
 mod postgres;
 mod process;
