@@ -108,7 +108,8 @@ async fn an_openai_instance_turns_tasks_into_pngs_with_its_model() {
     assert_eq!(
         app.sims[0].last_image_request().unwrap(),
         json!({"model": "sd-turbo", "prompt": "a red fox", "size": "320x192", "n": 1,
-               "response_format": "b64_json", "negative_prompt": "blurry", "steps": 8, "seed": 7})
+               "response_format": "b64_json", "negative_prompt": "blurry", "steps": 8, "step": 8,
+               "seed": 7})
     );
 }
 

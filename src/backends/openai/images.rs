@@ -19,11 +19,12 @@ struct GenerationRequest<'a> {
     size: String,
     n: u32,
     response_format: &'static str,
-    // Not in the OpenAI API, which has no such knobs; LocalAI and stable-diffusion.cpp
-    // read them, other servers ignore them.
+    // Not in the OpenAI API, which has no such knobs: LocalAI reads `negative_prompt`
+    // and `step`, other servers may read `steps` and `seed`, the rest ignore them.
     #[serde(skip_serializing_if = "Option::is_none")]
     negative_prompt: Option<&'a str>,
     steps: u32,
+    step: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
 }
@@ -66,6 +67,7 @@ pub async fn generate(
             response_format: "b64_json",
             negative_prompt: job.negative_prompt.as_deref(),
             steps: job.steps,
+            step: job.steps,
             seed: job.seed,
         };
         let url = format!("{}/v1/images/generations", base.trim_end_matches('/'));
@@ -232,7 +234,8 @@ mod tests {
             request,
             serde_json::json!({
                 "model": "sim-image", "prompt": "a red fox", "size": "320x192", "n": 1,
-                "response_format": "b64_json", "negative_prompt": "blurry", "steps": 20, "seed": 7,
+                "response_format": "b64_json", "negative_prompt": "blurry", "steps": 20, "step": 20,
+                "seed": 7,
             })
         );
     }
