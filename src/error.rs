@@ -393,3 +393,72 @@ pub fn insert_rate_headers(response: &mut HttpResponseBuilder, info: &RateInfo) 
         .insert_header(("X-RateLimit-Remaining", info.remaining.to_string()))
         .insert_header(("X-RateLimit-Reset", info.reset_secs.to_string()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn header_of<'a>(response: &'a HttpResponse, name: &str) -> &'a str {
+        response.headers().get(name).unwrap().to_str().unwrap()
+    }
+
+    fn body_of(response: HttpResponse) -> serde_json::Value {
+        let Ok(bytes) = response.into_body().try_into_bytes() else {
+            panic!("an error's body is one JSON document");
+        };
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn one_row_two_shapes() {
+        let error = ApiError::QueueFull { capacity: 100 };
+        let message = "the task queue is full (100 tasks); retry later";
+        for shape in [ErrorShape::Gateway, ErrorShape::OpenAi] {
+            let response = error.render(shape);
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(header_of(&response, "retry-after"), "5");
+        }
+        assert_eq!(
+            body_of(error.render(ErrorShape::Gateway)),
+            serde_json::json!({"error": message, "code": "queue_full"})
+        );
+        assert_eq!(
+            body_of(error.render(ErrorShape::OpenAi)),
+            serde_json::json!({"error": {"message": message, "type": "server_error",
+                                         "code": "queue_full", "param": null}})
+        );
+    }
+
+    #[test]
+    fn openai_types_follow_the_status() {
+        let cases = [
+            (ApiError::Validation("x".into()), "invalid_request_error"),
+            (ApiError::Unauthorized("x".into()), "authentication_error"),
+            (ApiError::Forbidden("x".into()), "permission_error"),
+            (ApiError::NotFound("route"), "not_found_error"),
+            (ApiError::QuotaExceeded { limit: 1 }, "rate_limit_error"),
+            (ApiError::UploadTimeout("x".into()), "invalid_request_error"),
+            (ApiError::Internal("x".into()), "server_error"),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(openai_type(error.status_code()), kind, "{error}");
+        }
+    }
+
+    #[test]
+    fn tasks_still_running_are_named_and_not_to_be_asked_for_again() {
+        let error = ApiError::StillRunning {
+            task_ids: vec![TaskId::from("a".to_string()), TaskId::from("b".to_string())],
+            waited_secs: 120,
+        };
+        let response = error.render(ErrorShape::OpenAi);
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(header_of(&response, "x-should-retry"), "false");
+        let message = error.to_string();
+        assert!(
+            message.contains("within 120s") && message.ends_with("for a, b"),
+            "{message}"
+        );
+    }
+}

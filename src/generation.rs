@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use actix::Addr;
+use sea_orm::DatabaseConnection;
 use tokio::time::Instant;
 
 use crate::actors::messages::{
@@ -24,7 +25,6 @@ use crate::actors::task_store::write;
 use crate::actors::{Dispatcher, TaskStore};
 use crate::domain::{ImageId, ImageJob, Priority, TaskId, TaskStatus, TraceContext, UserId};
 use crate::store::{tasks, StoreError};
-use sea_orm::DatabaseConnection;
 
 /// The first pause between two looks at unfinished tasks; it doubles up to the next.
 const FIRST_POLL: Duration = Duration::from_millis(50);

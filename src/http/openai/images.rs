@@ -84,8 +84,10 @@ pub async fn generations(
             trace: telemetry::current_trace(),
         })
         .await?;
+    let task_ids: Vec<&str> = generated.iter().map(|g| g.task_id.as_str()).collect();
+    tracing::info!(?task_ids, "images generated");
     let mut data = Vec::with_capacity(generated.len());
-    for Generated { image_id, .. } in generated {
+    for &Generated { image_id, .. } in &generated {
         data.push(match request.format {
             ImageFormat::Url => {
                 let info = req.connection_info();
@@ -107,7 +109,6 @@ pub async fn generations(
             }
         });
     }
-    tracing::info!(images = data.len(), "images generated");
     Ok(HttpResponse::Ok().json(ImagesResponse {
         created: unix_now(),
         data,
