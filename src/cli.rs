@@ -70,7 +70,8 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
-    /// Run the simulated backend (both protocols) on its own.
+    /// Run the simulated backend on its own: it speaks qwen, fastwhisper, openai (images,
+    /// transcriptions) and a1111 at once.
     Simulate {
         #[arg(long, default_value = "127.0.0.1")]
         host: String,

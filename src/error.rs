@@ -1,7 +1,9 @@
 //! The one error table of the HTTP API: every failure a client can see, with its status,
 //! its stable `code` and its retry hint on one row, rendered as
-//! `{"error": "...", "code": "..."}`. Every internal error type (the store's, the
-//! dispatcher's, the registry's, the speech path's, the domain's) is mapped to a row
+//! `{"error": "...", "code": "..."}`, or in OpenAI's shape
+//! `{"error": {"message", "type", "code"}}` on the OpenAI-compatible routes (the same
+//! row, another body). Every internal error type (the store's, the dispatcher's, the
+//! registry's, the speech path's, the image waits', the domain's) is mapped to a row
 //! here and nowhere else.
 
 use std::fmt;
@@ -14,7 +16,8 @@ use crate::actors::messages::{InstanceAdminError, SubmitError};
 use crate::auth::accounts::AccountError;
 use crate::auth::AuthError;
 use crate::backends::BackendError;
-use crate::domain::{TaskStatus, ValidationError};
+use crate::domain::{TaskId, TaskStatus, ValidationError};
+use crate::generation::GenerationError;
 use crate::limits::{Limited, RateInfo};
 use crate::speech::SpeechError;
 use crate::store::StoreError;
@@ -81,6 +84,17 @@ pub enum ApiError {
     Backend(BackendError),
     #[error("the database is unavailable; retry later")]
     Database(#[source] StoreError),
+    #[error(
+        "the images were not ready within {waited_secs}s; their tasks keep running: poll \
+         GET /api/v1/tasks?task_id=ID for {}",
+        list_ids(.task_ids)
+    )]
+    StillRunning {
+        task_ids: Vec<TaskId>,
+        waited_secs: u64,
+    },
+    #[error("task {task_id} failed: {error}")]
+    TaskFailed { task_id: TaskId, error: String },
     #[error("internal error")]
     Internal(String),
 }
@@ -119,6 +133,8 @@ impl ApiError {
             Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None),
             Backend(BackendError::Timeout(_)) => (S::GATEWAY_TIMEOUT, "backend_timeout", None),
             Backend(_) => (S::BAD_GATEWAY, "backend_error", None),
+            TaskFailed { .. } => (S::BAD_GATEWAY, "task_failed", None),
+            StillRunning { .. } => (S::GATEWAY_TIMEOUT, "tasks_still_running", None),
             QueueFull { .. } => (S::SERVICE_UNAVAILABLE, "queue_full", retry),
             ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down", retry),
             Busy(_) => (S::SERVICE_UNAVAILABLE, "busy", retry),
@@ -133,6 +149,22 @@ impl ApiError {
     }
 }
 
+fn list_ids(ids: &[TaskId]) -> String {
+    ids.iter()
+        .map(TaskId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Which body an error is rendered in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error": "...", "code": "..."}`: the gateway's own API.
+    Gateway,
+    /// `{"error": {"message", "type", "code", "param"}}`: the OpenAI-compatible routes.
+    OpenAi,
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A human-readable message.
@@ -141,6 +173,42 @@ pub struct ErrorBody {
     /// A stable snake_case code for programs.
     #[schema(example = "invalid_request")]
     pub code: &'static str,
+}
+
+/// An error in OpenAI's shape, which the official SDKs read.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiError,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OpenAiError {
+    /// A human-readable message.
+    #[schema(example = "n must be between 1 and 4")]
+    pub message: String,
+    /// The class of error, from the status: `invalid_request_error`,
+    /// `authentication_error`, `permission_error`, `not_found_error`,
+    /// `rate_limit_error`, `server_error`.
+    #[serde(rename = "type")]
+    #[schema(example = "invalid_request_error")]
+    pub kind: &'static str,
+    /// The same stable code as in the rest of the API.
+    #[schema(example = "invalid_request")]
+    pub code: &'static str,
+    /// Always null: messages name the parameter.
+    pub param: Option<String>,
+}
+
+/// OpenAI's `type` for an error of this status.
+fn openai_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        500.. => "server_error",
+        _ => "invalid_request_error",
+    }
 }
 
 impl From<actix::MailboxError> for ApiError {
@@ -219,6 +287,22 @@ impl From<AccountError> for ApiError {
     }
 }
 
+impl From<GenerationError> for ApiError {
+    fn from(e: GenerationError) -> Self {
+        match e {
+            GenerationError::Submit(e) => e.into(),
+            GenerationError::StillRunning { task_ids, waited } => ApiError::StillRunning {
+                task_ids,
+                waited_secs: waited.as_secs(),
+            },
+            GenerationError::Failed { task_id, error } => ApiError::TaskFailed { task_id, error },
+            GenerationError::Cancelled(_) => ApiError::TaskFinished(TaskStatus::Cancelled),
+            GenerationError::Store(e) => e.into(),
+            GenerationError::Unavailable(_) => ApiError::Busy(e.to_string()),
+        }
+    }
+}
+
 impl From<SpeechError> for ApiError {
     fn from(e: SpeechError) -> Self {
         match e {
@@ -253,16 +337,10 @@ impl fmt::Debug for ApiError {
     }
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.row().0
-    }
-
-    fn error_response(&self) -> HttpResponse {
+impl ApiError {
+    /// The error's response: its row's status and headers, with a body of `shape`.
+    pub fn render(&self, shape: ErrorShape) -> HttpResponse {
         let (status, code, retry_after) = self.row();
-        if status.is_server_error() {
-            tracing::error!(error = ?self, "request failed");
-        }
         let mut response = HttpResponse::build(status);
         if let Some(secs) = retry_after {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
@@ -270,13 +348,41 @@ impl ResponseError for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        if let ApiError::RateLimited(limited) = self {
-            insert_rate_headers(&mut response, &limited.info);
+        match self {
+            ApiError::RateLimited(limited) => insert_rate_headers(&mut response, &limited.info),
+            // Asking again would make more tasks, not finish these; the OpenAI SDKs obey this.
+            ApiError::StillRunning { .. } => {
+                response.insert_header(("x-should-retry", "false"));
+            }
+            _ => {}
         }
-        response.json(ErrorBody {
-            error: self.to_string(),
-            code,
-        })
+        match shape {
+            ErrorShape::Gateway => response.json(ErrorBody {
+                error: self.to_string(),
+                code,
+            }),
+            ErrorShape::OpenAi => response.json(OpenAiErrorBody {
+                error: OpenAiError {
+                    message: self.to_string(),
+                    kind: openai_type(status),
+                    code,
+                    param: None,
+                },
+            }),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.row().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status_code().is_server_error() {
+            tracing::error!(error = ?self, "request failed");
+        }
+        self.render(ErrorShape::Gateway)
     }
 }
 
@@ -286,4 +392,73 @@ pub fn insert_rate_headers(response: &mut HttpResponseBuilder, info: &RateInfo) 
         .insert_header(("X-RateLimit-Limit", info.limit.to_string()))
         .insert_header(("X-RateLimit-Remaining", info.remaining.to_string()))
         .insert_header(("X-RateLimit-Reset", info.reset_secs.to_string()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn header_of<'a>(response: &'a HttpResponse, name: &str) -> &'a str {
+        response.headers().get(name).unwrap().to_str().unwrap()
+    }
+
+    fn body_of(response: HttpResponse) -> serde_json::Value {
+        let Ok(bytes) = response.into_body().try_into_bytes() else {
+            panic!("an error's body is one JSON document");
+        };
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn one_row_two_shapes() {
+        let error = ApiError::QueueFull { capacity: 100 };
+        let message = "the task queue is full (100 tasks); retry later";
+        for shape in [ErrorShape::Gateway, ErrorShape::OpenAi] {
+            let response = error.render(shape);
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(header_of(&response, "retry-after"), "5");
+        }
+        assert_eq!(
+            body_of(error.render(ErrorShape::Gateway)),
+            serde_json::json!({"error": message, "code": "queue_full"})
+        );
+        assert_eq!(
+            body_of(error.render(ErrorShape::OpenAi)),
+            serde_json::json!({"error": {"message": message, "type": "server_error",
+                                         "code": "queue_full", "param": null}})
+        );
+    }
+
+    #[test]
+    fn openai_types_follow_the_status() {
+        let cases = [
+            (ApiError::Validation("x".into()), "invalid_request_error"),
+            (ApiError::Unauthorized("x".into()), "authentication_error"),
+            (ApiError::Forbidden("x".into()), "permission_error"),
+            (ApiError::NotFound("route"), "not_found_error"),
+            (ApiError::QuotaExceeded { limit: 1 }, "rate_limit_error"),
+            (ApiError::UploadTimeout("x".into()), "invalid_request_error"),
+            (ApiError::Internal("x".into()), "server_error"),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(openai_type(error.status_code()), kind, "{error}");
+        }
+    }
+
+    #[test]
+    fn tasks_still_running_are_named_and_not_to_be_asked_for_again() {
+        let error = ApiError::StillRunning {
+            task_ids: vec![TaskId::from("a".to_string()), TaskId::from("b".to_string())],
+            waited_secs: 120,
+        };
+        let response = error.render(ErrorShape::OpenAi);
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(header_of(&response, "x-should-retry"), "false");
+        let message = error.to_string();
+        assert!(
+            message.contains("within 120s") && message.ends_with("for a, b"),
+            "{message}"
+        );
+    }
 }

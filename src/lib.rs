@@ -7,6 +7,7 @@ pub mod cli;
 pub mod domain;
 pub mod error;
 pub mod faults;
+pub mod generation;
 pub mod http;
 pub mod limits;
 pub mod settings;

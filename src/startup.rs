@@ -19,6 +19,7 @@ use crate::actors::worker::WorkerDeps;
 use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, WorkerPool};
 use crate::auth::{load_or_create_secret, JwtKeys};
 use crate::domain::InstanceKind;
+use crate::generation::GenerationService;
 use crate::http;
 use crate::limits::Limits;
 use crate::settings::Settings;
@@ -149,6 +150,12 @@ impl Application {
             registry.clone(),
             settings.speech.clone(),
         ));
+        let generation = web::Data::new(GenerationService::new(
+            dispatcher.clone(),
+            store.clone(),
+            db.clone(),
+            settings.openai_wait(),
+        ));
         actix_web::rt::spawn(forget_idle_clients(limits.clone().into_inner()));
         let (db, keys, settings) = (
             web::Data::new(db),
@@ -174,6 +181,7 @@ impl Application {
                 .app_data(dispatcher.clone())
                 .app_data(app_registry.clone())
                 .app_data(speech.clone())
+                .app_data(generation.clone())
                 .configure(http::configure)
                 .default_service(web::to(http::no_route))
         })

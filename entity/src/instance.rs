@@ -48,6 +48,12 @@ pub enum Protocol {
     Qwen,
     #[sea_orm(string_value = "fastwhisper")]
     Fastwhisper,
+    /// OpenAI-compatible servers: images or transcriptions, by the instance's kind.
+    #[sea_orm(string_value = "openai")]
+    Openai,
+    /// AUTOMATIC1111's web UI API (and Forge, stable-diffusion.cpp's server): images.
+    #[sea_orm(string_value = "a1111")]
+    A1111,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -60,6 +66,8 @@ pub struct Model {
     /// Normalised (see `domain::url_key`); unique per kind.
     pub url: String,
     pub protocol: Protocol,
+    /// The model an openai instance is asked for; `None`: the kind's default.
+    pub model: Option<String>,
     pub capacity: i32,
     pub weight: i32,
     pub enabled: bool,

@@ -7,6 +7,7 @@ mod m20261128_000003_idempotency_keys;
 mod m20261128_000004_instances;
 mod m20261128_000005_task_priority;
 mod m20261201_000006_task_trace;
+mod m20261203_000201_instance_model;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_instances::Migration),
             Box::new(m20261128_000005_task_priority::Migration),
             Box::new(m20261201_000006_task_trace::Migration),
+            Box::new(m20261203_000201_instance_model::Migration),
         ]
     }
 }

@@ -19,7 +19,7 @@ use super::instance_registry::InstanceRegistry;
 use super::messages::*;
 use super::task_store::write;
 use super::task_store::TaskStore;
-use crate::backends::{self, qwen};
+use crate::backends;
 use crate::domain::{InstanceKind, QueuedTask, TaskId};
 use crate::{faults, telemetry};
 
@@ -206,12 +206,19 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     // dropped (aborted) if it did not.
     tracing::info!("calling backend");
     let started = Instant::now();
-    let (url, job) = (lease.url.clone(), task.job.clone());
-    let call_span = telemetry::backend_span(&format!("{}/generate", url.trim_end_matches('/')));
+    let (url, model, job) = (lease.url.clone(), lease.model.clone(), task.job.clone());
+    let path = backends::image_path(lease.protocol);
+    let call_span = telemetry::backend_span(&format!("{}{path}", url.trim_end_matches('/')));
     let headers = telemetry::propagation_headers(&call_span);
+    let target = backends::Target {
+        url: &url,
+        protocol: lease.protocol,
+        model: model.as_deref(),
+    };
     let call = async {
         let (timeout, max_bytes) = (deps.task_timeout, deps.max_response_bytes);
-        let result = qwen::generate(&client, &url, &job, timeout, max_bytes, &headers).await;
+        let result =
+            backends::generate_image(&client, target, &job, timeout, max_bytes, &headers).await;
         telemetry::record_backend_outcome(&tracing::Span::current(), result.as_ref().err());
         result
     }

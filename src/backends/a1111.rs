@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::json_images::{answer_limit, decode_image, post_json, DEFAULT_SIDE};
 use super::qwen::GeneratedImage;
-use super::BackendError;
+use super::{BackendError, CallHeaders};
 use crate::domain::ImageJob;
 
 /// The seed that asks the server to pick one.
@@ -32,13 +32,14 @@ struct Txt2ImgAnswer {
 
 /// One generation on the server at `base`, of the job's width x height (512 each when
 /// absent; the seed random when absent), bounded by `timeout` from start to last
-/// byte and by `max_bytes` of image.
+/// byte and by `max_bytes` of image; the request carries `headers`.
 pub async fn generate(
     client: &awc::Client,
     base: &str,
     job: &ImageJob,
     timeout: Duration,
     max_bytes: usize,
+    headers: &CallHeaders,
 ) -> Result<GeneratedImage, BackendError> {
     let call = async {
         let request = Txt2ImgRequest {
@@ -54,8 +55,9 @@ pub async fn generate(
                 .map_or(RANDOM_SEED, |seed| seed.min(i64::MAX as u64) as i64),
         };
         let url = format!("{}/sdapi/v1/txt2img", base.trim_end_matches('/'));
+        let limit = answer_limit(max_bytes);
         let answer: Txt2ImgAnswer =
-            post_json(client, &url, &request, timeout, answer_limit(max_bytes)).await?;
+            post_json(client, &url, &request, timeout, limit, headers).await?;
         let Some(first) = answer.images.first() else {
             return Err(BackendError::BadAnswer("answer holds no image".into()));
         };
@@ -103,14 +105,8 @@ mod tests {
         max_bytes: usize,
     ) -> Result<GeneratedImage, BackendError> {
         let timeout = Duration::from_secs(10);
-        generate(
-            &crate::backends::client(),
-            &sim.url(),
-            job,
-            timeout,
-            max_bytes,
-        )
-        .await
+        let client = crate::backends::client();
+        generate(&client, &sim.url(), job, timeout, max_bytes, &[]).await
     }
 
     fn bad_answer(result: Result<GeneratedImage, BackendError>) -> String {

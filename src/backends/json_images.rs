@@ -1,5 +1,5 @@
-//! What the JSON image protocols (openai, a1111) share: one bounded JSON call, and the
-//! checks an image must pass before it is stored (size, and being an image at all).
+//! What the JSON image protocols (openai, a1111) share: one bounded JSON call, and
+//! images in base64.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::answers::{read_ok_body, send_error};
 use super::qwen::GeneratedImage;
-use super::{sniff_image, BackendError};
+use super::{checked_image, with_headers, BackendError, CallHeaders};
 
 /// Side in pixels asked for when a job names none: what SD 1.5 models are trained at.
 pub(super) const DEFAULT_SIDE: u32 = 512;
@@ -29,17 +29,17 @@ pub(super) fn answer_limit(max_image_bytes: usize) -> usize {
     max_image_bytes.div_ceil(3) * 4 + ANSWER_SLACK_BYTES
 }
 
-/// POSTs `body` as JSON to `url` and parses a JSON answer of at most `max_answer_bytes`;
-/// `timeout` bounds the wait for the answer's headers.
+/// POSTs `body` as JSON to `url` with `headers` and parses a JSON answer of at most
+/// `max_answer_bytes`; `timeout` bounds the wait for the answer's headers.
 pub(super) async fn post_json<A: DeserializeOwned>(
     client: &awc::Client,
     url: &str,
     body: &impl Serialize,
     timeout: Duration,
     max_answer_bytes: usize,
+    headers: &CallHeaders,
 ) -> Result<A, BackendError> {
-    let mut response = client
-        .post(url)
+    let mut response = with_headers(client.post(url), headers)
         .timeout(timeout)
         .send_json(body)
         .await
@@ -50,7 +50,7 @@ pub(super) async fn post_json<A: DeserializeOwned>(
         .map_err(|e| BackendError::BadAnswer(format!("answer is not the expected JSON: {e}")))
 }
 
-/// Decodes a base64 image from an answer and checks it like [`checked_image`].
+/// Decodes a base64 image from an answer and checks it like any image.
 pub(super) fn decode_image(
     encoded: &str,
     max_bytes: usize,
@@ -59,31 +59,6 @@ pub(super) fn decode_image(
         .decode(encoded.trim())
         .map_err(|e| BackendError::BadAnswer(format!("image is not valid base64: {e}")))?;
     checked_image(bytes, max_bytes)
-}
-
-/// An image of 1 to `max_bytes` bytes that is a PNG, JPEG or WebP, typed by its content
-/// rather than by what the server says it is.
-pub(super) fn checked_image(
-    bytes: Vec<u8>,
-    max_bytes: usize,
-) -> Result<GeneratedImage, BackendError> {
-    if bytes.is_empty() {
-        return Err(BackendError::BadAnswer("empty image".into()));
-    }
-    if bytes.len() > max_bytes {
-        return Err(BackendError::BadAnswer(format!(
-            "image larger than {max_bytes} bytes"
-        )));
-    }
-    let Some(content_type) = sniff_image(&bytes) else {
-        return Err(BackendError::BadAnswer(
-            "answer is not a PNG, JPEG or WebP image".into(),
-        ));
-    };
-    Ok(GeneratedImage {
-        content_type: content_type.into(),
-        bytes,
-    })
 }
 
 #[cfg(test)]

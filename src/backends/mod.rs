@@ -3,11 +3,17 @@
 
 pub mod a1111;
 mod answers;
+mod dispatch;
 pub mod fastwhisper;
 mod json_images;
 pub mod openai;
 pub mod qwen;
 pub mod transcript_formats;
+
+pub use dispatch::{
+    generate_image, image_path, transcription, transcription_path, Target, Transcription, Upload,
+};
+use qwen::GeneratedImage;
 
 /// Headers of one backend request beyond its protocol's own: the W3C trace context
 /// (`traceparent`, `tracestate`) of the call's client span.
@@ -43,6 +49,9 @@ pub enum BackendError {
     Status { status: u16, detail: String },
     #[error("backend answer is unusable: {0}")]
     BadAnswer(String),
+    /// The instance's protocol does not serve its kind (a row changed by hand).
+    #[error("backend instance is misconfigured: {0}")]
+    Misconfigured(String),
 }
 
 impl BackendError {
@@ -53,6 +62,7 @@ impl BackendError {
             BackendError::Timeout(_) => "timeout",
             BackendError::Status { .. } => "status",
             BackendError::BadAnswer(_) => "bad_answer",
+            BackendError::Misconfigured(_) => "misconfigured",
         }
     }
 
@@ -89,6 +99,28 @@ pub fn sniff_image(bytes: &[u8]) -> Option<&'static str> {
         [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some("image/webp"),
         _ => None,
     }
+}
+
+/// An image of 1 to `max_bytes` bytes that is a PNG, JPEG or WebP, typed by its content
+/// rather than by what the server says it is.
+fn checked_image(bytes: Vec<u8>, max_bytes: usize) -> Result<GeneratedImage, BackendError> {
+    if bytes.is_empty() {
+        return Err(BackendError::BadAnswer("empty image".into()));
+    }
+    if bytes.len() > max_bytes {
+        return Err(BackendError::BadAnswer(format!(
+            "image larger than {max_bytes} bytes"
+        )));
+    }
+    let Some(content_type) = sniff_image(&bytes) else {
+        return Err(BackendError::BadAnswer(
+            "answer is not a PNG, JPEG or WebP image".into(),
+        ));
+    };
+    Ok(GeneratedImage {
+        content_type: content_type.into(),
+        bytes,
+    })
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! The "qwen" image protocol: `POST {base}/generate` with JSON, raw image bytes back.
+//! The "qwen" image protocol: `POST {base}/generate` with JSON, raw image bytes back,
+//! typed by their magic bytes.
 
 use std::time::Duration;
 
 use actix_web::http::{header, StatusCode};
 use serde::Serialize;
 
-use super::{error_detail, with_headers, BackendError, CallHeaders};
+use super::{checked_image, error_detail, with_headers, BackendError, CallHeaders};
 use crate::domain::ImageJob;
 
 /// Bytes of a failed answer kept as the task's error.
@@ -25,6 +26,7 @@ struct GenerateRequest<'a> {
     seed: Option<u64>,
 }
 
+/// An image as stored: its bytes, and the Content-Type they are.
 pub struct GeneratedImage {
     pub content_type: String,
     pub bytes: Vec<u8>,
@@ -59,7 +61,7 @@ pub async fn generate(
                 other => BackendError::Transport(other.to_string()),
             })?;
         let status = response.status();
-        let content_type = response
+        let label = response
             .headers()
             .get(header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap_or("").trim().to_string());
@@ -70,15 +72,11 @@ pub async fn generate(
                 detail: error_detail(&body, ERROR_DETAIL_BYTES),
             });
         }
-        let content_type = match content_type {
-            None => "image/jpeg".to_string(),
-            Some(ct) if ct.starts_with("image/") => ct,
-            Some(ct) => {
-                return Err(BackendError::BadAnswer(format!(
-                    "expected an image, got Content-Type {ct:?}"
-                )))
-            }
-        };
+        if let Some(label) = label.filter(|label| !label.starts_with("image/")) {
+            return Err(BackendError::BadAnswer(format!(
+                "expected an image, got Content-Type {label:?}"
+            )));
+        }
         let bytes = response
             .body()
             .limit(max_bytes)
@@ -89,15 +87,56 @@ pub async fn generate(
                 }
                 other => BackendError::Transport(format!("reading the image: {other}")),
             })?;
-        if bytes.is_empty() {
-            return Err(BackendError::BadAnswer("empty image".into()));
-        }
-        Ok(GeneratedImage {
-            content_type,
-            bytes: bytes.to_vec(),
-        })
+        // Typed by its bytes, whatever the label says: a label proves nothing, and the
+        // old servers leave it out for JPEGs.
+        checked_image(bytes.to_vec(), max_bytes)
     };
     tokio::time::timeout(timeout, call)
         .await
         .unwrap_or(Err(BackendError::Timeout(timeout.as_secs())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::{render_png, SimBackend, SimConfig};
+
+    fn job(prompt: &str) -> ImageJob {
+        ImageJob {
+            prompt: prompt.into(),
+            negative_prompt: None,
+            width: None,
+            height: None,
+            steps: 20,
+            seed: None,
+        }
+    }
+
+    async fn generate_on(sim: &SimBackend) -> Result<GeneratedImage, BackendError> {
+        let (client, timeout) = (crate::backends::client(), Duration::from_secs(10));
+        generate(&client, &sim.url(), &job("a cat"), timeout, 1 << 20, &[]).await
+    }
+
+    #[actix_web::test]
+    async fn an_image_is_typed_by_its_bytes_and_noise_is_refused() {
+        let config = SimConfig {
+            latency_ms: 0,
+            ..SimConfig::default()
+        };
+        let sim = SimBackend::start(config, "127.0.0.1", 0).unwrap();
+        let image = generate_on(&sim).await.unwrap();
+        assert_eq!(image.content_type, "image/png");
+        assert_eq!(image.bytes, render_png("a cat", 64, 64, 20));
+        // Random bytes labelled image/png.
+        sim.set_garbage_image(true);
+        match generate_on(&sim).await {
+            Err(BackendError::BadAnswer(reason)) => {
+                assert!(reason.contains("not a PNG, JPEG or WebP"), "{reason}")
+            }
+            other => panic!(
+                "expected a bad answer, got {:?}",
+                other.map(|i| i.content_type)
+            ),
+        }
+    }
 }

@@ -30,6 +30,9 @@ pub struct InstanceSpec {
     pub url: String,
     /// Defaults from the kind: qwen for image, fastwhisper for speech.
     pub protocol: Option<Protocol>,
+    /// The model an openai instance is asked for; unset, the kind's default.
+    #[serde(default)]
+    pub model: Option<String>,
     #[serde(default = "one")]
     pub capacity: u32,
     #[serde(default = "one")]
@@ -40,6 +43,21 @@ fn one() -> u32 {
     1
 }
 
+/// The model an openai image instance is asked for when none is set: OpenAI's own
+/// default. Most servers name their models otherwise, so set `model` for them.
+const DEFAULT_IMAGE_MODEL: &str = "dall-e-2";
+/// The model an openai speech instance is asked for when none is set.
+const DEFAULT_SPEECH_MODEL: &str = "whisper-1";
+const MAX_MODEL_CHARS: usize = 256;
+
+/// The protocols an instance of `kind` may speak; the first is the default.
+fn protocols_of(kind: InstanceKind) -> &'static [Protocol] {
+    match kind {
+        InstanceKind::Image => &[Protocol::Qwen, Protocol::Openai, Protocol::A1111],
+        InstanceKind::Speech => &[Protocol::Fastwhisper, Protocol::Openai],
+    }
+}
+
 impl InstanceSpec {
     /// An instance of capacity 1 and weight 1 speaking the kind's default protocol.
     pub fn new(kind: InstanceKind, url: impl Into<String>) -> InstanceSpec {
@@ -47,6 +65,7 @@ impl InstanceSpec {
             kind,
             url: url.into(),
             protocol: None,
+            model: None,
             capacity: 1,
             weight: 1,
         }
@@ -58,10 +77,19 @@ impl InstanceSpec {
     }
 
     pub fn protocol(&self) -> Protocol {
-        self.protocol.unwrap_or(match self.kind {
-            InstanceKind::Image => Protocol::Qwen,
-            InstanceKind::Speech => Protocol::Fastwhisper,
-        })
+        self.protocol.unwrap_or(protocols_of(self.kind)[0])
+    }
+
+    /// The model calls name: the one set, or the kind's default; only openai instances
+    /// name one.
+    pub fn model(&self) -> Option<&str> {
+        if self.protocol() != Protocol::Openai {
+            return None;
+        }
+        Some(self.model.as_deref().unwrap_or(match self.kind {
+            InstanceKind::Image => DEFAULT_IMAGE_MODEL,
+            InstanceKind::Speech => DEFAULT_SPEECH_MODEL,
+        }))
     }
 
     /// The first field that is invalid, with the reason.
@@ -75,13 +103,14 @@ impl InstanceSpec {
             let reason = format!("must be between 1 and {MAX_INSTANCE_WEIGHT}");
             return Err(("weight", reason));
         }
-        let expected = match self.kind {
-            InstanceKind::Image => Protocol::Qwen,
-            InstanceKind::Speech => Protocol::Fastwhisper,
-        };
-        if self.protocol() != expected {
-            let reason = "image instances speak qwen, speech instances fastwhisper".to_string();
+        if !protocols_of(self.kind).contains(&self.protocol()) {
+            let reason = "image instances speak qwen, openai or a1111; \
+                          speech instances fastwhisper or openai"
+                .to_string();
             return Err(("protocol", reason));
+        }
+        if let Some(model) = &self.model {
+            check_model(model, self.protocol()).map_err(|reason| ("model", reason))?;
         }
         Ok(())
     }
@@ -90,6 +119,24 @@ impl InstanceSpec {
     pub fn same_backend(&self, other: &InstanceSpec) -> bool {
         self.kind == other.kind && url_key(&self.url) == url_key(&other.url)
     }
+}
+
+/// A model name is one line of text, and only openai instances take one: the others
+/// serve whatever model their server has loaded.
+fn check_model(model: &str, protocol: Protocol) -> Result<(), String> {
+    if protocol != Protocol::Openai {
+        return Err("only openai instances take a model".into());
+    }
+    if model.trim().is_empty() || model.trim() != model {
+        return Err("must not be empty or start or end with spaces".into());
+    }
+    if model.chars().count() > MAX_MODEL_CHARS {
+        return Err(format!("must be at most {MAX_MODEL_CHARS} characters"));
+    }
+    if model.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
 }
 
 /// An instance URL must be absolute http with a host, and no query or fragment. Backends
@@ -129,8 +176,13 @@ pub struct NewInstanceRequest {
     /// `http://host[:port][/path]`; TLS to backends is not supported.
     #[schema(example = "http://10.0.0.7:8000")]
     pub url: String,
-    /// Defaults from the kind: qwen for image, fastwhisper for speech.
+    /// Defaults from the kind: qwen for image, fastwhisper for speech. Image instances
+    /// speak qwen, openai or a1111; speech instances fastwhisper or openai.
     pub protocol: Option<Protocol>,
+    /// openai instances only: the model calls name (default dall-e-2 for images,
+    /// whisper-1 for speech).
+    #[schema(example = "Systran/faster-whisper-small")]
+    pub model: Option<String>,
     /// Concurrent calls it takes, 1 to 1024 (default 1).
     pub capacity: Option<u32>,
     /// 1 to 1000 (default 1): share of users under user-hash, preference among equally
@@ -146,6 +198,7 @@ impl TryFrom<NewInstanceRequest> for InstanceSpec {
             kind: request.kind,
             url: request.url.trim().to_string(),
             protocol: request.protocol,
+            model: request.model,
             capacity: request.capacity.unwrap_or(1),
             weight: request.weight.unwrap_or(1),
         };
@@ -210,6 +263,66 @@ impl TryFrom<InstanceChangeRequest> for InstanceChange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(kind: InstanceKind, protocol: Option<Protocol>, model: Option<&str>) -> InstanceSpec {
+        InstanceSpec {
+            protocol,
+            model: model.map(str::to_string),
+            ..InstanceSpec::new(kind, "http://10.0.0.5:8000")
+        }
+    }
+
+    #[test]
+    fn each_kind_takes_its_own_protocols() {
+        use InstanceKind::{Image, Speech};
+        use Protocol::*;
+        for (kind, protocol) in [
+            (Image, Qwen),
+            (Image, Openai),
+            (Image, A1111),
+            (Speech, Fastwhisper),
+            (Speech, Openai),
+        ] {
+            assert_eq!(
+                spec(kind, Some(protocol), None).check(),
+                Ok(()),
+                "{kind:?} {protocol:?}"
+            );
+        }
+        for (kind, protocol) in [(Image, Fastwhisper), (Speech, Qwen), (Speech, A1111)] {
+            let (field, _) = spec(kind, Some(protocol), None).check().unwrap_err();
+            assert_eq!(field, "protocol", "{kind:?} {protocol:?}");
+        }
+        assert_eq!(spec(Image, None, None).protocol(), Qwen);
+        assert_eq!(spec(Speech, None, None).protocol(), Fastwhisper);
+    }
+
+    #[test]
+    fn only_openai_instances_name_a_model_and_they_always_do() {
+        use InstanceKind::{Image, Speech};
+        let openai = Some(Protocol::Openai);
+        assert_eq!(spec(Image, openai, None).model(), Some(DEFAULT_IMAGE_MODEL));
+        assert_eq!(
+            spec(Speech, openai, None).model(),
+            Some(DEFAULT_SPEECH_MODEL)
+        );
+        let named = spec(Speech, openai, Some("Systran/faster-whisper-small"));
+        assert_eq!(named.check(), Ok(()));
+        assert_eq!(named.model(), Some("Systran/faster-whisper-small"));
+        assert_eq!(spec(Image, Some(Protocol::A1111), None).model(), None);
+        for (protocol, model) in [
+            (Some(Protocol::Qwen), "sd-xl"),
+            (Some(Protocol::A1111), "sd-xl"),
+            (openai, ""),
+            (openai, " padded"),
+            (openai, "two\nlines"),
+        ] {
+            let (field, _) = spec(Image, protocol, Some(model)).check().unwrap_err();
+            assert_eq!(field, "model", "{protocol:?} {model:?}");
+        }
+        let long = "m".repeat(MAX_MODEL_CHARS + 1);
+        assert!(spec(Image, openai, Some(&long)).check().is_err());
+    }
 
     #[test]
     fn urls_are_judged_by_their_normal_form() {

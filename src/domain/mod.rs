@@ -8,6 +8,7 @@ mod ids;
 mod image_job;
 mod instance;
 mod new_user;
+mod openai;
 mod task;
 
 pub use entity::user::Role;
@@ -20,4 +21,7 @@ pub use instance::{
     NewInstanceRequest, Protocol, Strategy, MAX_INSTANCE_CAPACITY, MAX_INSTANCE_WEIGHT,
 };
 pub use new_user::{check_username, NewUser, RegisterRequest};
+pub use openai::{
+    ImageFormat, ImageGeneration, ImageGenerationRequest, TranscriptionRequest, MAX_IMAGES,
+};
 pub use task::{NewTask, Priority, QueuedTask, TaskStatus, TraceContext};

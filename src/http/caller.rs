@@ -107,14 +107,16 @@ impl FromRequest for AdminUser {
     }
 }
 
-/// A caller of the device-facing endpoints: a device with an API key (`X-API-Key: <key>`
-/// or `Authorization: Bearer igk_…`), or a user with a JWT. Either way it acts as the
-/// key's owner.
+/// A caller of the device-facing endpoints (speech, the OpenAI-compatible routes, image
+/// downloads): a device with an API key (`X-API-Key: <key>` or `Authorization: Bearer
+/// igk_…`, as the OpenAI SDKs send an `api_key`), or a user with a JWT. Either way it
+/// acts as the key's owner, with the owner's role.
 #[derive(Debug, Clone)]
 pub struct DeviceOrUser {
     pub user_id: UserId,
     /// The API key used, when not a JWT.
     pub key_id: Option<i64>,
+    pub role: Role,
 }
 
 impl FromRequest for DeviceOrUser {
@@ -133,6 +135,7 @@ impl FromRequest for DeviceOrUser {
                     let user = verify_jwt(req, token).map(|user| DeviceOrUser {
                         user_id: user.id,
                         key_id: None,
+                        role: user.role,
                     });
                     return ready(user.map_err(ApiError::from)).boxed_local();
                 }
@@ -151,9 +154,15 @@ impl FromRequest for DeviceOrUser {
                 .await
                 .map_err(AuthError::from)?
                 .ok_or(AuthError::InvalidKey)?;
+            // The owner's role now (a key outlives promotions), as for an admin's token.
+            let owner = users::find_by_id(&db, found.user_id)
+                .await
+                .map_err(AuthError::from)?
+                .ok_or(AuthError::UserGone)?;
             Ok(DeviceOrUser {
                 user_id: UserId(found.user_id),
                 key_id: Some(found.id),
+                role: owner.role,
             })
         }
         .boxed_local()

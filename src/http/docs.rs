@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{accounts, admin, image, keys, speech, system, tasks};
+use super::{accounts, admin, image, keys, openai, speech, system, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,8 +19,9 @@ use super::{accounts, admin, image, keys, speech, system, tasks};
         keys::create_key, keys::list_keys, keys::delete_key,
         system::health, system::ready, system::stats,
         admin::list_instances, admin::add_instance, admin::update_instance, admin::remove_instance,
+        openai::images::generations, openai::transcriptions::transcriptions, openai::models::list_models,
     ),
-    components(schemas(crate::error::ErrorBody)),
+    components(schemas(crate::error::ErrorBody, crate::error::OpenAiErrorBody)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "accounts", description = "Registration and login"),
@@ -30,6 +31,7 @@ use super::{accounts, admin, image, keys, speech, system, tasks};
         (name = "keys", description = "Device API keys"),
         (name = "system", description = "Health and queue figures"),
         (name = "admin", description = "Backend instances at run time (admin role)"),
+        (name = "openai", description = "OpenAI-compatible routes under /v1 (device API key or JWT as Bearer; errors in OpenAI's shape)"),
     )
 )]
 pub struct ApiDoc;
@@ -48,7 +50,8 @@ impl Modify for SecuritySchemes {
                     .build(),
             ),
         );
-        // Devices: the speech endpoints also take `Authorization: Bearer igk_…`.
+        // Devices: the speech, image download and /v1 endpoints also take
+        // `Authorization: Bearer igk_…`.
         components.add_security_scheme(
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(

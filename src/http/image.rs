@@ -11,7 +11,7 @@ use crate::actors::Dispatcher;
 use crate::domain::{Idempotency, ImageId, ImageJob, ImageRequest, Priority, Role, TaskId};
 use crate::error::{insert_rate_headers, ApiError, ErrorBody};
 use crate::http::ask;
-use crate::http::caller::AuthUser;
+use crate::http::caller::{AuthUser, DeviceOrUser};
 use crate::limits::{Limits, RateInfo};
 use crate::settings::Settings;
 use crate::store::tasks;
@@ -94,7 +94,7 @@ pub async fn submit(
 }
 
 /// VIP users' tasks wait in the priority line; everyone else's (admins too) in the normal one.
-fn priority_of(role: Role) -> Priority {
+pub(crate) fn priority_of(role: Role) -> Priority {
     match role {
         Role::Vip => Priority::Vip,
         Role::User | Role::Admin => Priority::Normal,
@@ -120,22 +120,23 @@ fn accepted(task_id: TaskId, replayed: bool, rate: Option<RateInfo>) -> HttpResp
     })
 }
 
-/// The image a task produced, with its Content-Type.
+/// The image a task produced, with its Content-Type. Device keys may fetch it too: the
+/// OpenAI-compatible route answers links to it.
 #[utoipa::path(get, path = "/api/images/{id}", tag = "image",
     params(("id" = i64, Path, description = "Image id from a task's result_url")),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "Image bytes", content_type = "image/png"),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 404, description = "No such image of yours", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = %user.id, image_id = *id))]
+#[tracing::instrument(skip_all, fields(user_id = %caller.user_id, image_id = *id))]
 pub async fn get_image(
-    user: AuthUser,
+    caller: DeviceOrUser,
     db: web::Data<DatabaseConnection>,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let image = tasks::image(&db, user.id, ImageId(id.into_inner()))
+    let image = tasks::image(&db, caller.user_id, ImageId(id.into_inner()))
         .await?
         .ok_or(ApiError::NotFound("image"))?;
     Ok(HttpResponse::Ok()

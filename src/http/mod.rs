@@ -8,6 +8,7 @@ pub mod docs;
 pub mod extract;
 pub mod image;
 pub mod keys;
+pub mod openai;
 pub mod speech;
 pub mod system;
 pub mod tasks;
@@ -43,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(speech::configure)
         .configure(keys::configure)
         .configure(admin::configure)
+        .configure(openai::configure)
         .configure(docs::configure);
 }
 

@@ -20,8 +20,8 @@ use crate::speech::{Audio, SpeechError, SpeechService};
 /// Multipart framing (boundaries, part headers) allowed on top of `max_upload_bytes` when
 /// judging a Content-Length up front.
 const FORM_FRAMING_BYTES: u64 = 64 * 1024;
-/// Form fields skipped while looking for `file`.
-const MAX_OTHER_FIELDS: usize = 16;
+/// Form fields read past while looking for `file`.
+pub(super) const MAX_OTHER_FIELDS: usize = 16;
 /// The only sample rate the PCM endpoint takes; the gateway does not resample.
 const SAMPLE_RATE: u32 = 16_000;
 
@@ -73,42 +73,17 @@ pub async fn transcribe(
     rates: web::Data<Limits>,
 ) -> Result<HttpResponse, ApiError> {
     check_rate(&rates, caller.user_id)?;
-    let limits = speech.limits();
     let deadline = speech.upload_deadline();
-    let is_form = req
-        .mime_type()
-        .ok()
-        .flatten()
-        .is_some_and(|mime| mime.essence_str() == "multipart/form-data");
-    if !is_form {
-        return Err(ApiError::MalformedBody(
-            "body must be multipart/form-data with the audio in field `file`".into(),
-        ));
-    }
-    let max_form = limits.max_upload_bytes as u64 + FORM_FRAMING_BYTES;
-    if content_length(&req).is_some_and(|n| n > max_form) {
-        return Err(SpeechError::TooLarge(limits.max_upload_bytes).into());
-    }
-    let mut form = Multipart::new(req.headers(), payload);
-    let (field, received) = tokio::time::timeout_at(deadline, find_file(&mut form, &speech))
-        .await
-        .map_err(|_| SpeechError::TooSlow(limits.max_upload_secs))??;
-    let disposition = field.content_disposition();
-    let filename = disposition.and_then(|d| d.get_filename()).unwrap_or("");
-    let audio = Audio::File {
-        filename: filename.to_string(),
-        content_type: field
-            .content_type()
-            .map_or("application/octet-stream".to_string(), ToString::to_string),
-        received,
-    };
+    let mut form = open_form(&req, payload, &speech)?;
+    let skip = |_: &str, _: &[u8]| Ok(());
+    let (field, audio) = find_file(&mut form, &speech, deadline, skip).await?;
     // The form stays alive while its field is read: a field reads through it.
     let upload = futures_util::stream::unfold((form, field), |(form, mut field)| async move {
         let item = field.next().await?;
         Some((item, (form, field)))
     });
     let answer = speech
-        .transcribe(caller.user_id, audio, Box::pin(upload), deadline)
+        .transcribe(caller.user_id, audio, None, Box::pin(upload), deadline)
         .await?;
     tracing::info!(code = answer.code, "file transcribed");
     Ok(HttpResponse::Ok().json(answer))
@@ -157,14 +132,14 @@ pub async fn pcm(
         }
     }
     let answer = speech
-        .transcribe(caller.user_id, Audio::Pcm, payload, deadline)
+        .transcribe(caller.user_id, Audio::Pcm, None, payload, deadline)
         .await?;
     tracing::info!(code = answer.code, "pcm transcribed");
     Ok(HttpResponse::Ok().json(answer))
 }
 
 /// The user's speech request rate (its own bucket, apart from image submissions).
-fn check_rate(rates: &Limits, user_id: UserId) -> Result<(), ApiError> {
+pub(super) fn check_rate(rates: &Limits, user_id: UserId) -> Result<(), ApiError> {
     match &rates.speech {
         Some(limit) => limit
             .check(&user_id)
@@ -174,11 +149,60 @@ fn check_rate(rates: &Limits, user_id: UserId) -> Result<(), ApiError> {
     }
 }
 
-/// Reads up to the `file` field, skipping others; returns it with the bytes of form data
-/// read so far.
-async fn find_file(
+/// The upload as a form: refused unless it is multipart/form-data no longer (judged by
+/// its Content-Length, when it has one) than `speech.max_upload_bytes` allows.
+pub(super) fn open_form(
+    req: &HttpRequest,
+    payload: web::Payload,
+    speech: &SpeechService,
+) -> Result<Multipart, ApiError> {
+    let limits = speech.limits();
+    let is_form = req
+        .mime_type()
+        .ok()
+        .flatten()
+        .is_some_and(|mime| mime.essence_str() == "multipart/form-data");
+    if !is_form {
+        return Err(ApiError::MalformedBody(
+            "body must be multipart/form-data with the audio in field `file`".into(),
+        ));
+    }
+    let max_form = limits.max_upload_bytes as u64 + FORM_FRAMING_BYTES;
+    if content_length(req).is_some_and(|n| n > max_form) {
+        return Err(SpeechError::TooLarge(limits.max_upload_bytes).into());
+    }
+    Ok(Multipart::new(req.headers(), payload))
+}
+
+/// Reads up to the `file` field by `deadline`, handing the other fields' bytes to `keep`
+/// (name, chunk); returns the field and the audio it holds.
+pub(super) async fn find_file(
     form: &mut Multipart,
     speech: &SpeechService,
+    deadline: tokio::time::Instant,
+    keep: impl FnMut(&str, &[u8]) -> Result<(), ApiError>,
+) -> Result<(Field, Audio), ApiError> {
+    let limits = speech.limits();
+    let (field, received) = tokio::time::timeout_at(deadline, fields_to_file(form, speech, keep))
+        .await
+        .map_err(|_| SpeechError::TooSlow(limits.max_upload_secs))??;
+    let disposition = field.content_disposition();
+    let filename = disposition.and_then(|d| d.get_filename()).unwrap_or("");
+    let audio = Audio::File {
+        filename: filename.to_string(),
+        content_type: field
+            .content_type()
+            .map_or("application/octet-stream".to_string(), ToString::to_string),
+        received,
+    };
+    Ok((field, audio))
+}
+
+/// Reads the fields before `file`; returns it with the bytes of form data read so far.
+async fn fields_to_file(
+    form: &mut Multipart,
+    speech: &SpeechService,
+    mut keep: impl FnMut(&str, &[u8]) -> Result<(), ApiError>,
 ) -> Result<(Field, usize), ApiError> {
     let max = speech.limits().max_upload_bytes;
     let mut received = 0;
@@ -191,11 +215,13 @@ async fn find_file(
         if field.name() == Some("file") {
             return Ok((field, received));
         }
+        let name = field.name().unwrap_or_default().to_string();
         while let Some(chunk) = speech.next_chunk(field.next()).await? {
             received += chunk.len();
             if received > max {
                 return Err(SpeechError::TooLarge(max).into());
             }
+            keep(&name, &chunk)?;
         }
     }
     Err(ApiError::Validation(format!(

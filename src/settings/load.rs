@@ -72,7 +72,7 @@ impl Settings {
     fn rules(&self) -> Vec<(&'static str, bool, &'static str)> {
         let (db, auth, queue, workers) = (&self.database, &self.auth, &self.queue, &self.workers);
         let (health, image, speech) = (&self.health, &self.image, &self.speech);
-        let telemetry = &self.telemetry;
+        let (telemetry, openai) = (&self.telemetry, &self.openai);
         let at_least_1 = "must be at least 1";
         let otlp_url = url::Url::parse(&telemetry.otlp_endpoint);
         vec![
@@ -202,6 +202,7 @@ impl Settings {
                 !telemetry.service_name.is_empty(),
                 "must not be empty",
             ),
+            ("openai.wait_secs", openai.wait_secs >= 1, at_least_1),
         ]
     }
 }

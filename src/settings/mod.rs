@@ -35,6 +35,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
+    pub openai: OpenAiSettings,
     pub instances: Vec<InstanceSpec>,
 }
 
@@ -169,6 +170,20 @@ pub struct TelemetrySettings {
     pub service_name: String,
 }
 
+/// The OpenAI-compatible routes under `/v1`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenAiSettings {
+    /// How long `POST /v1/images/generations` waits for its tasks; they keep running after.
+    pub wait_secs: u64,
+}
+
+impl Default for OpenAiSettings {
+    fn default() -> Self {
+        OpenAiSettings { wait_secs: 120 }
+    }
+}
+
 impl Default for TelemetrySettings {
     fn default() -> Self {
         TelemetrySettings {
@@ -193,6 +208,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             log: LogSettings::default(),
             telemetry: TelemetrySettings::default(),
+            openai: OpenAiSettings::default(),
             instances: vec![InstanceSpec {
                 protocol: Some(Protocol::Qwen),
                 ..InstanceSpec::new(InstanceKind::Image, "http://localhost:8000")
@@ -357,6 +373,10 @@ impl Settings {
 
     pub fn queue_max_wait(&self) -> Duration {
         Duration::from_secs(self.queue.max_wait_secs)
+    }
+
+    pub fn openai_wait(&self) -> Duration {
+        Duration::from_secs(self.openai.wait_secs)
     }
 }
 

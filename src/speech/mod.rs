@@ -3,8 +3,10 @@
 //!
 //! The HTTP handlers only parse the request (which audio, where its bytes are) and hand
 //! the upload to [`SpeechService::transcribe`], which leases an instance from the
-//! InstanceRegistry, pumps the client's chunks into a bounded channel that the backend
-//! request reads from, times each phase, and gives the lease back with the outcome.
+//! InstanceRegistry, frames the upload for the instance's protocol (`backends::
+//! transcription`: a form for fastwhisper files, a form around a streamed WAV for openai
+//! PCM, …), pumps the client's chunks into a bounded channel that the backend request
+//! reads from, times each phase, and gives the lease back with the outcome.
 //! Memory stays bounded and the backend hears the first audio at once. Limits are judged
 //! by counting as the bytes arrive, and an upload that breaks one aborts the backend
 //! request rather than ending it, so the backend never transcribes a cut-off body.
@@ -19,8 +21,8 @@ use futures_util::{Stream, StreamExt};
 
 use crate::actors::messages::{Acquire, AcquireError, CallOutcome, Lease};
 use crate::actors::InstanceRegistry;
-use crate::backends::fastwhisper::{self, FileForm, SpeechToTextResponse};
-use crate::backends::{self, BackendError};
+use crate::backends::fastwhisper::{self, SpeechToTextResponse};
+use crate::backends::{self, BackendError, Upload};
 use crate::domain::{InstanceKind, UserId};
 use crate::settings::SpeechSettings;
 use crate::telemetry;
@@ -119,13 +121,15 @@ impl SpeechService {
         }
     }
 
-    /// Transcribes `upload` on a free healthy speech instance. The upload must end by
+    /// Transcribes `upload` on a free healthy speech instance, in the instance's protocol
+    /// (`language`, when known, reaches openai instances). The upload must end by
     /// `deadline`; the backend then has `timeout_secs` to answer.
     #[tracing::instrument(skip_all, fields(instance))]
     pub async fn transcribe<S, E>(
         &self,
         user_id: UserId,
         audio: Audio,
+        language: Option<&str>,
         upload: S,
         deadline: tokio::time::Instant,
     ) -> Result<SpeechToTextResponse, SpeechError>
@@ -137,61 +141,59 @@ impl SpeechService {
         tracing::Span::current().record("instance", lease.url.as_str());
         let (body, stream) = fastwhisper::body_channel(secs(self.limits.timeout_secs));
         let client = CLIENT.with(Clone::clone);
-        let base = lease.url.clone();
-        let path = match audio {
-            Audio::File { .. } => fastwhisper::FILE_PATH,
-            Audio::Pcm => fastwhisper::PCM_PATH,
+        let (base, model) = (lease.url.clone(), lease.model.clone());
+        let target = backends::Target {
+            url: &base,
+            protocol: lease.protocol,
+            model: model.as_deref(),
         };
-        let call_span = telemetry::backend_span(&format!("{}{path}", base.trim_end_matches('/')));
-        let headers = telemetry::propagation_headers(&call_span);
         let limits = &self.limits;
-        let mut upload = upload;
-        match audio {
+        // Form data already read, and the most the upload may hold.
+        let (mut received, max_bytes, kind) = match &audio {
             Audio::File {
                 filename,
                 content_type,
-                mut received,
+                received,
             } => {
-                let framing = FileForm::default();
-                let call = fastwhisper::transcribe_file(&client, &base, &framing, stream, &headers);
-                let pump = async {
-                    body.send(framing.opening(&filename, &content_type)).await?;
-                    while let Some(chunk) = self.next_chunk(upload.next()).await? {
-                        received += chunk.len();
-                        if received > limits.max_upload_bytes {
-                            return Err(SpeechError::TooLarge(limits.max_upload_bytes));
-                        }
-                        body.send(chunk).await?;
-                    }
-                    body.send(framing.closing()).await?;
-                    Ok(body.finish().await?)
+                let kind = Upload::File {
+                    filename,
+                    content_type,
                 };
-                self.relay(lease, call, pump, deadline)
-                    .instrument(call_span)
-                    .await
+                (*received as u64, limits.max_upload_bytes as u64, kind)
             }
-            Audio::Pcm => {
-                let max_bytes = limits.max_pcm_bytes();
-                let call = fastwhisper::transcribe_pcm(&client, &base, stream, &headers);
-                let pump = async {
-                    let mut received = 0u64;
-                    while let Some(chunk) = self.next_chunk(upload.next()).await? {
-                        received += chunk.len() as u64;
-                        if received > max_bytes {
-                            return Err(SpeechError::TooLong(limits.max_pcm_seconds));
-                        }
-                        body.send(chunk).await?;
-                    }
-                    if !received.is_multiple_of(2) {
-                        return Err(SpeechError::OddLength);
-                    }
-                    Ok(body.finish().await?)
-                };
-                self.relay(lease, call, pump, deadline)
-                    .instrument(call_span)
-                    .await
+            Audio::Pcm => (0, limits.max_pcm_bytes(), Upload::Pcm),
+        };
+        let too_much = || match &audio {
+            Audio::File { .. } => SpeechError::TooLarge(limits.max_upload_bytes),
+            Audio::Pcm => SpeechError::TooLong(limits.max_pcm_seconds),
+        };
+        let path = backends::transcription_path(target.protocol, kind);
+        let call_span = telemetry::backend_span(&format!("{}{path}", base.trim_end_matches('/')));
+        let headers = telemetry::propagation_headers(&call_span);
+        let framed = backends::transcription(&client, target, kind, language, stream, &headers);
+        let mut upload = upload;
+        let pump = async {
+            if let Some(opening) = framed.opening {
+                body.send(opening).await?;
             }
-        }
+            while let Some(chunk) = self.next_chunk(upload.next()).await? {
+                received += chunk.len() as u64;
+                if received > max_bytes {
+                    return Err(too_much());
+                }
+                body.send(chunk).await?;
+            }
+            if matches!(kind, Upload::Pcm) && !received.is_multiple_of(2) {
+                return Err(SpeechError::OddLength);
+            }
+            if let Some(closing) = framed.closing {
+                body.send(closing).await?;
+            }
+            Ok(body.finish().await?)
+        };
+        self.relay(lease, framed.call, pump, deadline)
+            .instrument(call_span)
+            .await
     }
 
     /// A lease on a free healthy speech instance: refused at once when none is healthy or

@@ -31,6 +31,7 @@ pub async fn insert(
         kind: Set(spec.kind),
         url: Set(url_key(&spec.url)),
         protocol: Set(spec.protocol()),
+        model: Set(spec.model.clone()),
         capacity: Set(spec.capacity as i32),
         weight: Set(spec.weight as i32),
         enabled: Set(true),
@@ -85,6 +86,7 @@ pub fn spec_of(row: &instance::Model) -> InstanceSpec {
         kind: row.kind,
         url: row.url.clone(),
         protocol: Some(row.protocol),
+        model: row.model.clone(),
         capacity: row.capacity as u32,
         weight: row.weight as u32,
     }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod backend_protocols;
 mod bad_input;
 mod balancing;
 mod cancel;
@@ -16,6 +17,8 @@ mod helpers;
 mod idempotency;
 mod image_flow;
 mod keys;
+mod openai_front;
+mod openai_sdk;
 mod poll;
 mod postgres;
 mod process;

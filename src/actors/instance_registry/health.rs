@@ -1,9 +1,9 @@
-//! Health: every instance is pinged on its own timer. The first ping is at once, so
-//! health is known before traffic comes; later ones are jittered so that a gateway's
-//! instances (and several restarted gateways) never ping in step. Passive health lives in
-//! `outlier`. An instance that comes back after being down (or ejected) gets a slow
-//! start: the capacity it may use ramps from one call to its full capacity over
-//! `health.slow_start_secs`, in ten steps.
+//! Health: every instance is pinged on its own timer, at its protocol's health route.
+//! The first ping is at once, so health is known before traffic comes; later ones are
+//! jittered so that a gateway's instances (and several restarted gateways) never ping in
+//! step. Passive health lives in `outlier`. An instance that comes back after being down
+//! (or ejected) gets a slow start: the capacity it may use ramps from one call to its
+//! full capacity over `health.slow_start_secs`, in ten steps.
 
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use rand::Rng;
 
 use super::instance::Pinged;
 use super::InstanceRegistry;
+use crate::backends;
 use crate::domain::{InstanceId, Protocol};
 
 /// Each interval is the configured one, give or take this fraction.
@@ -53,12 +54,10 @@ impl InstanceRegistry {
             return;
         };
         let timeout = Duration::from_secs(self.health.ping_timeout_secs);
-        let protocol = instance.spec.protocol();
-        let request = client
-            .get(format!("{}/ping", instance.spec.url.trim_end_matches('/')))
-            .timeout(timeout);
+        let (base, protocol) = (instance.spec.url.clone(), instance.spec.protocol());
         let probe = async move {
-            match tokio::time::timeout(timeout, probe(request, protocol)).await {
+            let probe = probe(&client, &base, protocol, timeout);
+            match tokio::time::timeout(timeout, probe).await {
                 Ok(result) => result,
                 Err(_) => Err(format!("ping timed out after {}s", timeout.as_secs())),
             }
@@ -110,10 +109,28 @@ impl InstanceRegistry {
     }
 }
 
+/// The protocol's health route: `GET /v1/models` for openai, `GET /sdapi/v1/options` for
+/// a1111 (a 200 is up), `GET /ping` for the old protocols.
+async fn probe(
+    client: &awc::Client,
+    base: &str,
+    protocol: Protocol,
+    timeout: Duration,
+) -> Result<(), String> {
+    match protocol {
+        Protocol::Openai => backends::openai::probe(client, base, timeout).await,
+        Protocol::A1111 => backends::a1111::probe(client, base, timeout).await,
+        Protocol::Qwen | Protocol::Fastwhisper => {
+            let url = format!("{}/ping", base.trim_end_matches('/'));
+            probe_ping(client.get(url).timeout(timeout), protocol).await
+        }
+    }
+}
+
 /// `GET {base}/ping`: qwen backends must say `"status": "ready"`; the old speech backend
 /// has no such route, so a 404/405 from it proves only that it is up, and passive health
 /// judges the rest.
-async fn probe(request: awc::ClientRequest, protocol: Protocol) -> Result<(), String> {
+async fn probe_ping(request: awc::ClientRequest, protocol: Protocol) -> Result<(), String> {
     #[derive(serde::Deserialize)]
     struct Ping {
         status: Option<String>,

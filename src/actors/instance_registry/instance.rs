@@ -143,6 +143,7 @@ impl Instance {
             kind: self.spec.kind,
             url: self.spec.url.clone(),
             protocol: self.spec.protocol(),
+            model: self.spec.model().map(str::to_string),
             capacity: self.spec.capacity,
             weight: self.spec.weight,
             state: self.state(),

@@ -203,12 +203,7 @@ impl InstanceRegistry {
         }
         instance.last_lease = *leases;
         instance.in_flight += 1;
-        Lease::new(
-            instance.id,
-            instance.spec.url.clone(),
-            instance.spec.protocol(),
-            ctx.address().recipient(),
-        )
+        Lease::new(instance.id, &instance.spec, ctx.address().recipient())
     }
 
     /// Hands free capacity to waiting requests, oldest first. A panic in here is

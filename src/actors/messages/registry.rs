@@ -89,6 +89,8 @@ pub struct Lease {
     instance_id: InstanceId,
     pub url: String,
     pub protocol: Protocol,
+    /// The model calls name (openai instances only).
+    pub model: Option<String>,
     /// Where the capacity goes back to: the registry that granted it.
     registry: Recipient<Release>,
     released: bool,
@@ -97,14 +99,14 @@ pub struct Lease {
 impl Lease {
     pub fn new(
         instance_id: InstanceId,
-        url: String,
-        protocol: Protocol,
+        spec: &InstanceSpec,
         registry: Recipient<Release>,
     ) -> Lease {
         Lease {
             instance_id,
-            url,
-            protocol,
+            url: spec.url.clone(),
+            protocol: spec.protocol(),
+            model: spec.model().map(str::to_string),
             registry,
             released: false,
         }
@@ -216,6 +218,8 @@ pub struct InstanceView {
     pub kind: InstanceKind,
     pub url: String,
     pub protocol: Protocol,
+    /// The model calls name (openai instances only; the kind's default when unset).
+    pub model: Option<String>,
     pub capacity: u32,
     pub weight: u32,
     pub state: InstanceState,

@@ -7,11 +7,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::backends::answers::{read_ok_body, send_error};
-use crate::backends::json_images::{
-    answer_limit, checked_image, decode_image, post_json, DEFAULT_SIDE,
-};
+use crate::backends::json_images::{answer_limit, decode_image, post_json, DEFAULT_SIDE};
 use crate::backends::qwen::GeneratedImage;
-use crate::backends::BackendError;
+use crate::backends::{checked_image, with_headers, BackendError, CallHeaders};
 use crate::domain::ImageJob;
 
 #[derive(Serialize)]
@@ -21,11 +19,12 @@ struct GenerationRequest<'a> {
     size: String,
     n: u32,
     response_format: &'static str,
-    // Not in the OpenAI API, which has no such knobs; LocalAI and stable-diffusion.cpp
-    // read them, other servers ignore them.
+    // Not in the OpenAI API, which has no such knobs: LocalAI reads `negative_prompt`
+    // and `step`, other servers may read `steps` and `seed`, the rest ignore them.
     #[serde(skip_serializing_if = "Option::is_none")]
     negative_prompt: Option<&'a str>,
     steps: u32,
+    step: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
 }
@@ -44,7 +43,7 @@ struct GeneratedItem {
 
 /// One generation with `model` on the server at `base`, of the job's width x height
 /// (512 each when absent), bounded by `timeout` from start to last byte (an image
-/// fetched by URL included) and by `max_bytes` of image.
+/// fetched by URL included) and by `max_bytes` of image; every request carries `headers`.
 pub async fn generate(
     client: &awc::Client,
     base: &str,
@@ -52,6 +51,7 @@ pub async fn generate(
     job: &ImageJob,
     timeout: Duration,
     max_bytes: usize,
+    headers: &CallHeaders,
 ) -> Result<GeneratedImage, BackendError> {
     let deadline = Instant::now() + timeout;
     let call = async {
@@ -67,18 +67,26 @@ pub async fn generate(
             response_format: "b64_json",
             negative_prompt: job.negative_prompt.as_deref(),
             steps: job.steps,
+            step: job.steps,
             seed: job.seed,
         };
         let url = format!("{}/v1/images/generations", base.trim_end_matches('/'));
+        let limit = answer_limit(max_bytes);
         let answer: GenerationAnswer =
-            post_json(client, &url, &request, timeout, answer_limit(max_bytes)).await?;
+            post_json(client, &url, &request, timeout, limit, headers).await?;
         let Some(first) = answer.data.into_iter().next() else {
             return Err(BackendError::BadAnswer("answer holds no image".into()));
         };
         match (first.b64_json, first.url) {
             (Some(encoded), _) if !encoded.is_empty() => decode_image(&encoded, max_bytes),
             (_, Some(url)) if !url.is_empty() => {
-                fetch_image(client, base, &url, deadline, timeout, max_bytes).await
+                let fetch = Fetch {
+                    deadline,
+                    timeout,
+                    max_bytes,
+                    headers,
+                };
+                fetch_image(client, base, &url, fetch).await
             }
             _ => Err(BackendError::BadAnswer(
                 "the answer's image has neither b64_json nor url".into(),
@@ -90,24 +98,30 @@ pub async fn generate(
         .unwrap_or(Err(BackendError::Timeout(timeout.as_secs())))
 }
 
+/// The bounds of the call a fetch by URL is part of.
+struct Fetch<'a> {
+    deadline: Instant,
+    /// The whole call's, named in a timeout error.
+    timeout: Duration,
+    max_bytes: usize,
+    headers: &'a CallHeaders,
+}
+
 /// `GET` of an image the server answered by URL, in what is left of the call's time.
 async fn fetch_image(
     client: &awc::Client,
     base: &str,
     url: &str,
-    deadline: Instant,
-    timeout: Duration,
-    max_bytes: usize,
+    fetch: Fetch<'_>,
 ) -> Result<GeneratedImage, BackendError> {
     let url = image_url(base, url)?;
-    let mut response = client
-        .get(url.as_str())
-        .timeout(deadline.saturating_duration_since(Instant::now()))
+    let mut response = with_headers(client.get(url.as_str()), fetch.headers)
+        .timeout(fetch.deadline.saturating_duration_since(Instant::now()))
         .send()
         .await
-        .map_err(|e| send_error(e, timeout))?;
-    let bytes = read_ok_body(&mut response, max_bytes, "image").await?;
-    checked_image(bytes.to_vec(), max_bytes)
+        .map_err(|e| send_error(e, fetch.timeout))?;
+    let bytes = read_ok_body(&mut response, fetch.max_bytes, "image").await?;
+    checked_image(bytes.to_vec(), fetch.max_bytes)
 }
 
 /// Where an image URL from the server at `base` points, relative ones resolved against
@@ -166,6 +180,7 @@ mod tests {
             job,
             timeout,
             max_bytes,
+            &[],
         )
         .await
     }
@@ -219,7 +234,8 @@ mod tests {
             request,
             serde_json::json!({
                 "model": "sim-image", "prompt": "a red fox", "size": "320x192", "n": 1,
-                "response_format": "b64_json", "negative_prompt": "blurry", "steps": 20, "seed": 7,
+                "response_format": "b64_json", "negative_prompt": "blurry", "steps": 20, "step": 20,
+                "seed": 7,
             })
         );
     }
@@ -242,6 +258,25 @@ mod tests {
             .unwrap();
         assert_eq!(image.content_type, "image/png");
         assert_eq!(image.bytes, render_png("a lighthouse", 128, 128, 20));
+    }
+
+    #[actix_web::test]
+    async fn the_trace_context_goes_with_the_call_and_the_fetch() {
+        let sim = sim();
+        sim.set_answer_url(true);
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string();
+        let headers = [("traceparent", parent.clone())];
+        let (client, timeout) = (crate::backends::client(), Duration::from_secs(10));
+        let job = job("a cat");
+        generate(&client, &sim.url(), "m", &job, timeout, MAX_BYTES, &headers)
+            .await
+            .unwrap();
+        let seen = sim.trace_headers();
+        assert_eq!(seen.traceparent, Some(parent));
+        assert_eq!(
+            seen.with_traceparent, 2,
+            "the generation and the image's fetch"
+        );
     }
 
     #[actix_web::test]
@@ -305,6 +340,7 @@ mod tests {
             &job("a cat"),
             timeout,
             MAX_BYTES,
+            &[],
         )
         .await;
         assert!(matches!(result, Err(BackendError::Timeout(_))));

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::backends::answers::read_ok_body;
 use crate::backends::fastwhisper::{FileForm, Segment, SpeechToTextResponse};
-use crate::backends::BackendError;
+use crate::backends::{with_headers, BackendError, CallHeaders};
 
 /// Largest answer read from a server.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
@@ -29,6 +29,8 @@ const UNKNOWN_LENGTH: u32 = u32::MAX;
 pub struct TranscriptionForm {
     file: FileForm,
     model: String,
+    /// The audio's language (ISO-639-1), when the caller knows it.
+    language: Option<String>,
 }
 
 impl TranscriptionForm {
@@ -37,7 +39,14 @@ impl TranscriptionForm {
         TranscriptionForm {
             file: FileForm::default(),
             model: model.to_string(),
+            language: None,
         }
+    }
+
+    /// The form, telling the server the audio's language.
+    pub fn with_language(mut self, language: Option<&str>) -> TranscriptionForm {
+        self.language = language.map(str::to_string);
+        self
     }
 
     /// The request's Content-Type, naming the boundary.
@@ -50,6 +59,9 @@ impl TranscriptionForm {
         let mut opening = Vec::new();
         opening.extend_from_slice(&self.file.text_field("model", &self.model));
         opening.extend_from_slice(&self.file.text_field("response_format", RESPONSE_FORMAT));
+        if let Some(language) = &self.language {
+            opening.extend_from_slice(&self.file.text_field("language", language));
+        }
         opening.extend_from_slice(&self.file.opening(filename, content_type));
         Bytes::from(opening)
     }
@@ -92,19 +104,19 @@ pub fn wav_header_streaming() -> [u8; 44] {
     header.try_into().expect("a WAV header is 44 bytes")
 }
 
-/// `POST {base}/v1/audio/transcriptions` with a body framed by a [`TranscriptionForm`]
-/// whose [`TranscriptionForm::content_type`] is `content_type`.
+pub const PATH: &str = "/v1/audio/transcriptions";
+
+/// `POST {base}/v1/audio/transcriptions` with `headers` and a body framed by a
+/// [`TranscriptionForm`] whose [`TranscriptionForm::content_type`] is `content_type`.
 pub async fn transcribe(
     client: &awc::Client,
     base: &str,
     content_type: &str,
     body: impl Stream<Item = Result<Bytes, std::io::Error>> + 'static,
+    headers: &CallHeaders,
 ) -> Result<SpeechToTextResponse, BackendError> {
-    let mut response = client
-        .post(format!(
-            "{}/v1/audio/transcriptions",
-            base.trim_end_matches('/')
-        ))
+    let request = client.post(format!("{}{PATH}", base.trim_end_matches('/')));
+    let mut response = with_headers(request, headers)
         .insert_header((header::CONTENT_TYPE, content_type))
         .send_stream(body)
         .await
@@ -218,7 +230,7 @@ mod tests {
         let (sender, body) = body_channel(Duration::from_secs(5));
         let (client, base, content_type) =
             (crate::backends::client(), sim.url(), form.content_type());
-        let call = transcribe(&client, &base, &content_type, body);
+        let call = transcribe(&client, &base, &content_type, body, &[]);
         let feed = async {
             sender.send(opening).await?;
             for chunk in chunks {
@@ -273,7 +285,7 @@ mod tests {
         let (sender, body) = body_channel(Duration::from_secs(5));
         let (client, base, content_type) =
             (crate::backends::client(), sim.url(), form.content_type());
-        let call = transcribe(&client, &base, &content_type, body);
+        let call = transcribe(&client, &base, &content_type, body, &[]);
         let received = || {
             sim.state
                 .transcription_bytes_received
@@ -419,6 +431,17 @@ mod tests {
             )
         );
         assert_eq!(form.closing(), format!("\r\n--{boundary}--\r\n"));
+    }
+
+    #[test]
+    fn a_known_language_is_a_field_of_its_own() {
+        let form = TranscriptionForm::new("whisper-1").with_language(Some("de"));
+        let opening = form.opening("memo.mp3", "audio/mpeg");
+        let text = std::str::from_utf8(&opening).unwrap();
+        let language = "Content-Disposition: form-data; name=\"language\"\r\n\r\nde\r\n";
+        let (fields, file) = text.split_once("name=\"file\"").unwrap();
+        assert!(fields.contains(language), "{text}");
+        assert!(!file.contains("language"), "{text}");
     }
 
     #[test]
