@@ -10,6 +10,7 @@
 //!     target/release/examples/loadgen recovery   # SIGKILL with 10,000 queued, time to resume
 //!     target/release/examples/loadgen balance    # 3 GPUs of 20/40/80 ms: makespan per strategy
 //!     target/release/examples/loadgen fairness   # one user flooding: the others' waits
+//!     target/release/examples/loadgen halffail   # one GPU failing half its calls
 //!     target/release/examples/loadgen all
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+/// Pings every second, so the rigs find their simulators healthy soon.
+const FAST_PINGS: &str = "[health]\ninterval_secs = 1\n";
 
 /// Gives up on any scenario after this long.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(300);
@@ -72,11 +76,17 @@ struct Rig {
 
 /// `infergate simulate` with this latency and capacity; answers its URL.
 fn start_sim(dir: &Path, latency_ms: u64, capacity: u32) -> (Proc, String) {
+    start_sim_with(dir, latency_ms, capacity, &[])
+}
+
+/// The same, with more of the simulator's flags.
+fn start_sim_with(dir: &Path, latency_ms: u64, capacity: u32, flags: &[&str]) -> (Proc, String) {
     let port = free_port();
     let sim = Command::new(binary())
         .args(["simulate", "--port", &port.to_string()])
         .args(["--latency-ms", &latency_ms.to_string()])
         .args(["--capacity", &capacity.to_string()])
+        .args(flags)
         .env("INFERGATE__LOG__LEVEL", "warn")
         .current_dir(dir)
         .spawn()
@@ -89,7 +99,7 @@ impl Rig {
     async fn start(latency_ms: u64, capacity: u32) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let (sim, url) = start_sim(dir.path(), latency_ms, capacity);
-        Rig::launch(dir, vec![sim], &[(url, capacity)], "").await
+        Rig::launch(dir, vec![sim], &[(url, capacity)], FAST_PINGS).await
     }
 
     /// A gateway whose image instances are `instances` (url, capacity), with a large
@@ -101,7 +111,7 @@ impl Rig {
         extra: &str,
     ) -> Rig {
         let mut config = format!(
-            "{extra}\n[queue]\ncapacity = 1000000\n[health]\ninterval_secs = 1\n[log]\nlevel = \"warn\"\n\
+            "{extra}\n[queue]\ncapacity = 1000000\n[log]\nlevel = \"warn\"\n\
              [database]\nurl = \"sqlite://{}?mode=rwc\"\n",
             dir.path().join("bench.db").display()
         );
@@ -403,6 +413,7 @@ async fn balance_scenario() {
     );
     for strategy in ["least-loaded", "round-robin", "user-hash"] {
         let extra = format!("[balancing]\nimage = \"{strategy}\"\n");
+        let extra = format!("{extra}\n{FAST_PINGS}");
         let rig = Rig::launch(tempfile::tempdir().unwrap(), vec![], &instances, &extra).await;
         rig.wait_healthy().await;
         let mut tokens = Vec::new();
@@ -527,6 +538,7 @@ async fn fairness_scenario() {
         let dir = tempfile::tempdir().unwrap();
         let (sim, url) = start_sim(dir.path(), 20, 1);
         let extra = format!("[limits]\nfair_order = {fair}\n");
+        let extra = format!("{extra}\n{FAST_PINGS}");
         let rig = Rig::launch(dir, vec![sim], &[(url, 1)], &extra).await;
         rig.wait_healthy().await;
         let flooder = rig.token("flooder").await;
@@ -582,6 +594,39 @@ async fn fairness_scenario() {
     }
 }
 
+/// One GPU (5 ms a call, capacity 1) failing half its calls, under the default health
+/// policy (pings every 30 s): how many successes a second it still gives, against the
+/// most its success rate allows.
+async fn halffail_scenario() {
+    let total = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, url) = start_sim_with(dir.path(), 5, 1, &["--failure-rate", "0.5"]);
+    let per_call = call_time(&url).await;
+    let rig = Rig::launch(dir, vec![sim], &[(url, 1)], "").await;
+    rig.wait_healthy().await;
+    let token = rig.token("halffail").await;
+    let started = Instant::now();
+    for i in 0..total {
+        rig.submit(&token, format!("half {i}")).await;
+    }
+    while rig.count("DONE").await + rig.count("FAILED").await < total as u64 {
+        assert!(
+            started.elapsed() < SCENARIO_LIMIT,
+            "halffail did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (done, failed) = (rig.count("DONE").await, rig.count("FAILED").await);
+    let allowed = 0.5 / per_call;
+    let got = done as f64 / elapsed;
+    println!(
+        "halffail: {total} tasks on one GPU failing 50% ({:.1} ms a call): {done} DONE, {failed} FAILED in {elapsed:.1}s; {got:.0} successes/s against {allowed:.0}/s its success rate allows ({:.0}%)",
+        per_call * 1e3,
+        got * 100.0 / allowed
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -591,16 +636,18 @@ async fn main() {
         "recovery" => recovery_scenario().await,
         "balance" => balance_scenario().await,
         "fairness" => fairness_scenario().await,
+        "halffail" => halffail_scenario().await,
         "all" => {
             submit_scenario().await;
             e2e_scenario().await;
             recovery_scenario().await;
             balance_scenario().await;
             fairness_scenario().await;
+            halffail_scenario().await;
         }
         other => {
             eprintln!(
-                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | all"
+                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | all"
             );
             std::process::exit(2);
         }

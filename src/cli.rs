@@ -36,6 +36,10 @@ pub enum CliError {
     Io(#[from] std::io::Error),
     #[error("passwords do not match")]
     PasswordMismatch,
+    #[error(
+        "there is no terminal to ask for the password on ({0}); pipe it in with --password-stdin"
+    )]
+    NoTerminal(std::io::Error),
     #[error("no user named {0}")]
     NoSuchUser(String),
 }
@@ -139,6 +143,13 @@ async fn serve(mut settings: Settings, demo: bool) -> Result<(), CliError> {
     // Kept alive for as long as the gateway runs.
     let mut simulators = Vec::new();
     if demo {
+        // Only the simulators: an instance of settings.toml that is not there would hold
+        // a worker slot and a task waiting for it.
+        settings.instances.clear();
+        // Demo mode registers anyone: this machine only, unless a host was asked for.
+        if settings.server.host.is_empty() {
+            settings.server.host = "127.0.0.1".into();
+        }
         for (kind, protocol, latency_ms) in [
             (InstanceKind::Image, Protocol::Qwen, 2000),
             (InstanceKind::Speech, Protocol::Fastwhisper, 300),
@@ -160,6 +171,11 @@ async fn serve(mut settings: Settings, demo: bool) -> Result<(), CliError> {
     Ok(app.run_until_stopped().await?)
 }
 
+/// Asks on the terminal, without echo.
+fn ask_password(prompt: &str) -> Result<String, CliError> {
+    rpassword::prompt_password(prompt).map_err(CliError::NoTerminal)
+}
+
 async fn user(settings: Settings, command: UserCommand) -> Result<(), CliError> {
     let db = store::connect(&settings.database).await?;
     store::migrate(&db).await?;
@@ -174,8 +190,8 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), CliError> 
                 std::io::stdin().lock().read_line(&mut line)?;
                 line.trim_end_matches(['\r', '\n']).to_string()
             } else {
-                let first = rpassword::prompt_password("password: ")?;
-                let again = rpassword::prompt_password("again: ")?;
+                let first = ask_password("password: ")?;
+                let again = ask_password("again: ")?;
                 if first != again {
                     return Err(CliError::PasswordMismatch);
                 }

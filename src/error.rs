@@ -22,6 +22,17 @@ use crate::limits::{Limited, RateInfo};
 use crate::speech::SpeechError;
 use crate::store::StoreError;
 
+/// Whose fault a failure is, which decides how loudly it is logged: a server fault once
+/// at ERROR, a backend's at WARN, the gateway being full at INFO, a client's mistake at
+/// DEBUG.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blame {
+    Client,
+    Load,
+    Backend,
+    Server,
+}
+
 /// Seconds a client is told to wait after a 503 it may retry.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -102,45 +113,60 @@ pub enum ApiError {
 /// The table: one row per variant, its status, its code, and whether (and after how
 /// many seconds) the client may retry.
 impl ApiError {
-    fn row(&self) -> (StatusCode, &'static str, Option<u64>) {
+    fn row(&self) -> (StatusCode, &'static str, Option<u64>, Blame) {
         use ApiError::*;
+        use Blame::{Backend as Gpu, Client, Load, Server};
         use StatusCode as S;
         let retry = Some(RETRY_AFTER_SECS);
         match self {
-            Validation(_) => (S::BAD_REQUEST, "invalid_request", None),
-            MalformedBody(_) => (S::BAD_REQUEST, "malformed_body", None),
-            Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", None),
-            TokenExpired => (S::UNAUTHORIZED, "token_expired", None),
-            BadCredentials => (S::UNAUTHORIZED, "invalid_credentials", None),
-            Forbidden(_) => (S::FORBIDDEN, "forbidden", None),
-            NotFound(_) => (S::NOT_FOUND, "not_found", None),
-            UploadTimeout(_) => (S::REQUEST_TIMEOUT, "upload_timeout", None),
-            UsernameTaken => (S::CONFLICT, "username_taken", None),
-            TaskFinished(_) => (S::CONFLICT, "task_finished", None),
-            TooManyKeys { .. } => (S::CONFLICT, "too_many_keys", None),
-            InstanceExists => (S::CONFLICT, "instance_exists", None),
-            InstanceDraining => (S::CONFLICT, "instance_draining", None),
-            PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large", None),
-            AudioTooLong { .. } => (S::PAYLOAD_TOO_LARGE, "audio_too_long", None),
-            UnsupportedMediaType(_) => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", None),
-            IdempotencyKeyReused => (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused", None),
-            RateLimited(limited) => (
-                S::TOO_MANY_REQUESTS,
-                "rate_limited",
-                Some(limited.retry_after_secs),
+            Validation(_) => (S::BAD_REQUEST, "invalid_request", None, Client),
+            MalformedBody(_) => (S::BAD_REQUEST, "malformed_body", None, Client),
+            Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", None, Client),
+            TokenExpired => (S::UNAUTHORIZED, "token_expired", None, Client),
+            BadCredentials => (S::UNAUTHORIZED, "invalid_credentials", None, Client),
+            Forbidden(_) => (S::FORBIDDEN, "forbidden", None, Client),
+            NotFound(_) => (S::NOT_FOUND, "not_found", None, Client),
+            UploadTimeout(_) => (S::REQUEST_TIMEOUT, "upload_timeout", None, Client),
+            UsernameTaken => (S::CONFLICT, "username_taken", None, Client),
+            TaskFinished(_) => (S::CONFLICT, "task_finished", None, Client),
+            TooManyKeys { .. } => (S::CONFLICT, "too_many_keys", None, Client),
+            InstanceExists => (S::CONFLICT, "instance_exists", None, Client),
+            InstanceDraining => (S::CONFLICT, "instance_draining", None, Client),
+            PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large", None, Client),
+            AudioTooLong { .. } => (S::PAYLOAD_TOO_LARGE, "audio_too_long", None, Client),
+            UnsupportedMediaType(_) => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                None,
+                Client,
             ),
-            QuotaExceeded { .. } => (S::TOO_MANY_REQUESTS, "quota_exceeded", retry),
-            Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None),
-            Backend(BackendError::Timeout(_)) => (S::GATEWAY_TIMEOUT, "backend_timeout", None),
-            Backend(_) => (S::BAD_GATEWAY, "backend_error", None),
-            TaskFailed { .. } => (S::BAD_GATEWAY, "task_failed", None),
-            StillRunning { .. } => (S::GATEWAY_TIMEOUT, "tasks_still_running", None),
-            QueueFull { .. } => (S::SERVICE_UNAVAILABLE, "queue_full", retry),
-            ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down", retry),
-            Busy(_) => (S::SERVICE_UNAVAILABLE, "busy", retry),
-            NoHealthyInstance => (S::SERVICE_UNAVAILABLE, "no_healthy_instance", retry),
-            InstancesBusy => (S::SERVICE_UNAVAILABLE, "instances_busy", retry),
-            Database(_) => (S::SERVICE_UNAVAILABLE, "database_unavailable", retry),
+            IdempotencyKeyReused => (
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                None,
+                Client,
+            ),
+            RateLimited(limited) => {
+                let after = Some(limited.retry_after_secs);
+                (S::TOO_MANY_REQUESTS, "rate_limited", after, Load)
+            }
+            QuotaExceeded { .. } => (S::TOO_MANY_REQUESTS, "quota_exceeded", retry, Load),
+            Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, Server),
+            Backend(BackendError::Timeout(_)) => (S::GATEWAY_TIMEOUT, "backend_timeout", None, Gpu),
+            Backend(_) => (S::BAD_GATEWAY, "backend_error", None, Gpu),
+            TaskFailed { .. } => (S::BAD_GATEWAY, "task_failed", None, Gpu),
+            StillRunning { .. } => (S::GATEWAY_TIMEOUT, "tasks_still_running", None, Load),
+            QueueFull { .. } => (S::SERVICE_UNAVAILABLE, "queue_full", retry, Load),
+            ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down", retry, Load),
+            Busy(_) => (S::SERVICE_UNAVAILABLE, "busy", retry, Server),
+            NoHealthyInstance => (S::SERVICE_UNAVAILABLE, "no_healthy_instance", retry, Gpu),
+            InstancesBusy => (S::SERVICE_UNAVAILABLE, "instances_busy", retry, Load),
+            Database(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                retry,
+                Server,
+            ),
         }
     }
 
@@ -340,7 +366,7 @@ impl fmt::Debug for ApiError {
 impl ApiError {
     /// The error's response: its row's status and headers, with a body of `shape`.
     pub fn render(&self, shape: ErrorShape) -> HttpResponse {
-        let (status, code, retry_after) = self.row();
+        let (status, code, retry_after, _) = self.row();
         let mut response = HttpResponse::build(status);
         if let Some(secs) = retry_after {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
@@ -379,8 +405,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if self.status_code().is_server_error() {
-            tracing::error!(error = ?self, "request failed");
+        let (status, code, _, blame) = self.row();
+        let status = status.as_u16();
+        match blame {
+            Blame::Server => tracing::error!(error = ?self, status, code, "request failed"),
+            Blame::Backend => tracing::warn!(error = %self, status, code, "request failed"),
+            Blame::Load => tracing::info!(error = %self, status, code, "request refused"),
+            Blame::Client => tracing::debug!(error = %self, status, code, "request refused"),
         }
         self.render(ErrorShape::Gateway)
     }

@@ -115,7 +115,7 @@ impl GenerationService {
                 }
             }
         }
-        tracing::info!(task_ids = ?task_ids, "image tasks queued; waiting for them");
+        tracing::debug!(task_ids = ?task_ids, "image tasks queued; waiting for them");
         self.wait_for(generation.user_id, task_ids, deadline).await
     }
 

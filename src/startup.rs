@@ -73,13 +73,13 @@ impl Application {
         // Nothing is touched before these two hold: the database is this gateway's alone,
         // and the port is free. A start that fails here changes nothing.
         let lock = store::lock(&settings.database.url)?;
-        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let host = settings.server.listen_host();
+        let address = format!("{host}:{}", settings.server.port);
         let listen_error = |source| StartupError::Listen {
             address: address.clone(),
             source,
         };
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-            .map_err(listen_error)?;
+        let listener = TcpListener::bind((host, settings.server.port)).map_err(listen_error)?;
         let port = listener.local_addr().map_err(listen_error)?.port();
 
         let db = store::connect(&settings.database).await?;

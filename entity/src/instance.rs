@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
     utoipa::ToSchema,
 )]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum InstanceKind {
     #[sea_orm(string_value = "image")]
     Image,
@@ -42,7 +42,7 @@ pub enum InstanceKind {
     utoipa::ToSchema,
 )]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Protocol {
     #[sea_orm(string_value = "qwen")]
     Qwen,
@@ -54,6 +54,22 @@ pub enum Protocol {
     /// AUTOMATIC1111's web UI API (and Forge, stable-diffusion.cpp's server): images.
     #[sea_orm(string_value = "a1111")]
     A1111,
+}
+
+impl TryFrom<String> for InstanceKind {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        crate::from_wire(raw)
+    }
+}
+
+impl TryFrom<String> for Protocol {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        crate::from_wire(raw)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]

@@ -7,3 +7,17 @@ pub mod meta;
 pub mod prelude;
 pub mod task;
 pub mod user;
+
+use sea_orm::{ActiveEnum, Iterable};
+
+/// A stored enum from its wire spelling (`image`, `qwen`, …), or an error naming the
+/// spellings there are, for settings and requests alike.
+pub fn from_wire<E>(raw: String) -> Result<E, String>
+where
+    E: ActiveEnum<Value = String> + Iterable,
+{
+    E::try_from_value(&raw).map_err(|_| {
+        let valid: Vec<String> = E::iter().map(|e| format!("`{}`", e.to_value())).collect();
+        format!("`{raw}` is not one of {}", valid.join(", "))
+    })
+}

@@ -204,7 +204,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     // The backend call starts while RUNNING is being committed, so the GPU does not idle
     // for a commit; its answer only counts once that commit has applied, and the call is
     // dropped (aborted) if it did not.
-    tracing::info!("calling backend");
+    tracing::debug!("calling backend");
     let started = Instant::now();
     let (url, model, job) = (lease.url.clone(), lease.model.clone(), task.job.clone());
     let path = backends::image_path(lease.protocol);
@@ -235,7 +235,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     match marked {
         Ok(true) => faults::hit(faults::Site::WorkerAttempt),
         Ok(false) => {
-            tracing::info!("task is no longer queued; skipping it");
+            tracing::debug!("task is no longer queued; skipping it");
             return lease.release(CallOutcome::Neutral);
         }
         Err(e) => return retry_soon(&deps, task, lease, e.to_string()),
@@ -250,7 +250,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
             lease.release(CallOutcome::Success {
                 latency: started.elapsed(),
             });
-            tracing::info!(
+            tracing::debug!(
                 bytes = image.bytes.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "task done"

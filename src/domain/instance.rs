@@ -10,11 +10,26 @@ pub use entity::instance::{InstanceKind, Protocol};
 
 /// How the instances of a kind share its calls (`balancing.image`, `balancing.speech`).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String")]
 pub enum Strategy {
     RoundRobin,
     UserHash,
     LeastLoaded,
+}
+
+impl TryFrom<String> for Strategy {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        match raw.as_str() {
+            "round-robin" => Ok(Strategy::RoundRobin),
+            "user-hash" => Ok(Strategy::UserHash),
+            "least-loaded" => Ok(Strategy::LeastLoaded),
+            _ => Err(format!(
+                "`{raw}` is not one of `least-loaded`, `round-robin`, `user-hash`"
+            )),
+        }
+    }
 }
 
 /// Largest capacity of one instance: each unit of image capacity is a worker actor.

@@ -89,7 +89,7 @@ pub async fn submit(
     };
     let submitted = ask(&dispatcher, submit).await??;
     tracing::Span::current().record("task_id", submitted.task_id.as_str());
-    tracing::info!(replayed = submitted.replayed, "task queued");
+    tracing::debug!(replayed = submitted.replayed, "task queued");
     Ok(accepted(submitted.task_id, submitted.replayed, rate))
 }
 

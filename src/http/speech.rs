@@ -85,7 +85,7 @@ pub async fn transcribe(
     let answer = speech
         .transcribe(caller.user_id, audio, None, Box::pin(upload), deadline)
         .await?;
-    tracing::info!(code = answer.code, "file transcribed");
+    tracing::debug!(code = answer.code, "file transcribed");
     Ok(HttpResponse::Ok().json(answer))
 }
 
@@ -134,7 +134,7 @@ pub async fn pcm(
     let answer = speech
         .transcribe(caller.user_id, Audio::Pcm, None, payload, deadline)
         .await?;
-    tracing::info!(code = answer.code, "pcm transcribed");
+    tracing::debug!(code = answer.code, "pcm transcribed");
     Ok(HttpResponse::Ok().json(answer))
 }
 

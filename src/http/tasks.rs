@@ -162,7 +162,7 @@ pub async fn cancel_task(
         CancelOutcome::Finished(task) => Err(ApiError::TaskFinished(task.status)),
         CancelOutcome::Cancelled { task, changed } => {
             if changed {
-                tracing::info!("task cancelled");
+                tracing::debug!("task cancelled");
                 dispatcher.do_send(TaskCancelled {
                     task_id,
                     user_id: user.id,

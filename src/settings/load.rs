@@ -325,6 +325,27 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_enum_value_names_the_valid_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        for (text, valid) in [
+            (
+                "[balancing]\nimage = \"fastest\"\n",
+                "`least-loaded`, `round-robin`, `user-hash`",
+            ),
+            ("[log]\nformat = \"xml\"\n", "`text`, `json`"),
+            (
+                "[[instances]]\nkind = \"video\"\nurl = \"http://x\"\n",
+                "`image`, `speech`",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Settings::load(Some(&path)).unwrap_err().to_string();
+            assert!(err.contains(valid), "{err}");
+        }
+    }
+
+    #[test]
     fn wrong_types_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");

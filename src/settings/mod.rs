@@ -42,6 +42,7 @@ pub struct Settings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
+    /// Empty: 0.0.0.0, or 127.0.0.1 in demo mode.
     pub host: String,
     pub port: u16,
     /// Largest JSON request body accepted.
@@ -146,10 +147,22 @@ impl SpeechSettings {
 pub const PCM_BYTES_PER_SEC: u64 = 32_000;
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        match raw.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{raw}` is not one of `text`, `json`")),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -220,7 +233,7 @@ impl Default for Settings {
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
-            host: "0.0.0.0".into(),
+            host: String::new(),
             port: 8080,
             max_json_bytes: 64 * 1024,
             shutdown_grace_secs: 30,
@@ -377,6 +390,16 @@ impl Settings {
 
     pub fn openai_wait(&self) -> Duration {
         Duration::from_secs(self.openai.wait_secs)
+    }
+}
+
+impl ServerSettings {
+    /// Where to listen: `host`, or every address when it is empty.
+    pub fn listen_host(&self) -> &str {
+        match self.host.as_str() {
+            "" => "0.0.0.0",
+            host => host,
+        }
     }
 }
 

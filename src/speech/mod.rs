@@ -263,7 +263,6 @@ impl SpeechService {
             }
             Err(SpeechError::Backend(error)) => {
                 telemetry::record_backend_outcome(&span, Some(&error));
-                tracing::warn!(%error, "speech backend call failed");
                 lease.release(CallOutcome::from(&error));
                 Err(error.into())
             }

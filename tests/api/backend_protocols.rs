@@ -413,7 +413,7 @@ async fn admins_add_openai_instances_with_a_model_and_bad_combinations_are_refus
         (
             // Lowercase on the wire, like every other protocol.
             json!({"kind": "image", "url": "http://10.0.0.9:5", "protocol": "OpenAI"}),
-            "unknown variant `OpenAI`",
+            "`OpenAI` is not one of `qwen`, `fastwhisper`, `openai`, `a1111`",
         ),
     ] {
         let response = app.add_instance(&admin.token, &body).await;

@@ -58,3 +58,25 @@ pub fn spawn_dying() -> String {
     });
     url
 }
+
+/// An image backend whose every `/ping` answers ready only after `delay`.
+pub fn spawn_slow_ping(delay: std::time::Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        App::new().route(
+            "/ping",
+            web::get().to(move || async move {
+                tokio::time::sleep(delay).await;
+                HttpResponse::Ok().json(serde_json::json!({"message": "ok", "status": "ready"}))
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_web::rt::spawn(server);
+    url
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_web::HttpResponse;
 use infergate::domain::{InstanceKind, InstanceSpec};
 use infergate::simulator::SimConfig;
+use serde_json::Value;
 
 use crate::fake_backend::{spawn_answering, spawn_dying};
 use crate::helpers::{fast_sim, spawn_app_on, spawn_app_with, start_sims};
@@ -243,4 +244,79 @@ async fn an_instance_coming_back_gets_its_capacity_step_by_step() {
         seen.len() > 3,
         "no step between one call and four: {seen:?}"
     );
+}
+
+#[actix_web::test]
+async fn a_half_failing_only_instance_is_never_ejected_and_still_does_its_share() {
+    let half = SimConfig {
+        latency_ms: 1,
+        failure_rate: 0.5,
+        ..SimConfig::default()
+    };
+    // Pings only at start: what happens is passive health's doing.
+    let app = spawn_app_with(vec![half], |s| {
+        s.health.interval_secs = 3600;
+        s.queue.max_wait_secs = 5;
+    })
+    .await;
+    let user = app.new_user("alice").await;
+    let admin = app.new_admin("root").await;
+    app.wait_for_healthy(1).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(app.submit_ok(&user.token, &format!("prompt {i}")).await);
+    }
+    let mut done = 0;
+    for id in &ids {
+        let (_, task) = app.wait_for_end(&user.token, id).await;
+        done += usize::from(task["status"] == "DONE");
+    }
+    // Three attempts at 50% each: 87.5% of the tasks succeed, 35 of 40 on average.
+    assert!(done >= 28, "{done} of 40 DONE");
+    let instances = app.instances(&admin.token).await;
+    assert_eq!(instances[0]["state"], "healthy", "{instances:?}");
+}
+
+#[actix_web::test]
+async fn an_ejected_instance_comes_back_through_a_probe_and_never_more_than_the_share_go() {
+    let failing = SimConfig {
+        latency_ms: 1,
+        failure_rate: 1.0,
+        ..SimConfig::default()
+    };
+    let app = spawn_app_with(vec![failing.clone(), failing], |s| {
+        s.health.interval_secs = 3600;
+        s.health.base_ejection_secs = 1;
+        s.health.max_ejection_percent = 50;
+        s.workers.max_attempts = 1;
+    })
+    .await;
+    let user = app.new_user("alice").await;
+    let admin = app.new_admin("root").await;
+    app.wait_for_healthy(2).await;
+    for i in 0..12 {
+        let id = app.submit_ok(&user.token, &format!("prompt {i}")).await;
+        app.wait_for_end(&user.token, &id).await;
+    }
+    // Both fail every call, but only half of the kind may be out at once.
+    let ejected =
+        |instances: &[Value]| instances.iter().filter(|i| i["state"] == "ejected").count();
+    let instances = app.instances(&admin.token).await;
+    assert_eq!(ejected(&instances), 1, "{instances:?}");
+
+    // Fixed: once its ejection is over, one probe call brings it back.
+    for sim in &app.sims {
+        sim.set_failure_rate(0.0);
+    }
+    crate::poll::eventually("both back", Duration::from_secs(15), || async {
+        let id = app.submit_ok(&user.token, "probe").await;
+        app.wait_for_end(&user.token, &id).await;
+        let instances = app.instances(&admin.token).await;
+        if ejected(&instances) == 0 {
+            Ok(())
+        } else {
+            Err(instances)
+        }
+    })
+    .await;
 }

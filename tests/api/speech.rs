@@ -3,13 +3,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use infergate::domain::{InstanceKind, InstanceSpec};
+use infergate::settings::Settings;
 use infergate::simulator::{SimBackend, SimConfig};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_error, pcm, spawn_app_with_speech, start_sims, Auth, TestApp, TestUser,
+    assert_error, pcm, spawn_app_with_speech, start, start_sims, Auth, Stopped, TestApp, TestUser,
+    TEST_SECRET,
 };
 
 /// A fast simulated speech backend.
@@ -425,4 +428,26 @@ async fn a_stalled_client_is_cut_off() {
     assert_error(response, StatusCode::REQUEST_TIMEOUT, "upload_timeout").await;
     app.wait_for_speech_idle().await;
     assert_eq!(transcribed(&app.speech_sims[0]), 0);
+}
+
+#[actix_web::test]
+async fn a_speech_request_right_after_start_waits_for_the_first_ping_and_succeeds() {
+    let sims = start_sims(vec![speech_sim()]);
+    let speech_url = sims[0].url();
+    let first = spawn_app_with_speech(sims, |_| {}).await;
+    let user = first.new_user("alice").await;
+    let Stopped { db_url, dir, .. } = first.stop().await;
+
+    // A restart, as after a deploy: the devices are back before the first ping is.
+    let mut settings = Settings::default();
+    settings.server.host = "127.0.0.1".into();
+    settings.server.port = 0;
+    settings.database.url = db_url;
+    settings.auth.jwt_secret = TEST_SECRET.into();
+    settings.limits.speech_per_minute = 0;
+    settings.instances = vec![InstanceSpec::new(InstanceKind::Speech, speech_url)];
+    let app = start(settings, Vec::new(), dir).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let response = app.send_pcm(Auth::Bearer(&user.token), pcm(1.0)).await;
+    assert_eq!(response.status(), StatusCode::OK);
 }

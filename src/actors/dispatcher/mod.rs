@@ -49,6 +49,9 @@ pub struct Dispatcher {
     quota: u32,
     /// Workers waiting for a task.
     idle: Vec<WorkerHandle>,
+    /// Every live worker, by slot: after a restart, those not running a task are idle
+    /// (a panic mid-dispatch may have dropped one from `idle`).
+    live: HashMap<usize, WorkerHandle>,
     /// Which worker runs which user's task, so a cancel or a shutdown can abort it.
     running: HashMap<TaskId, (WorkerHandle, UserId)>,
     workers: usize,
@@ -80,6 +83,7 @@ impl Dispatcher {
             unfinished: HashMap::new(),
             quota: limits.max_queued_per_user,
             idle: Vec::new(),
+            live: HashMap::new(),
             running: HashMap::new(),
             workers: 0,
             retiring: 0,
@@ -178,6 +182,13 @@ impl Supervised for Dispatcher {
         self.inserting.clear();
         self.retrying.clear();
         self.unfinished.clear();
+        let busy: HashSet<usize> = self.running.values().map(|(w, _)| w.slot).collect();
+        self.idle = self
+            .live
+            .values()
+            .filter(|w| !busy.contains(&w.slot))
+            .cloned()
+            .collect();
     }
 }
 
@@ -317,9 +328,11 @@ impl Handler<WorkerIdle> for Dispatcher {
         if self.retiring > 0 {
             self.retiring -= 1;
             self.idle.retain(|w| *w != worker);
+            self.live.remove(&worker.slot);
             tracing::debug!("worker retired");
             return;
         }
+        self.live.insert(worker.slot, worker.clone());
         if !self.idle.contains(&worker) {
             self.idle.push(worker);
         }
@@ -335,7 +348,11 @@ impl Handler<ResizeWorkers> for Dispatcher {
     fn handle(&mut self, msg: ResizeWorkers, _: &mut Context<Self>) {
         self.workers = (self.workers + msg.added).saturating_sub(msg.retire);
         self.retiring += msg.retire;
-        while self.retiring > 0 && self.idle.pop().is_some() {
+        while self.retiring > 0 {
+            let Some(retired) = self.idle.pop() else {
+                break;
+            };
+            self.live.remove(&retired.slot);
             self.retiring -= 1;
         }
     }
@@ -380,10 +397,19 @@ impl Handler<QueuePositions> for Dispatcher {
     type Result = MessageResult<QueuePositions>;
 
     fn handle(&mut self, msg: QueuePositions, _: &mut Context<Self>) -> Self::Result {
+        // A task a worker holds while it waits for an instance, or one waiting out a
+        // retry's backoff, is still QUEUED: it is next, ahead of the queue.
+        let next = |task_id: &TaskId| {
+            (self.running.contains_key(task_id) || self.retrying.contains(task_id)).then_some(1)
+        };
         MessageResult(
             msg.task_ids
                 .iter()
-                .map(|task_id| self.queue.position(task_id, msg.user_id))
+                .map(|task_id| {
+                    self.queue
+                        .position(task_id, msg.user_id)
+                        .or_else(|| next(task_id))
+                })
                 .collect(),
         )
     }

@@ -250,7 +250,7 @@ async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbE
     let applied = query.exec(txn).await?.rows_affected == 1;
     if !applied {
         // Workers hand over a task's ending without waiting, so it is said here.
-        tracing::info!(
+        tracing::debug!(
             task_id = %msg.task_id,
             "task had already moved on (cancelled or ended); outcome dropped"
         );

@@ -85,7 +85,7 @@ pub async fn generations(
         })
         .await?;
     let task_ids: Vec<&str> = generated.iter().map(|g| g.task_id.as_str()).collect();
-    tracing::info!(?task_ids, "images generated");
+    tracing::debug!(?task_ids, "images generated");
     let mut data = Vec::with_capacity(generated.len());
     for &Generated { image_id, .. } in &generated {
         data.push(match request.format {

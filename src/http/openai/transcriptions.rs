@@ -127,7 +127,7 @@ pub async fn transcriptions(
             .unwrap_or_else(|| "the backend refused the audio".into());
         return Err(ApiError::Validation(message));
     }
-    tracing::info!(?format, "file transcribed");
+    tracing::debug!(?format, "file transcribed");
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, format.content_type()))
         .body(format.render(&transcript)))
