@@ -144,7 +144,10 @@ impl GenerationService {
             };
             match write(&self.store, cancel).await {
                 Ok(CancelOutcome::Cancelled { changed: true, .. }) => {
-                    self.dispatcher.do_send(TaskCancelled { task_id, user_id });
+                    self.dispatcher.do_send(TaskCancelled {
+                        task_id,
+                        user_id: Some(user_id),
+                    });
                 }
                 Ok(_) => {}
                 Err(error) => {

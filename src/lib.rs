@@ -4,6 +4,7 @@ pub mod actors;
 pub mod auth;
 pub mod backends;
 pub mod cli;
+pub mod cluster;
 pub mod domain;
 pub mod error;
 pub mod faults;

@@ -13,11 +13,13 @@ use tracing_actix_web::TracingLogger;
 
 use crate::telemetry::HttpSpan;
 
+use crate::actors::instance_registry::SharedSlots;
 use crate::actors::messages::{Drain, RecoverOrphans};
 use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
-use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, WorkerPool};
+use crate::actors::{Dispatcher, InstanceRegistry, Listener, TaskStore, WorkerPool};
 use crate::auth::{load_or_create_secret, JwtKeys};
+use crate::cluster::Cluster;
 use crate::domain::InstanceKind;
 use crate::generation::GenerationService;
 use crate::http;
@@ -90,24 +92,30 @@ impl Application {
             Duration::from_secs(settings.auth.token_ttl_hours * 3600),
         );
 
-        let (store_db, hold_results) = (db.clone(), settings.hold_results());
+        // PostgreSQL: one of several gateways, sharing the queue and the backends' slots.
+        let cluster = Cluster::of(&settings);
+        let (store_db, hold_results, store_cluster) =
+            (db.clone(), settings.hold_results(), cluster.clone());
         // The TaskStore gets a thread of its own: building statements and decoding rows
         // would otherwise compete with every other actor (end-to-end median 3,130 against
         // 2,990 tasks/s on two cores).
         let store_thread = Arbiter::new();
         let store = Supervisor::start_in_arbiter(&store_thread.handle(), move |_| {
-            TaskStore::new(store_db, hold_results)
+            TaskStore::new(store_db, hold_results, store_cluster)
         });
         // Tasks a dead process left RUNNING go back to the queue (or fail, out of
-        // attempts) before the Dispatcher loads it.
+        // attempts) before the Dispatcher loads it. Several gateways never touch each
+        // other's: a dead one's tasks are taken over when their leases run out.
         let max_attempts = settings.workers.max_attempts as i32;
-        let (requeued, failed) = write(&store, RecoverOrphans { max_attempts }).await?;
-        if requeued + failed > 0 {
-            tracing::warn!(
-                requeued,
-                failed,
-                "recovered tasks that were running when the gateway stopped"
-            );
+        if cluster.is_none() {
+            let (requeued, failed) = write(&store, RecoverOrphans { max_attempts }).await?;
+            if requeued + failed > 0 {
+                tracing::warn!(
+                    requeued,
+                    failed,
+                    "recovered tasks that were running when the gateway stopped"
+                );
+            }
         }
 
         let strategies = HashMap::from([
@@ -115,16 +123,18 @@ impl Application {
             (InstanceKind::Speech, settings.balancing.speech),
         ]);
 
-        let (capacity, dispatcher_store, queue_db) =
-            (settings.queue.capacity, store.clone(), db.clone());
-        let fairness = settings.limits.clone();
+        let (dispatcher_store, queue_db) = (store.clone(), db.clone());
+        let (queue_settings, queue_cluster) = (settings.clone(), cluster.clone());
         let dispatcher = Supervisor::start(move |_| {
-            Dispatcher::new(dispatcher_store, queue_db, capacity, &fairness)
+            Dispatcher::new(dispatcher_store, queue_db, &queue_settings, queue_cluster)
         });
         let (worker_dispatcher, worker_store) = (dispatcher.clone(), store.clone());
         let (task_timeout, max_wait) = (settings.task_timeout(), settings.queue_max_wait());
         let (instances, health) = (settings.instances.clone(), settings.health.clone());
         let (workers, registry_db) = (settings.workers.clone(), db.clone());
+        let slots = cluster
+            .clone()
+            .map(|cluster| SharedSlots::new(cluster, dispatcher.clone().recipient()));
         let registry = Supervisor::start(move |ctx: &mut Context<InstanceRegistry>| {
             // Workers lease instances from the registry and the registry sizes the pool of
             // workers: each needs the other's address.
@@ -139,8 +149,22 @@ impl Application {
                 retry_base: Duration::from_millis(workers.retry_base_ms),
             };
             let pool = WorkerPool::new(deps, workers).start();
-            InstanceRegistry::new(instances, strategies, health, registry_db, pool.recipient())
+            InstanceRegistry::new(
+                instances,
+                strategies,
+                health,
+                registry_db,
+                pool.recipient(),
+                slots,
+            )
         });
+        if cluster.is_some() {
+            let (listener_db, listener_dispatcher, listener_registry) =
+                (db.clone(), dispatcher.clone(), registry.clone());
+            Supervisor::start(move |_| {
+                Listener::new(listener_db, listener_dispatcher, listener_registry)
+            });
+        }
 
         let max_json = settings.server.max_json_bytes;
         let shutdown_grace = settings.shutdown_grace();

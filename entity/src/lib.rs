@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod image;
 pub mod instance;
 pub mod meta;
+pub mod node;
 pub mod prelude;
 pub mod task;
 pub mod user;

@@ -98,6 +98,14 @@ pub struct Model {
     /// The W3C trace context of the submission, continued by every attempt.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// Several gateways on PostgreSQL: the process that claimed the task, and until when
+    /// its claim holds unless renewed.
+    pub holder: Option<String>,
+    pub lease_until: Option<DateTimeUtc>,
+    /// Its place in the fair order of claims across processes (users in turn).
+    pub fair_key: i64,
+    /// A retried task waits out its backoff until then.
+    pub run_after: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

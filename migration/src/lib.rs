@@ -8,6 +8,7 @@ mod m20261128_000004_instances;
 mod m20261128_000005_task_priority;
 mod m20261201_000006_task_trace;
 mod m20261203_000201_instance_model;
+mod m20261204_000301_cluster;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000005_task_priority::Migration),
             Box::new(m20261201_000006_task_trace::Migration),
             Box::new(m20261203_000201_instance_model::Migration),
+            Box::new(m20261204_000301_cluster::Migration),
         ]
     }
 }

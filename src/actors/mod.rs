@@ -14,6 +14,7 @@
 
 pub mod dispatcher;
 pub mod instance_registry;
+pub mod listener;
 pub mod messages;
 pub mod task_store;
 pub mod worker;
@@ -21,6 +22,7 @@ pub mod worker_pool;
 
 pub use dispatcher::Dispatcher;
 pub use instance_registry::InstanceRegistry;
+pub use listener::Listener;
 pub use task_store::TaskStore;
 pub use worker::Worker;
 pub use worker_pool::WorkerPool;

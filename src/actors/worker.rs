@@ -135,17 +135,20 @@ impl Worker {
         let deps = self.deps.clone();
         let put_back = async move {
             let last = attempt >= deps.max_attempts;
+            let delay = backoff(deps.retry_base, attempt);
             let outcome = if last {
                 TaskOutcome::Failed { error }
             } else {
-                TaskOutcome::Retry { error }
+                TaskOutcome::Retry {
+                    error,
+                    after: delay,
+                }
             };
             let expect = Expect::Running { attempt };
             if finish(&deps, &task, expect, outcome).await {
                 if !last {
                     let mut task = task;
                     task.attempts = attempt;
-                    let delay = backoff(deps.retry_base, attempt);
                     deps.dispatcher.do_send(RetryLater { task, delay });
                 }
             } else {
@@ -271,6 +274,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
         let outcome = TaskOutcome::Retry {
             error: error.to_string(),
+            after: delay,
         };
         if finish(&deps, &task, expect, outcome).await {
             task.attempts = attempt;

@@ -38,6 +38,29 @@ impl fmt::Display for TaskId {
     }
 }
 
+/// One gateway process among several on one PostgreSQL database: its host, its pid and
+/// a random part, so a restarted process is a new node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn generate(host: &str) -> NodeId {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        NodeId(format!("{host}-{}-{}", std::process::id(), &random[..8]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 macro_rules! numeric_id {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {
         $(#[$doc])*

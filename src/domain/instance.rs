@@ -130,6 +130,16 @@ impl InstanceSpec {
         Ok(())
     }
 
+    /// The name every gateway on one database knows this backend by (its call slots are
+    /// shared under it): the kind and the normalised URL.
+    pub fn shared_key(&self) -> String {
+        let kind = match self.kind {
+            InstanceKind::Image => "image",
+            InstanceKind::Speech => "speech",
+        };
+        format!("{kind}:{}", url_key(&self.url))
+    }
+
     /// Whether both name the same backend: same kind, and URLs equal once normalised.
     pub fn same_backend(&self, other: &InstanceSpec) -> bool {
         self.kind == other.kind && url_key(&self.url) == url_key(&other.url)

@@ -14,7 +14,7 @@ mod task;
 pub use entity::user::Role;
 pub use error::ValidationError;
 pub use idempotency::Idempotency;
-pub use ids::{ImageId, InstanceId, TaskId, UserId};
+pub use ids::{ImageId, InstanceId, NodeId, TaskId, UserId};
 pub use image_job::{ImageJob, ImageLimits, ImageRequest};
 pub use instance::{
     check_instance_url, url_key, InstanceChange, InstanceChangeRequest, InstanceKind, InstanceSpec,

@@ -4,10 +4,11 @@
 use actix::Addr;
 use actix_web::{web, HttpResponse};
 
+use crate::actors::messages::ListNodes;
 use crate::actors::messages::{
     AddInstance, InstanceView, ListInstances, RemoveInstance, UpdateInstance,
 };
-use crate::actors::InstanceRegistry;
+use crate::actors::{Dispatcher, InstanceRegistry};
 use crate::domain::{
     InstanceChange, InstanceChangeRequest, InstanceId, InstanceSpec, NewInstanceRequest,
 };
@@ -25,7 +26,50 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/api/v1/admin/instances/{id}",
             web::delete().to(remove_instance),
-        );
+        )
+        .route("/api/v1/admin/nodes", web::get().to(list_nodes));
+}
+
+/// A gateway process, as `/api/v1/admin/nodes` shows it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    /// `local` for a gateway alone on its SQLite file.
+    pub id: String,
+    pub host: String,
+    pub pid: i32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub last_heartbeat: chrono::DateTime<chrono::Utc>,
+    /// Tasks it held at its last heartbeat.
+    pub running: i32,
+}
+
+/// The live gateway processes: with several on PostgreSQL, those whose heartbeat is
+/// within a lease; alone on SQLite, this one.
+#[utoipa::path(get, path = "/api/v1/admin/nodes", tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The live gateways", body = [NodeView]),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(admin_id = %admin.0.id))]
+pub async fn list_nodes(
+    admin: AdminUser,
+    dispatcher: web::Data<Addr<Dispatcher>>,
+) -> Result<HttpResponse, ApiError> {
+    let nodes: Vec<NodeView> = ask(&dispatcher, ListNodes)
+        .await??
+        .into_iter()
+        .map(|node| NodeView {
+            id: node.id,
+            host: node.host,
+            pid: node.pid,
+            started_at: node.started_at,
+            last_heartbeat: node.heartbeat_at,
+            running: node.running,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(nodes))
 }
 
 /// Every instance: settings.toml's and the API's, with health and figures.

@@ -19,6 +19,7 @@ use super::{accounts, admin, image, keys, openai, speech, system, tasks};
         keys::create_key, keys::list_keys, keys::delete_key,
         system::health, system::ready, system::stats,
         admin::list_instances, admin::add_instance, admin::update_instance, admin::remove_instance,
+        admin::list_nodes,
         openai::images::generations, openai::transcriptions::transcriptions, openai::models::list_models,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::OpenAiErrorBody)),

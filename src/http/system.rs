@@ -129,7 +129,7 @@ pub async fn stats(
     dispatcher: web::Data<Addr<Dispatcher>>,
     registry: web::Data<Addr<InstanceRegistry>>,
 ) -> Result<HttpResponse, ApiError> {
-    let queue = ask(&dispatcher, GetQueueStats).await?;
+    let queue = ask(&dispatcher, GetQueueStats).await??;
     let instances = ask(&registry, ListInstances).await?;
     let waiting_image = ask(&registry, CountWaiting(InstanceKind::Image)).await?;
     let waiting_speech = ask(&registry, CountWaiting(InstanceKind::Speech)).await?;

@@ -125,7 +125,7 @@ async fn with_positions(
             .iter()
             .map(|&i| TaskId::from(views[i].task_id.clone()))
             .collect();
-        let positions = ask(dispatcher, QueuePositions { user_id, task_ids }).await?;
+        let positions = ask(dispatcher, QueuePositions { user_id, task_ids }).await??;
         for (i, position) in queued.into_iter().zip(positions) {
             views[i].queue_position = position;
         }
@@ -165,7 +165,7 @@ pub async fn cancel_task(
                 tracing::debug!("task cancelled");
                 dispatcher.do_send(TaskCancelled {
                     task_id,
-                    user_id: user.id,
+                    user_id: Some(user.id),
                 });
             }
             Ok(HttpResponse::Ok().json(TaskView::from(task)))

@@ -198,6 +198,16 @@ impl Settings {
                 "must be empty or an http(s) URL",
             ),
             (
+                "cluster.lease_secs",
+                self.cluster.lease_secs >= 3,
+                "must be at least 3",
+            ),
+            (
+                "cluster.poll_ms",
+                (10..=60_000).contains(&self.cluster.poll_ms),
+                "must be between 10 and 60000",
+            ),
+            (
                 "telemetry.service_name",
                 !telemetry.service_name.is_empty(),
                 "must not be empty",

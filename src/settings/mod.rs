@@ -36,6 +36,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub openai: OpenAiSettings,
+    pub cluster: ClusterSettings,
     pub instances: Vec<InstanceSpec>,
 }
 
@@ -206,6 +207,27 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// Several gateways on one PostgreSQL database (a SQLite file has one gateway).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// How long a process's claim on a task (and on a backend's call slot) holds unless
+    /// renewed; it renews every third of it, and a dead process's tasks are taken over
+    /// once theirs run out.
+    pub lease_secs: u64,
+    /// The backstop to wake-ups: how often a process looks for work it was not told of.
+    pub poll_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            lease_secs: 15,
+            poll_ms: 500,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -222,6 +244,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             telemetry: TelemetrySettings::default(),
             openai: OpenAiSettings::default(),
+            cluster: ClusterSettings::default(),
             instances: vec![InstanceSpec {
                 protocol: Some(Protocol::Qwen),
                 ..InstanceSpec::new(InstanceKind::Image, "http://localhost:8000")

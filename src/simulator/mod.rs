@@ -114,6 +114,10 @@ pub struct SimState {
     files: Mutex<VecDeque<(u64, Vec<u8>)>>,
     next_file: AtomicU64,
     trace_headers: Mutex<TraceHeadersSeen>,
+    /// Calls on the GPU now (waiting for it or on it), and the most there ever were: a
+    /// gateway that honours the capacity never lets this pass it.
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
 }
 
 impl SimState {
@@ -127,6 +131,8 @@ impl SimState {
             pings: AtomicU64::new(0),
             arrived_prompts: Mutex::new(Vec::new()),
             pcm_bytes_received: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
             transcription_bytes_received: AtomicU64::new(0),
             last_transcription: Mutex::new(None),
             last_image_request: Mutex::new(None),
@@ -239,6 +245,7 @@ impl SimBackend {
                     state.record_trace_headers(req.headers());
                     service.call(req)
                 })
+                .route("/sim/stats", web::get().to(stats))
                 .configure(qwen::configure)
                 .configure(fastwhisper::configure)
                 .configure(openai::configure)
@@ -350,6 +357,7 @@ impl SimBackend {
 
 /// Holds a GPU permit for the configured latency; `Err` is the answer to send instead.
 async fn occupy_gpu(state: &SimState) -> Result<(), HttpResponse> {
+    let _call = InFlight::enter(state);
     let knobs = state.knobs();
     let _permit = state
         .gpu
@@ -558,4 +566,30 @@ mod tests {
         assert_eq!(spans, [(0.0, 2.5), (2.5, 5.0), (5.0, 6.0)]);
         assert_eq!(segments[2].2, "simulated segment 3");
     }
+}
+
+/// One call on the GPU, counted while it lasts.
+struct InFlight<'a>(&'a SimState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a SimState) -> InFlight<'a> {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `GET /sim/stats`: the counters, for benchmarks driving a simulator in its own process.
+async fn stats(state: web::Data<SimState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "generated": state.generated.load(Ordering::SeqCst),
+        "transcribed": state.transcribed.load(Ordering::SeqCst),
+        "max_in_flight": state.max_in_flight.load(Ordering::SeqCst),
+    }))
 }

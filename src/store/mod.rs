@@ -4,6 +4,7 @@
 //! actor's own (`actors/task_store`), because they share its group commit.
 
 pub mod api_keys;
+pub mod cluster;
 mod error;
 pub mod instances;
 mod lock;

@@ -103,7 +103,7 @@ pub async fn queued_among(
     Ok(found)
 }
 
-fn queued_task(row: task::Model) -> QueuedTask {
+pub(super) fn queued_task(row: task::Model) -> QueuedTask {
     let job = ImageJob {
         prompt: row.prompt,
         negative_prompt: row.negative_prompt,

@@ -8,6 +8,7 @@ mod bad_input;
 mod balancing;
 mod cancel;
 mod cli;
+mod cluster;
 mod database_faults;
 mod disk_full;
 mod fairness;

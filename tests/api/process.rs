@@ -42,7 +42,19 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `infergate serve` (with the config file, if any) and waits until it answers.
     pub async fn start(dir: &Path, config: Option<&Path>, port: u16, extra: &[&str]) -> Gateway {
+        Gateway::start_with(dir, config, port, extra, &[]).await
+    }
+
+    /// The same, with more environment (which wins over the defaults above).
+    pub async fn start_with(
+        dir: &Path,
+        config: Option<&Path>,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Gateway {
         let mut command = infergate(dir);
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         command
             .env("INFERGATE__SERVER__HOST", "127.0.0.1")
             .env("INFERGATE__SERVER__PORT", port.to_string())

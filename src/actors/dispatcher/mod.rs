@@ -9,8 +9,14 @@
 //! from the database, which is why tasks are committed before they are queued; every
 //! `RESYNC_EVERY` it also takes in QUEUED tasks it does not know, so a task committed
 //! while nobody could queue it (a crash between commit and reply) still runs.
+//!
+//! With several gateways on PostgreSQL (`shared`), the queue is the database's: admission
+//! happens in the inserting transaction, and idle workers get tasks claimed in the
+//! global fair order, on wake-ups, after each task and on a poll; this actor renews its
+//! claims, takes over those of dead gateways, and hands its own back on a drain.
 
 mod fair_queue;
+mod shared;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -22,11 +28,13 @@ use tokio::sync::oneshot;
 
 use super::messages::*;
 use super::task_store::{write, TaskStore};
+use crate::cluster::Cluster;
 use crate::domain::{NewTask, QueuedTask, TaskId, UserId};
 use crate::faults;
-use crate::settings::LimitSettings;
+use crate::settings::Settings;
 use crate::store::{self, StoreError};
 use fair_queue::FairQueue;
+use shared::Shared;
 
 /// How often the queue is checked against the database's QUEUED tasks.
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
@@ -62,6 +70,10 @@ pub struct Dispatcher {
     draining: bool,
     /// Told when the last running task ends during a drain.
     drained: Option<oneshot::Sender<()>>,
+    /// With several gateways: the queue is the database's, claimed from.
+    shared: Option<Shared>,
+    /// When this gateway started, for the nodes listing.
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Dispatcher {
@@ -69,13 +81,16 @@ impl Dispatcher {
     pub fn new(
         store: Addr<TaskStore>,
         db: DatabaseConnection,
-        capacity: usize,
-        limits: &LimitSettings,
+        settings: &Settings,
+        cluster: Option<Cluster>,
     ) -> Dispatcher {
+        let limits = &settings.limits;
+        let max_attempts = settings.workers.max_attempts as i32;
         Dispatcher {
             store,
             db,
-            capacity,
+            capacity: settings.queue.capacity,
+            shared: cluster.map(|cluster| Shared::new(cluster, limits.vip_share, max_attempts)),
             queue: FairQueue::new(limits.fair_order, limits.vip_share),
             reserved: 0,
             inserting: HashSet::new(),
@@ -89,12 +104,16 @@ impl Dispatcher {
             retiring: 0,
             draining: false,
             drained: None,
+            started_at: chrono::Utc::now(),
         }
     }
 
     /// Hands queued tasks to idle workers. A panic in here is contained: the Dispatcher
     /// stops and its supervisor starts it again, with the queue reloaded.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.is_some() {
+            return self.claim(ctx);
+        }
         if std::panic::catch_unwind(AssertUnwindSafe(|| self.dispatch_now())).is_err() {
             tracing::error!("the dispatcher failed; restarting it with the queue reloaded");
             ctx.stop();
@@ -140,6 +159,9 @@ impl Actor for Dispatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.is_some() {
+            return self.start_shared(ctx);
+        }
         // Hold every other message until the queue is rebuilt, so older tasks stay ahead.
         let db = self.db.clone();
         let reload = async move { store::tasks::queued(&db).await };
@@ -247,12 +269,17 @@ impl Handler<Submit> for Dispatcher {
         if self.draining {
             return Box::pin(fut::ready(Err(SubmitError::ShuttingDown)));
         }
-        if self.queue.len() + self.reserved >= self.capacity {
+        let shared = self.shared.is_some();
+        // With several gateways the limits are global: the store checks them as it inserts.
+        if !shared && self.queue.len() + self.reserved >= self.capacity {
             let capacity = self.capacity;
             return Box::pin(fut::ready(Err(SubmitError::QueueFull { capacity })));
         }
         let user_id = msg.user_id;
-        if self.quota > 0 && self.unfinished.get(&user_id).copied().unwrap_or(0) >= self.quota {
+        if !shared
+            && self.quota > 0
+            && self.unfinished.get(&user_id).copied().unwrap_or(0) >= self.quota
+        {
             let limit = self.quota;
             return Box::pin(fut::ready(Err(SubmitError::QuotaExceeded { limit })));
         }
@@ -279,6 +306,12 @@ impl Handler<Submit> for Dispatcher {
                 dispatcher.count_out(user_id);
             }
             match result? {
+                Inserted::Refused(Refusal::QueueFull { capacity }) => {
+                    Err(SubmitError::QueueFull { capacity })
+                }
+                Inserted::Refused(Refusal::QuotaExceeded { limit }) => {
+                    Err(SubmitError::QuotaExceeded { limit })
+                }
                 Inserted::Existing {
                     task_id,
                     request_hash,
@@ -294,7 +327,9 @@ impl Handler<Submit> for Dispatcher {
                 }
                 Inserted::New => {
                     let task_id = task.task_id.clone();
-                    dispatcher.queue.push_back(QueuedTask::fresh(task));
+                    if dispatcher.shared.is_none() {
+                        dispatcher.queue.push_back(QueuedTask::fresh(task));
+                    }
                     dispatcher.dispatch(ctx);
                     Ok(Submitted {
                         task_id,
@@ -363,6 +398,11 @@ impl Handler<RetryLater> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: RetryLater, ctx: &mut Context<Self>) {
+        if self.shared.is_some() {
+            // The task waits in the database until its backoff is over; look then.
+            ctx.run_later(msg.delay, |dispatcher, ctx| dispatcher.claim(ctx));
+            return;
+        }
         let mut task = msg.task;
         // Still unfinished after its worker reports idle (which comes after this).
         self.count_in(task.user_id);
@@ -382,8 +422,10 @@ impl Handler<TaskCancelled> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: TaskCancelled, _: &mut Context<Self>) {
-        if self.queue.remove(&msg.task_id, msg.user_id).is_some() {
-            self.count_out(msg.user_id);
+        if let Some(user_id) = msg.user_id {
+            if self.queue.remove(&msg.task_id, user_id).is_some() {
+                self.count_out(user_id);
+            }
         }
         // A running task is counted out when its worker reports idle.
         if let Some((worker, _)) = self.running.get(&msg.task_id) {
@@ -394,24 +436,35 @@ impl Handler<TaskCancelled> for Dispatcher {
 
 /// Where the user's tasks stand in the queue.
 impl Handler<QueuePositions> for Dispatcher {
-    type Result = MessageResult<QueuePositions>;
+    type Result = ResponseFuture<Result<Vec<Option<usize>>, StoreError>>;
 
     fn handle(&mut self, msg: QueuePositions, _: &mut Context<Self>) -> Self::Result {
+        if let Some(shared) = &self.shared {
+            let (db, share) = (self.db.clone(), shared.vip_share);
+            return Box::pin(async move {
+                let found = store::cluster::positions(&db, &msg.task_ids, share).await?;
+                Ok(msg
+                    .task_ids
+                    .iter()
+                    .map(|id| found.get(id).copied())
+                    .collect())
+            });
+        }
         // A task a worker holds while it waits for an instance, or one waiting out a
         // retry's backoff, is still QUEUED: it is next, ahead of the queue.
         let next = |task_id: &TaskId| {
             (self.running.contains_key(task_id) || self.retrying.contains(task_id)).then_some(1)
         };
-        MessageResult(
-            msg.task_ids
-                .iter()
-                .map(|task_id| {
-                    self.queue
-                        .position(task_id, msg.user_id)
-                        .or_else(|| next(task_id))
-                })
-                .collect(),
-        )
+        let positions = msg
+            .task_ids
+            .iter()
+            .map(|task_id| {
+                self.queue
+                    .position(task_id, msg.user_id)
+                    .or_else(|| next(task_id))
+            })
+            .collect();
+        Box::pin(async move { Ok(positions) })
     }
 }
 
@@ -420,8 +473,11 @@ impl Handler<QueuePositions> for Dispatcher {
 impl Handler<Drain> for Dispatcher {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: Drain, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Drain, ctx: &mut Context<Self>) -> Self::Result {
         self.draining = true;
+        if self.shared.is_some() {
+            self.hand_back(ctx);
+        }
         let (tx, rx) = oneshot::channel();
         if self.running.is_empty() {
             let _ = tx.send(());
@@ -475,16 +531,47 @@ impl Handler<Ping> for Dispatcher {
     }
 }
 
-/// Queue length, capacity and worker use.
+/// Queue length (the whole cluster's, with several gateways), capacity and worker use.
 impl Handler<GetQueueStats> for Dispatcher {
-    type Result = MessageResult<GetQueueStats>;
+    type Result = ResponseFuture<Result<QueueStats, StoreError>>;
 
     fn handle(&mut self, _: GetQueueStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(QueueStats {
+        let mut stats = QueueStats {
             queue_length: self.queue.len(),
             queue_capacity: self.capacity,
             workers: self.workers,
             busy_workers: self.workers.saturating_sub(self.idle.len()),
+        };
+        if self.shared.is_none() {
+            return Box::pin(async move { Ok(stats) });
+        }
+        let db = self.db.clone();
+        Box::pin(async move {
+            stats.queue_length = store::cluster::queue_length(&db).await? as usize;
+            Ok(stats)
         })
+    }
+}
+
+/// Claims for the idle workers (several gateways; one gateway has its queue in memory).
+impl Handler<Wake> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        self.claim(ctx);
+    }
+}
+
+/// The live gateways: with several, from their heartbeats; alone, this one.
+impl Handler<ListNodes> for Dispatcher {
+    type Result = ResponseFuture<Result<Vec<entity::node::Model>, StoreError>>;
+
+    fn handle(&mut self, _: ListNodes, _: &mut Context<Self>) -> Self::Result {
+        let Some(shared) = &self.shared else {
+            let me = shared::this_node(&self.started_at, self.running.len());
+            return Box::pin(async move { Ok(vec![me]) });
+        };
+        let (db, alive) = (self.db.clone(), shared.cluster.lease);
+        Box::pin(async move { store::cluster::live_nodes(&db, alive).await })
     }
 }

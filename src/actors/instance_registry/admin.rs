@@ -10,7 +10,7 @@ use crate::actors::messages::{
     AddInstance, InstanceAdminError, InstanceSource, InstanceView, RemoveInstance, UpdateInstance,
 };
 use crate::domain::{InstanceChange, InstanceId};
-use crate::store::{instances, StoreError};
+use crate::store::{cluster as shared, instances, StoreError};
 
 type AdminResult = Result<InstanceView, InstanceAdminError>;
 
@@ -31,6 +31,24 @@ impl InstanceRegistry {
         self.remove_if_drained(index);
         self.report_capacity();
         view
+    }
+
+    /// With several gateways: the others reload the instances, and the call slots follow
+    /// the capacity.
+    fn announce_change(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.is_none() {
+            return;
+        }
+        self.ensure_slots(ctx);
+        let db = self.db.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = shared::notify(&db, "i").await {
+                    tracing::warn!(error = %e, "cannot tell the other gateways of an instance change; they see it at their next resync");
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     /// After any change that may add room or capacity.
@@ -71,6 +89,7 @@ impl Handler<AddInstance> for InstanceRegistry {
             registry.instances.push(instance);
             registry.schedule_ping(id, std::time::Duration::ZERO, ctx);
             registry.report_capacity();
+            registry.announce_change(ctx);
             Ok(view)
         }))
     }
@@ -113,6 +132,7 @@ impl Handler<UpdateInstance> for InstanceRegistry {
             }
             let view = instance.view();
             registry.changed(ctx);
+            registry.announce_change(ctx);
             Ok(view)
         }))
     }
@@ -141,13 +161,14 @@ impl Handler<RemoveInstance> for InstanceRegistry {
         }
         let db = self.db.clone();
         let delete = async move { instances::delete(&db, id.0 as i64).await };
-        Box::pin(delete.into_actor(self).map(move |deleted, registry, _| {
+        Box::pin(delete.into_actor(self).map(move |deleted, registry, ctx| {
             deleted?;
             let index = registry.index_of(id)?;
             let instance = &registry.instances[index];
             if instance.draining {
                 return Ok(instance.view());
             }
+            registry.announce_change(ctx);
             Ok(registry.drain(index))
         }))
     }

@@ -40,6 +40,31 @@ pub(super) fn choose(
     }
 }
 
+/// Every candidate with room, in the order the strategy prefers them: the first is the
+/// one `choose` picks (and only it moves the round-robin cursor). With several gateways
+/// the registry tries them in this order for a free shared slot.
+pub(super) fn order(
+    strategy: Strategy,
+    candidates: &[Candidate],
+    user_id: UserId,
+    cursor: &mut usize,
+) -> Vec<usize> {
+    let Some(first) = choose(strategy, candidates, user_id, cursor) else {
+        return Vec::new();
+    };
+    let mut order = vec![first];
+    let mut scratch = *cursor;
+    let mut rest: Vec<usize> = (0..candidates.len()).filter(|&i| i != first).collect();
+    while !rest.is_empty() {
+        let subset: Vec<Candidate> = rest.iter().map(|&i| candidates[i].clone()).collect();
+        let Some(next) = choose(strategy, &subset, user_id, &mut scratch) else {
+            break;
+        };
+        order.push(rest.remove(next));
+    }
+    order
+}
+
 /// The next candidate with room after the last one picked.
 fn round_robin(candidates: &[Candidate], cursor: &mut usize) -> Option<usize> {
     let n = candidates.len();
@@ -113,6 +138,29 @@ mod tests {
             capacity,
             weight: 1,
             latency_ms: Some(50.0),
+        }
+    }
+
+    #[test]
+    fn an_order_starts_with_the_choice_and_holds_every_instance_with_room() {
+        let candidates = [
+            candidate("http://a", 1, 2),
+            candidate("http://b", 0, 2),
+            candidate("http://c", 2, 2),
+        ];
+        for strategy in [
+            Strategy::LeastLoaded,
+            Strategy::RoundRobin,
+            Strategy::UserHash,
+        ] {
+            let (mut one, mut all) = (0, 0);
+            let chosen = choose(strategy, &candidates, UserId(7), &mut one);
+            let order = order(strategy, &candidates, UserId(7), &mut all);
+            assert_eq!(order.first().copied(), chosen, "{strategy:?}");
+            assert_eq!(one, all, "only the first pick moves the cursor");
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![0, 1], "{strategy:?}: the full one is left out");
         }
     }
 

@@ -22,6 +22,7 @@ mod balancing;
 mod health;
 mod instance;
 mod outlier;
+mod shared;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -39,6 +40,7 @@ use crate::settings::HealthSettings;
 use crate::store::instances;
 use balancing::Candidate;
 use instance::{Instance, Pinged};
+pub use shared::SharedSlots;
 
 /// Ids of instances from settings.toml start above this (the first is `+ 1`, in file
 /// order); API-added instances keep their database id, which never gets this far.
@@ -56,6 +58,10 @@ fn trusted_latency(latency_ms: Option<f64>, last_lease: u64, leases: u64) -> Opt
 }
 
 struct Waiter {
+    /// Names it while a shared slot is being taken for it.
+    id: u64,
+    /// The shared-slot generation it was last tried at (several gateways).
+    tried: Option<u64>,
     kind: InstanceKind,
     user_id: UserId,
     avoid: Option<InstanceId>,
@@ -84,6 +90,10 @@ pub struct InstanceRegistry {
     pool: Recipient<ImageCapacity>,
     /// What the pool was last told.
     reported_capacity: Option<u32>,
+    /// The next waiter's id.
+    next_waiter: u64,
+    /// With several gateways: capacity is shared, through call slots in the database.
+    shared: Option<SharedSlots>,
 }
 
 impl InstanceRegistry {
@@ -94,8 +104,11 @@ impl InstanceRegistry {
         health: HealthSettings,
         db: DatabaseConnection,
         pool: Recipient<ImageCapacity>,
+        shared: Option<SharedSlots>,
     ) -> InstanceRegistry {
         InstanceRegistry {
+            next_waiter: 0,
+            shared,
             from_settings,
             instances: Vec::new(),
             first_round: None,
@@ -158,6 +171,19 @@ impl InstanceRegistry {
         user_id: UserId,
         avoid: Option<InstanceId>,
     ) -> Option<usize> {
+        self.rank(kind, user_id, avoid, false).first().copied()
+    }
+
+    /// The instances the kind's strategy would pick, best first (only the first unless
+    /// `all`), among those that take work and have room (and other than `avoid` while
+    /// another one takes work).
+    fn rank(
+        &mut self,
+        kind: InstanceKind,
+        user_id: UserId,
+        avoid: Option<InstanceId>,
+        all: bool,
+    ) -> Vec<usize> {
         let avoid = avoid.filter(|&id| self.any_takes_work(kind, Some(id)));
         let slow_start = Duration::from_secs(self.health.slow_start_secs);
         let now = Instant::now();
@@ -187,7 +213,14 @@ impl InstanceRegistry {
             .copied()
             .unwrap_or(Strategy::LeastLoaded);
         let cursor = self.cursors.entry(kind).or_insert(0);
-        balancing::choose(strategy, &candidates, user_id, cursor).map(|c| indices[c])
+        let ranked = if all {
+            balancing::order(strategy, &candidates, user_id, cursor)
+        } else {
+            balancing::choose(strategy, &candidates, user_id, cursor)
+                .into_iter()
+                .collect()
+        };
+        ranked.into_iter().map(|c| indices[c]).collect()
     }
 
     fn lease(&mut self, index: usize, ctx: &Context<Self>) -> Lease {
@@ -209,6 +242,9 @@ impl InstanceRegistry {
     /// Hands free capacity to waiting requests, oldest first. A panic in here is
     /// contained: the registry stops and its supervisor starts it again.
     fn serve_waiters(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.is_some() {
+            return self.serve_shared(ctx);
+        }
         let served = std::panic::catch_unwind(AssertUnwindSafe(|| self.serve_waiters_now(ctx)));
         if served.is_err() {
             tracing::error!(
@@ -291,7 +327,9 @@ impl Actor for InstanceRegistry {
                 registry.schedule_ping(id, Duration::ZERO, ctx);
             }
             registry.report_capacity();
+            registry.ensure_slots(ctx);
         }));
+        self.start_shared(ctx);
     }
 }
 
@@ -328,7 +366,10 @@ impl Handler<Acquire> for InstanceRegistry {
             }
         }
         let (reply, lease) = oneshot::channel();
+        self.next_waiter += 1;
         self.waiters.push_back(Waiter {
+            id: self.next_waiter,
+            tried: None,
             kind: msg.kind,
             user_id: msg.user_id,
             avoid: msg.avoid,
@@ -345,6 +386,12 @@ impl Handler<Release> for InstanceRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Release, ctx: &mut Context<Self>) {
+        // Known before a drained instance goes.
+        let slot_key = self
+            .instances
+            .iter()
+            .find(|i| i.id == msg.instance_id)
+            .map(|i| i.spec.shared_key());
         if let Some(index) = self.instances.iter().position(|i| i.id == msg.instance_id) {
             let now = Instant::now();
             let instance = &mut self.instances[index];
@@ -370,6 +417,9 @@ impl Handler<Release> for InstanceRegistry {
                 CallOutcome::Neutral => {}
             }
             self.remove_if_drained(index);
+        }
+        if let (Some(slot), Some(key)) = (msg.slot, slot_key) {
+            return self.give_back_slot(key, slot, ctx);
         }
         self.serve_waiters(ctx);
     }

@@ -57,12 +57,30 @@ pub struct RetryLater {
 #[rtype(result = "()")]
 pub struct TaskCancelled {
     pub task_id: TaskId,
-    pub user_id: UserId,
+    /// Known when the cancel came through this gateway; not when another one says so.
+    pub user_id: Option<UserId>,
 }
+
+/// Work may be waiting in the database (queued by another gateway, a retry's backoff
+/// over, or a wake-up lost): claim for the idle workers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// The image instances this gateway can call now, as (shared key, capacity): with
+/// several gateways, a claim takes no more tasks than they have free slots.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ImageTargets(pub Vec<(String, u32)>);
+
+/// The live gateways sharing the database, for `/api/v1/admin/nodes`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<entity::node::Model>, StoreError>")]
+pub struct ListNodes;
 
 /// The 1-based queue positions of these tasks of the user (`None`: not queued here).
 #[derive(Message)]
-#[rtype(result = "Vec<Option<usize>>")]
+#[rtype(result = "Result<Vec<Option<usize>>, StoreError>")]
 pub struct QueuePositions {
     pub user_id: UserId,
     pub task_ids: Vec<TaskId>,
@@ -87,7 +105,7 @@ pub struct ResizeWorkers {
 
 /// Queue figures for `/api/v1/system/stats`.
 #[derive(Message)]
-#[rtype(result = "QueueStats")]
+#[rtype(result = "Result<QueueStats, StoreError>")]
 pub struct GetQueueStats;
 
 #[derive(Debug, Clone, Copy)]

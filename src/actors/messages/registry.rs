@@ -79,6 +79,8 @@ impl From<&BackendError> for CallOutcome {
 #[rtype(result = "()")]
 pub struct Release {
     pub instance_id: InstanceId,
+    /// The shared call slot held, with several gateways on PostgreSQL.
+    pub slot: Option<u32>,
     pub outcome: CallOutcome,
 }
 
@@ -91,6 +93,8 @@ pub struct Lease {
     pub protocol: Protocol,
     /// The model calls name (openai instances only).
     pub model: Option<String>,
+    /// The shared call slot it holds, with several gateways on PostgreSQL.
+    slot: Option<u32>,
     /// Where the capacity goes back to: the registry that granted it.
     registry: Recipient<Release>,
     released: bool,
@@ -107,9 +111,20 @@ impl Lease {
             url: spec.url.clone(),
             protocol: spec.protocol(),
             model: spec.model().map(str::to_string),
+            slot: None,
             registry,
             released: false,
         }
+    }
+
+    /// The lease holds this shared call slot.
+    pub fn in_slot(mut self, slot: u32) -> Lease {
+        self.slot = Some(slot);
+        self
+    }
+
+    pub fn slot(&self) -> Option<u32> {
+        self.slot
     }
 
     pub fn instance_id(&self) -> InstanceId {
@@ -120,6 +135,7 @@ impl Lease {
         self.released = true;
         self.registry.do_send(Release {
             instance_id: self.instance_id,
+            slot: self.slot,
             outcome,
         });
     }
@@ -135,11 +151,22 @@ impl Drop for Lease {
         if !self.released {
             self.registry.do_send(Release {
                 instance_id: self.instance_id,
+                slot: self.slot,
                 outcome: CallOutcome::Neutral,
             });
         }
     }
 }
+
+/// Another gateway freed a shared call slot (or may have): try the waiters again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SlotFreed;
+
+/// Another gateway changed the instances: read them again from the database.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReloadInstances;
 
 /// A snapshot of every instance.
 #[derive(Message)]

@@ -1,5 +1,9 @@
+use std::time::Duration;
+
 use actix::prelude::*;
 use entity::task;
+
+pub use crate::store::cluster::Refusal;
 
 use crate::domain::{NewTask, TaskId, UserId};
 use crate::store::StoreError;
@@ -12,6 +16,9 @@ pub struct InsertTask(pub NewTask);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
     New,
+    /// Refused by the global limits checked in the inserting transaction (several
+    /// gateways on PostgreSQL); nothing was written.
+    Refused(Refusal),
     /// The user already had a task under this idempotency key; nothing was inserted.
     Existing {
         task_id: TaskId,
@@ -47,9 +54,11 @@ pub enum TaskOutcome {
     Failed {
         error: String,
     },
-    /// Back to QUEUED for another attempt, keeping this attempt's error.
+    /// Back to QUEUED for another attempt, keeping this attempt's error, to run again
+    /// no sooner than `after` from now.
     Retry {
         error: String,
+        after: Duration,
     },
 }
 

@@ -26,6 +26,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, Tr
 use tokio::sync::oneshot;
 
 use super::messages::*;
+use crate::cluster::Cluster;
 use crate::domain::TaskStatus;
 use crate::store::StoreError;
 use writes::{requeue_running, Ending, Write};
@@ -45,15 +46,23 @@ pub struct TaskStore {
     /// How long a DONE's image is held while its commit keeps failing; then the task is
     /// stored as FAILED instead (the database may be refusing this very image).
     hold_results: Duration,
+    /// With several gateways: this node, whose claims every change is conditional on,
+    /// and the global limits admission checks.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl TaskStore {
-    pub fn new(db: DatabaseConnection, hold_results: Duration) -> TaskStore {
+    pub fn new(
+        db: DatabaseConnection,
+        hold_results: Duration,
+        cluster: Option<Cluster>,
+    ) -> TaskStore {
         TaskStore {
             db,
             pending: Vec::new(),
             committing: false,
             hold_results,
+            cluster: cluster.map(Arc::new),
         }
     }
 
@@ -87,8 +96,13 @@ impl TaskStore {
         // A panic inside the commit is contained: its transaction is dropped (rolled
         // back), the writers waiting on it hear that the store restarted, and the
         // endings, kept here, are tried again.
-        let commit =
-            AssertUnwindSafe(writes::commit(self.db.clone(), batch, messages)).catch_unwind();
+        let commit = AssertUnwindSafe(writes::commit(
+            self.db.clone(),
+            self.cluster.clone(),
+            batch,
+            messages,
+        ))
+        .catch_unwind();
         ctx.spawn(commit.into_actor(self).map(move |committed, store, ctx| {
             store.committing = false;
             let error = match committed {
@@ -263,7 +277,7 @@ impl Handler<RecoverOrphans> for TaskStore {
                 .exec(&txn)
                 .await?
                 .rows_affected;
-            let requeued = requeue_running(&txn, None).await?;
+            let requeued = requeue_running(&txn, None, None).await?;
             txn.commit().await?;
             Ok((requeued, failed))
         })
@@ -276,7 +290,8 @@ impl Handler<RequeueRunning> for TaskStore {
 
     fn handle(&mut self, msg: RequeueRunning, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
-        Box::pin(async move { Ok(requeue_running(&db, Some(msg.0)).await?) })
+        let cluster = self.cluster.clone();
+        Box::pin(async move { Ok(requeue_running(&db, cluster.as_deref(), Some(msg.0)).await?) })
     }
 }
 
@@ -285,8 +300,9 @@ impl Handler<CancelTask> for TaskStore {
     type Result = ResponseFuture<Result<CancelOutcome, StoreError>>;
 
     fn handle(&mut self, msg: CancelTask, _: &mut Context<Self>) -> Self::Result {
-        let db = self.db.clone();
+        let (db, clustered) = (self.db.clone(), self.cluster.is_some());
         Box::pin(async move {
+            let txn = db.begin().await?;
             let changed = Task::update_many()
                 .set(task::ActiveModel {
                     status: Set(TaskStatus::Cancelled),
@@ -296,10 +312,15 @@ impl Handler<CancelTask> for TaskStore {
                 .filter(task::Column::TaskId.eq(msg.task_id.as_str()))
                 .filter(task::Column::UserId.eq(msg.user_id.0))
                 .filter(task::Column::Status.is_in([TaskStatus::Queued, TaskStatus::Running]))
-                .exec(&db)
+                .exec(&txn)
                 .await?
                 .rows_affected
                 == 1;
+            // The gateway running it may be another: it hears of the cancel at commit.
+            if changed && clustered {
+                crate::store::cluster::notify(&txn, &format!("c:{}", msg.task_id)).await?;
+            }
+            txn.commit().await?;
             let found = crate::store::tasks::get(&db, msg.user_id, &msg.task_id).await?;
             Ok(match found {
                 None => CancelOutcome::NotFound,

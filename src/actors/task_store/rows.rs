@@ -40,6 +40,10 @@ pub fn new_task(task: NewTask) -> task::ActiveModel {
         request_hash: Set(request_hash),
         traceparent: Set(trace.as_ref().map(|t| t.traceparent.clone())),
         tracestate: Set(trace.and_then(|t| t.tracestate)),
+        holder: Set(None),
+        lease_until: Set(None),
+        fair_key: Set(0),
+        run_after: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()

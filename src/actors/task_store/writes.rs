@@ -14,7 +14,9 @@ use sea_orm::{
 use tokio::sync::oneshot;
 
 use crate::actors::messages::{Expect, FinishTask, Inserted, MarkRunning, TaskOutcome};
+use crate::cluster::Cluster;
 use crate::domain::{TaskId, TaskStatus};
+use crate::store::cluster::{self as shared, Admitting};
 use crate::store::StoreError;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -60,9 +62,11 @@ enum Update<'a> {
 /// The endings are the caller's to answer: this says whether each applied.
 pub async fn commit(
     db: DatabaseConnection,
+    cluster: Option<Arc<Cluster>>,
     batch: Vec<Write>,
     endings: Vec<Arc<FinishTask>>,
 ) -> Result<Vec<bool>, StoreError> {
+    let cluster = cluster.as_deref();
     let mut inserts = Vec::new();
     let mut insert_replies = Vec::new();
     let mut marks = Vec::new();
@@ -84,17 +88,17 @@ pub async fn commit(
         .chain(endings.iter().map(|msg| Update::Finish(msg)));
     let result = async {
         let txn = db.begin().await?;
-        let inserted = insert_rows(&txn, inserts).await?;
+        let inserted = insert_rows(&txn, cluster, inserts).await?;
         let mut applied = Vec::with_capacity(marks.len() + endings.len());
         for update in updates {
             applied.push(match update {
-                Update::MarkRunning(msg) => mark_running(&txn, msg).await?,
-                Update::Finish(msg) => finish(&txn, msg).await?,
+                Update::MarkRunning(msg) => mark_running(&txn, cluster, msg).await?,
+                Update::Finish(msg) => finish(&txn, cluster, msg).await?,
             });
         }
         crate::faults::hit(crate::faults::Site::StoreCommit);
         txn.commit().await?;
-        Ok::<_, DbErr>((inserted, applied))
+        Ok::<_, StoreError>((inserted, applied))
     }
     .await;
     match result {
@@ -114,7 +118,7 @@ pub async fn commit(
         Err(e) => {
             let size = insert_replies.len() + marks.len() + endings.len();
             tracing::error!(error = %e, batch = size, "group commit failed");
-            let error = StoreError::from(e);
+            let error = e;
             for reply in insert_replies {
                 let _ = reply.send(Err(error.clone()));
             }
@@ -133,6 +137,57 @@ pub async fn commit(
 /// (`ON CONFLICT DO NOTHING`, safe against racing duplicates) and answered with the task
 /// that holds the key.
 async fn insert_rows(
+    txn: &DatabaseTransaction,
+    cluster: Option<&Cluster>,
+    rows: Vec<task::ActiveModel>,
+) -> Result<Vec<Inserted>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(cluster) = cluster else {
+        return Ok(insert_admitted(txn, rows).await?);
+    };
+    // Several gateways: the global limits are checked here, in the inserting
+    // transaction, and each admitted row gets its place in the fair order.
+    let admitting: Vec<Admitting> = rows
+        .iter()
+        .map(|row| Admitting {
+            user_id: crate::domain::UserId(row.user_id.clone().unwrap()),
+            priority: row.priority.clone().unwrap(),
+        })
+        .collect();
+    let admission = &cluster.admission;
+    let verdicts = shared::admit(
+        txn,
+        &admitting,
+        admission.capacity,
+        admission.quota,
+        admission.fair,
+    )
+    .await?;
+    let mut admitted = Vec::new();
+    for (mut row, verdict) in rows.into_iter().zip(&verdicts) {
+        if let Ok(key) = verdict {
+            row.fair_key = Set(*key);
+            admitted.push(row);
+        }
+    }
+    let any = !admitted.is_empty();
+    let mut inserted = insert_admitted(txn, admitted).await?.into_iter();
+    if any {
+        shared::notify(txn, "q").await?;
+    }
+    Ok(verdicts
+        .into_iter()
+        .map(|verdict| match verdict {
+            Ok(_) => inserted.next().expect("one answer per admitted row"),
+            Err(refusal) => Inserted::Refused(refusal),
+        })
+        .collect())
+}
+
+/// Inserts rows already admitted.
+async fn insert_admitted(
     txn: &DatabaseTransaction,
     rows: Vec<task::ActiveModel>,
 ) -> Result<Vec<Inserted>, DbErr> {
@@ -182,31 +237,57 @@ async fn insert_rows(
     Ok(outcomes)
 }
 
-/// QUEUED → RUNNING as attempt `msg.attempt`, if still QUEUED after `attempt - 1`.
-async fn mark_running(txn: &DatabaseTransaction, msg: &MarkRunning) -> Result<bool, DbErr> {
-    let result = Task::update_many()
-        .set(task::ActiveModel {
-            status: Set(TaskStatus::Running),
-            instance: Set(Some(msg.instance.clone())),
-            attempts: Set(msg.attempt),
-            updated_at: Set(Utc::now()),
-            ..Default::default()
-        })
+/// QUEUED → RUNNING as attempt `msg.attempt`, if still QUEUED after `attempt - 1` (and,
+/// with several gateways, still claimed by this one).
+async fn mark_running(
+    txn: &DatabaseTransaction,
+    cluster: Option<&Cluster>,
+    msg: &MarkRunning,
+) -> Result<bool, DbErr> {
+    let now = Utc::now();
+    let mut update = task::ActiveModel {
+        status: Set(TaskStatus::Running),
+        instance: Set(Some(msg.instance.clone())),
+        attempts: Set(msg.attempt),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    if let Some(cluster) = cluster {
+        update.lease_until = Set(Some(
+            now + chrono::Duration::from_std(cluster.lease).unwrap_or_default(),
+        ));
+    }
+    let query = Task::update_many()
+        .set(update)
         .filter(task::Column::TaskId.eq(msg.task_id.as_str()))
         .filter(task::Column::Status.eq(TaskStatus::Queued))
-        .filter(task::Column::Attempts.eq(msg.attempt - 1))
-        .exec(txn)
-        .await?;
+        .filter(task::Column::Attempts.eq(msg.attempt - 1));
+    let result = held(query, cluster).exec(txn).await?;
     Ok(result.rows_affected == 1)
+}
+
+/// With several gateways, a change applies only to a task this gateway holds.
+fn held(query: sea_orm::UpdateMany<Task>, cluster: Option<&Cluster>) -> sea_orm::UpdateMany<Task> {
+    match cluster {
+        Some(cluster) => query.filter(task::Column::Holder.eq(cluster.node.as_str())),
+        None => query,
+    }
 }
 
 /// The outcome, if the task is still as expected. A DONE's image is inserted first (its
 /// id goes into the same conditional update) and removed again if the update did not
 /// apply, so a losing race leaves nothing behind.
-async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbErr> {
+async fn finish(
+    txn: &DatabaseTransaction,
+    cluster: Option<&Cluster>,
+    msg: &FinishTask,
+) -> Result<bool, DbErr> {
     let now = Utc::now();
+    // Ended or back in the queue: nobody holds it.
     let mut update = task::ActiveModel {
         updated_at: Set(now),
+        holder: Set(None),
+        lease_until: Set(None),
         ..Default::default()
     };
     let mut image_id = None;
@@ -233,9 +314,12 @@ async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbE
             update.status = Set(TaskStatus::Failed);
             update.error = Set(Some(error.clone()));
         }
-        TaskOutcome::Retry { error } => {
+        TaskOutcome::Retry { error, after } => {
             update.status = Set(TaskStatus::Queued);
             update.error = Set(Some(error.clone()));
+            update.run_after = Set(Some(
+                now + chrono::Duration::from_std(*after).unwrap_or_default(),
+            ));
         }
     }
     let query = Task::update_many()
@@ -247,7 +331,7 @@ async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbE
             .filter(task::Column::Status.eq(TaskStatus::Running))
             .filter(task::Column::Attempts.eq(attempt)),
     };
-    let applied = query.exec(txn).await?.rows_affected == 1;
+    let applied = held(query, cluster).exec(txn).await?.rows_affected == 1;
     if !applied {
         // Workers hand over a task's ending without waiting, so it is said here.
         tracing::debug!(
@@ -261,20 +345,23 @@ async fn finish(txn: &DatabaseTransaction, msg: &FinishTask) -> Result<bool, DbE
     Ok(applied)
 }
 
-/// RUNNING → QUEUED for `only` these tasks, or for all.
+/// RUNNING → QUEUED for `only` these tasks (held by this gateway), or for all.
 pub async fn requeue_running(
     db: &impl ConnectionTrait,
+    cluster: Option<&Cluster>,
     only: Option<Vec<TaskId>>,
 ) -> Result<u64, DbErr> {
     let mut query = Task::update_many()
         .set(task::ActiveModel {
             status: Set(TaskStatus::Queued),
             updated_at: Set(Utc::now()),
+            holder: Set(None),
+            lease_until: Set(None),
             ..Default::default()
         })
         .filter(task::Column::Status.eq(TaskStatus::Running));
     if let Some(ids) = only {
         query = query.filter(task::Column::TaskId.is_in(ids.into_iter().map(TaskId::into_string)));
     }
-    Ok(query.exec(db).await?.rows_affected)
+    Ok(held(query, cluster).exec(db).await?.rows_affected)
 }

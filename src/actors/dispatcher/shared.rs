@@ -1,0 +1,224 @@
+//! The Dispatcher as one of several gateways on PostgreSQL: the queue is the database's.
+//! Idle workers get tasks claimed in the global fair order (never more than there are
+//! free call slots on the instances this gateway may call, so none hoards work it cannot
+//! start), on a wake-up from any gateway, after each task and on a poll as a backstop.
+//! A heartbeat renews this gateway's claims and takes over those of gateways that
+//! stopped renewing theirs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::Utc;
+
+use super::Dispatcher;
+use crate::actors::messages::{ImageTargets, Run};
+use crate::cluster::{hostname, Cluster};
+use crate::domain::{QueuedTask, TaskId};
+use crate::store::cluster::{self as shared, ClaimOrder};
+
+pub(super) struct Shared {
+    pub cluster: Arc<Cluster>,
+    pub vip_share: u32,
+    max_attempts: i32,
+    /// A claim is out: one at a time.
+    claiming: bool,
+    /// The image instances this gateway can call now (key, capacity): a claim takes no
+    /// more tasks than they have free slots. Told by the InstanceRegistry.
+    targets: Vec<(String, u32)>,
+    /// Claimed tasks no idle worker was left for (the pool shrank meanwhile).
+    claimed: VecDeque<QueuedTask>,
+}
+
+impl Shared {
+    pub fn new(cluster: Cluster, vip_share: u32, max_attempts: i32) -> Shared {
+        Shared {
+            cluster: Arc::new(cluster),
+            vip_share,
+            max_attempts,
+            claiming: false,
+            targets: Vec::new(),
+            claimed: VecDeque::new(),
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Records this gateway among the live ones, then beats and polls.
+    pub(super) fn start_shared(&mut self, ctx: &mut Context<Self>) {
+        let shared = self.shared.as_ref().expect("shared mode");
+        let (db, cluster) = (self.db.clone(), shared.cluster.clone());
+        let register = async move { shared::register_node(&db, &cluster.node, &hostname()).await };
+        ctx.wait(register.into_actor(self).map(|registered, _, ctx| {
+            if let Err(e) = registered {
+                tracing::error!(error = %e, "cannot record this gateway among the live ones; restarting");
+                ctx.stop();
+            }
+        }));
+        let cluster = &shared.cluster;
+        tracing::info!(node = %cluster.node, "one of several gateways on this database");
+        ctx.run_interval(cluster.heartbeat_every(), |dispatcher, ctx| {
+            dispatcher.heartbeat(ctx)
+        });
+        ctx.run_interval(cluster.poll, |dispatcher, ctx| dispatcher.claim(ctx));
+    }
+
+    /// Claims tasks for the idle workers.
+    pub(super) fn claim(&mut self, ctx: &mut Context<Self>) {
+        let Some(shared) = self.shared.as_mut() else {
+            return;
+        };
+        while let Some(task) = (!self.idle.is_empty())
+            .then(|| shared.claimed.pop_front())
+            .flatten()
+        {
+            Self::start_claimed(&mut self.idle, &mut self.running, &mut shared.claimed, task);
+        }
+        if self.draining || shared.claiming || self.idle.is_empty() {
+            return;
+        }
+        shared.claiming = true;
+        let wanted = self.idle.len();
+        let (db, cluster, targets) = (
+            self.db.clone(),
+            shared.cluster.clone(),
+            shared.targets.clone(),
+        );
+        let order = ClaimOrder {
+            vip_share: shared.vip_share,
+        };
+        let claim = async move {
+            let free = shared::free_slots(&db, &targets).await? as usize;
+            shared::claim(&db, &cluster.node, wanted.min(free), cluster.lease, order).await
+        };
+        ctx.spawn(claim.into_actor(self).map(move |claimed, dispatcher, ctx| {
+            let Some(shared) = dispatcher.shared.as_mut() else {
+                return;
+            };
+            shared.claiming = false;
+            let tasks = match claimed {
+                Ok(tasks) => tasks,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim tasks; trying again at the next poll");
+                    return;
+                }
+            };
+            let full = wanted > 0 && tasks.len() == wanted;
+            for task in tasks {
+                Self::start_claimed(
+                    &mut dispatcher.idle,
+                    &mut dispatcher.running,
+                    &mut shared.claimed,
+                    task,
+                );
+            }
+            // A full claim says more may be waiting.
+            if full {
+                dispatcher.claim(ctx);
+            }
+        }));
+    }
+
+    fn start_claimed(
+        idle: &mut Vec<crate::actors::messages::WorkerHandle>,
+        running: &mut std::collections::HashMap<
+            TaskId,
+            (crate::actors::messages::WorkerHandle, crate::domain::UserId),
+        >,
+        claimed: &mut VecDeque<QueuedTask>,
+        task: QueuedTask,
+    ) {
+        let Some(worker) = idle.pop() else {
+            claimed.push_back(task);
+            return;
+        };
+        let (task_id, user_id) = (task.task_id.clone(), task.user_id);
+        match worker.run.try_send(Run(task)) {
+            Ok(()) => {
+                running.insert(task_id, (worker, user_id));
+            }
+            Err(SendError::Full(Run(task)) | SendError::Closed(Run(task))) => {
+                claimed.push_front(task)
+            }
+        }
+    }
+
+    /// Renews this gateway's claims (and says it is alive), then takes over the tasks of
+    /// gateways that stopped renewing theirs, and forgets gateways long gone.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let Some(shared) = self.shared.as_ref() else {
+            return;
+        };
+        let mut live: Vec<TaskId> = self.running.keys().cloned().collect();
+        live.extend(shared.claimed.iter().map(|t| t.task_id.clone()));
+        let (db, cluster, max_attempts) =
+            (self.db.clone(), shared.cluster.clone(), shared.max_attempts);
+        let beat = async move {
+            shared::heartbeat(&db, &cluster.node, &live, cluster.lease).await?;
+            let rescued = shared::rescue(&db, max_attempts).await?;
+            shared::forget_nodes(&db, cluster.lease * 20).await?;
+            Ok::<_, crate::store::StoreError>(rescued)
+        };
+        ctx.spawn(
+            beat.into_actor(self)
+                .map(|beat, dispatcher, ctx| match beat {
+                    Ok(rescued) if !rescued.is_empty() => {
+                        let failed = rescued.iter().filter(|r| r.failed).count();
+                        tracing::warn!(
+                            requeued = rescued.len() - failed,
+                            failed,
+                            "took over the tasks of a gateway that stopped"
+                        );
+                        dispatcher.claim(ctx);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "heartbeat failed; claims renew at the next")
+                    }
+                }),
+        );
+    }
+
+    /// On a drain: the tasks claimed and not started go back to the others at once.
+    pub(super) fn hand_back(&mut self, ctx: &mut Context<Self>) {
+        let Some(shared) = self.shared.as_mut() else {
+            return;
+        };
+        shared.claimed.clear();
+        let (db, cluster) = (self.db.clone(), shared.cluster.clone());
+        ctx.spawn(
+            async move {
+                match shared::hand_back(&db, &cluster.node).await {
+                    Ok(n) if n > 0 => tracing::info!(tasks = n, "handed claimed tasks back"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot hand claimed tasks back; their claims run out"),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// This gateway, alone on its database, as the nodes listing shows it.
+pub(super) fn this_node(started_at: &chrono::DateTime<Utc>, running: usize) -> entity::node::Model {
+    entity::node::Model {
+        id: "local".into(),
+        host: hostname(),
+        pid: std::process::id() as i32,
+        started_at: *started_at,
+        heartbeat_at: Utc::now(),
+        running: running as i32,
+    }
+}
+
+/// The instances a claim may count on.
+impl Handler<ImageTargets> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, ImageTargets(targets): ImageTargets, ctx: &mut Context<Self>) {
+        if let Some(shared) = self.shared.as_mut() {
+            shared.targets = targets;
+        }
+        self.claim(ctx);
+    }
+}

@@ -1,0 +1,594 @@
+//! The SQL of several gateways on one PostgreSQL database: nodes and their heartbeats,
+//! task claims in global fair order (`FOR UPDATE SKIP LOCKED`), leases and their rescue,
+//! the backends' call slots shared by every process, admission against global limits,
+//! and the wake-ups sent with `NOTIFY`.
+//!
+//! Every change is conditional on the holder (and, where it matters, the attempt), so a
+//! process presumed dead that comes back late changes nothing it no longer holds.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entity::prelude::Node;
+use entity::{node, task};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult, QueryFilter,
+    QueryResult, Statement, Value,
+};
+
+use super::StoreError;
+use crate::domain::{NodeId, Priority, QueuedTask, TaskId, UserId};
+
+/// The channel every gateway listens on. Payloads: `q` (work queued), `c:<task_id>` (a
+/// task cancelled), `i` (instances changed), `s` (a call slot freed).
+pub const CHANNEL: &str = "infergate";
+
+/// An advisory lock taken by every admission, so the global queue capacity and quotas
+/// hold across processes (the number spells nothing; it only has to be ours).
+const ADMISSION_LOCK: i64 = 0x696e_6667_6174_6501;
+
+fn statement(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+fn millis(d: Duration) -> Value {
+    (d.as_millis() as i64).into()
+}
+
+/// `NOTIFY` on the gateways' channel; delivered when the transaction commits.
+pub async fn notify(db: &impl ConnectionTrait, payload: &str) -> Result<(), StoreError> {
+    db.execute(statement(
+        "SELECT pg_notify($1, $2)",
+        vec![CHANNEL.into(), payload.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Records this process as live (or again, after a pause).
+pub async fn register_node(
+    db: &DatabaseConnection,
+    node: &NodeId,
+    host: &str,
+) -> Result<(), StoreError> {
+    db.execute(statement(
+        "INSERT INTO nodes (id, host, pid, started_at, heartbeat_at, running) \
+         VALUES ($1, $2, $3, now(), now(), 0) \
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        vec![
+            node.as_str().into(),
+            host.into(),
+            (std::process::id() as i32).into(),
+        ],
+    ))
+    .await?;
+    // The shared counters exist before anyone locks them.
+    db.execute(statement(
+        "INSERT INTO cluster_state (key, value) VALUES ('vip_streak', 0), ('fair_top', 0) \
+         ON CONFLICT (key) DO NOTHING",
+        vec![],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The heartbeat: this process is alive, and holds `live` (renewing their leases).
+pub async fn heartbeat(
+    db: &DatabaseConnection,
+    node: &NodeId,
+    live: &[TaskId],
+    lease: Duration,
+) -> Result<(), StoreError> {
+    let ids: Vec<String> = live.iter().map(|id| id.as_str().to_string()).collect();
+    db.execute(statement(
+        "UPDATE nodes SET heartbeat_at = now(), running = $2 WHERE id = $1",
+        vec![node.as_str().into(), (ids.len() as i32).into()],
+    ))
+    .await?;
+    if !ids.is_empty() {
+        db.execute(statement(
+            "UPDATE tasks SET lease_until = now() + $3 * interval '1 millisecond' \
+             WHERE holder = $1 AND task_id = ANY($2) AND status IN ('QUEUED', 'RUNNING')",
+            vec![node.as_str().into(), ids.into(), millis(lease)],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// A task whose holder stopped renewing it.
+#[derive(Debug, Clone)]
+pub struct Rescued {
+    pub task_id: TaskId,
+    pub user_id: UserId,
+    /// QUEUED again, or FAILED out of attempts.
+    pub failed: bool,
+}
+
+/// Takes over the RUNNING tasks whose lease ran out: back to QUEUED (the interrupted
+/// attempt counts), or FAILED when it was the last of `max_attempts`.
+pub async fn rescue(
+    db: &DatabaseConnection,
+    max_attempts: i32,
+) -> Result<Vec<Rescued>, StoreError> {
+    let rows = db
+        .query_all(statement(
+            "UPDATE tasks SET \
+               status = CASE WHEN attempts >= $1 THEN 'FAILED' ELSE 'QUEUED' END, \
+               error = CASE WHEN attempts >= $1 \
+                 THEN 'the gateway running it stopped during the last of ' || $1 || ' attempts' \
+                 ELSE error END, \
+               holder = NULL, lease_until = NULL, updated_at = now() \
+             WHERE status = 'RUNNING' AND lease_until < now() \
+             RETURNING task_id, user_id, status",
+            vec![max_attempts.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Rescued {
+                task_id: TaskId::from(row.try_get::<String>("", "task_id")?),
+                user_id: UserId(row.try_get("", "user_id")?),
+                failed: row.try_get::<String>("", "status")? == "FAILED",
+            })
+        })
+        .collect::<Result<_, sea_orm::DbErr>>()
+        .map_err(Into::into)
+}
+
+/// The claimed-but-not-started tasks of this process go back to the others at once.
+pub async fn hand_back(db: &DatabaseConnection, node: &NodeId) -> Result<u64, StoreError> {
+    let done = db
+        .execute(statement(
+            "UPDATE tasks SET holder = NULL, lease_until = NULL \
+             WHERE holder = $1 AND status = 'QUEUED'",
+            vec![node.as_str().into()],
+        ))
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// How claims are ordered.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimOrder {
+    /// VIP tasks in a row while normal ones wait; 0: one class.
+    pub vip_share: u32,
+}
+
+/// Claims up to `n` ready QUEUED tasks for `node`, in the global fair order (users in
+/// turn by `fair_key`, VIP before normal within the VIP share), in one statement: rows
+/// other processes are claiming are skipped, not waited for. Answers them in order.
+pub async fn claim(
+    db: &DatabaseConnection,
+    node: &NodeId,
+    n: usize,
+    lease: Duration,
+    order: ClaimOrder,
+) -> Result<Vec<QueuedTask>, StoreError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    use sea_orm::TransactionTrait;
+    let txn = db.begin().await?;
+    let ready = "status = 'QUEUED' AND (holder IS NULL OR lease_until < now()) \
+                 AND (run_after IS NULL OR run_after <= now())";
+    let (sql, share) = if order.vip_share == 0 {
+        (
+            format!(
+                "WITH chosen AS ( \
+                   SELECT id, 1 AS class FROM tasks WHERE {ready} \
+                   ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE tasks t SET holder = $1, lease_until = now() + $3 * interval '1 millisecond' \
+                 FROM chosen WHERE t.id = chosen.id \
+                 RETURNING t.*, chosen.class, 0::bigint AS normals"
+            ),
+            1,
+        )
+    } else {
+        (
+            format!(
+                "WITH streak AS (SELECT value FROM cluster_state WHERE key = 'vip_streak' FOR UPDATE), \
+                 vip AS (SELECT id, fair_key FROM tasks WHERE {ready} AND priority = 'vip' \
+                   ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 normal AS (SELECT id, fair_key FROM tasks WHERE {ready} AND priority <> 'vip' \
+                   ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 ranked AS ( \
+                   SELECT id, fair_key, 0 AS class, \
+                     (row_number() OVER (ORDER BY fair_key, id) - 1 \
+                       + coalesce((SELECT value FROM streak), 0)) / $4 AS grp FROM vip \
+                   UNION ALL \
+                   SELECT id, fair_key, 1 AS class, \
+                     row_number() OVER (ORDER BY fair_key, id) - 1 AS grp FROM normal), \
+                 chosen AS (SELECT id, class, grp, fair_key FROM ranked \
+                   ORDER BY grp, class, fair_key, id LIMIT $2) \
+                 UPDATE tasks t SET holder = $1, lease_until = now() + $3 * interval '1 millisecond' \
+                 FROM chosen WHERE t.id = chosen.id \
+                 RETURNING t.*, chosen.class, chosen.grp, (SELECT count(*) FROM normal) AS normals"
+            ),
+            order.vip_share as i64,
+        )
+    };
+    let mut values: Vec<Value> = vec![node.as_str().into(), (n as i64).into(), millis(lease)];
+    if order.vip_share > 0 {
+        values.push(share.into());
+    }
+    let rows = txn.query_all(statement(&sql, values)).await?;
+    let mut claimed: Vec<(i64, i32, QueryResult)> = Vec::with_capacity(rows.len());
+    let mut normals_waiting = 0i64;
+    for row in rows {
+        let class: i32 = row.try_get("", "class")?;
+        let grp: i64 = if order.vip_share > 0 {
+            row.try_get("", "grp")?
+        } else {
+            0
+        };
+        normals_waiting = row.try_get("", "normals")?;
+        claimed.push((grp, class, row));
+    }
+    claimed.sort_by_key(|(grp, class, row)| {
+        (
+            *grp,
+            *class,
+            row.try_get::<i64>("", "fair_key").unwrap_or(0),
+            row.try_get::<i64>("", "id").unwrap_or(0),
+        )
+    });
+    if order.vip_share > 0 && !claimed.is_empty() {
+        let streak = next_streak(
+            &claimed.iter().map(|(_, c, _)| *c == 0).collect::<Vec<_>>(),
+            normals_waiting > 0,
+            current_streak(&txn).await?,
+        );
+        txn.execute(statement(
+            "UPDATE cluster_state SET value = $1 WHERE key = 'vip_streak'",
+            vec![streak.into()],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    claimed
+        .into_iter()
+        .map(|(_, _, row)| {
+            Ok(super::tasks::queued_task(task::Model::from_query_result(
+                &row, "",
+            )?))
+        })
+        .collect::<Result<_, sea_orm::DbErr>>()
+        .map_err(Into::into)
+}
+
+async fn current_streak(db: &impl ConnectionTrait) -> Result<i64, StoreError> {
+    let row = db
+        .query_one(statement(
+            "SELECT value FROM cluster_state WHERE key = 'vip_streak'",
+            vec![],
+        ))
+        .await?;
+    Ok(row
+        .map(|r| r.try_get("", "value"))
+        .transpose()?
+        .unwrap_or(0))
+}
+
+/// The VIP streak after dispatching `vips` (true: a VIP task) in order, as the in-memory
+/// fair queue counts it: VIP dispatches in a row while normal tasks waited.
+fn next_streak(vips: &[bool], normals_waited: bool, streak: i64) -> i64 {
+    match vips.iter().rposition(|vip| !vip) {
+        Some(last_normal) => (vips.len() - last_normal - 1) as i64,
+        None if normals_waited => streak + vips.len() as i64,
+        None => 0,
+    }
+}
+
+/// A submission as admission sees it.
+pub struct Admitting {
+    pub user_id: UserId,
+    pub priority: Priority,
+}
+
+/// Why admission refused a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    QueueFull { capacity: usize },
+    QuotaExceeded { limit: u32 },
+}
+
+/// Admits the rows in order against the global queue capacity and each user's quota of
+/// unfinished tasks, under a lock every process's admission takes, and gives each
+/// admitted row its fair key: after its user's last unfinished task, and not before the
+/// head of the queue (start-time fair queueing). Runs in the transaction that inserts
+/// the rows, so a refused row is never written and no limit is passed between a check
+/// and a write.
+pub async fn admit(
+    txn: &impl ConnectionTrait,
+    rows: &[Admitting],
+    capacity: usize,
+    quota: u32,
+    fair: bool,
+) -> Result<Vec<Result<i64, Refusal>>, StoreError> {
+    txn.execute(statement(
+        "SELECT pg_advisory_xact_lock($1)",
+        vec![ADMISSION_LOCK.into()],
+    ))
+    .await?;
+    let head = txn
+        .query_one(statement(
+            "SELECT count(*) AS queued, min(fair_key) AS head FROM tasks WHERE status = 'QUEUED'",
+            vec![],
+        ))
+        .await?
+        .expect("an aggregate answers one row");
+    let mut queued = head.try_get::<i64>("", "queued")? as usize;
+    let head: Option<i64> = head.try_get("", "head")?;
+    let top: i64 = txn
+        .query_one(statement(
+            "SELECT value FROM cluster_state WHERE key = 'fair_top'",
+            vec![],
+        ))
+        .await?
+        .map(|r| r.try_get("", "value"))
+        .transpose()?
+        .unwrap_or(0);
+    let round = head.unwrap_or(top);
+    let users: Vec<i64> = rows.iter().map(|r| r.user_id.0).collect();
+    let mut per_user: HashMap<i64, (u32, Option<i64>)> = HashMap::new();
+    for row in txn
+        .query_all(statement(
+            "SELECT user_id, count(*) AS n, max(fair_key) AS last FROM tasks \
+             WHERE user_id = ANY($1) AND status IN ('QUEUED', 'RUNNING') GROUP BY user_id",
+            vec![users.into()],
+        ))
+        .await?
+    {
+        let n: i64 = row.try_get("", "n")?;
+        per_user.insert(
+            row.try_get("", "user_id")?,
+            (n as u32, row.try_get("", "last")?),
+        );
+    }
+    let mut top_now = top;
+    let mut answers = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (unfinished, last) = per_user.entry(row.user_id.0).or_insert((0, None));
+        if queued >= capacity {
+            answers.push(Err(Refusal::QueueFull { capacity }));
+            continue;
+        }
+        if quota > 0 && *unfinished >= quota {
+            answers.push(Err(Refusal::QuotaExceeded { limit: quota }));
+            continue;
+        }
+        let key = if fair {
+            last.map_or(round, |last| (last + 1).max(round))
+        } else {
+            0
+        };
+        *unfinished += 1;
+        *last = Some(key);
+        queued += 1;
+        top_now = top_now.max(key);
+        let _ = row.priority;
+        answers.push(Ok(key));
+    }
+    if top_now != top {
+        txn.execute(statement(
+            "UPDATE cluster_state SET value = $1 WHERE key = 'fair_top'",
+            vec![top_now.into()],
+        ))
+        .await?;
+    }
+    Ok(answers)
+}
+
+/// QUEUED tasks in the whole cluster.
+pub async fn queue_length(db: &DatabaseConnection) -> Result<u64, StoreError> {
+    let row = db
+        .query_one(statement(
+            "SELECT count(*) AS n FROM tasks WHERE status = 'QUEUED'",
+            vec![],
+        ))
+        .await?
+        .expect("an aggregate answers one row");
+    Ok(row.try_get::<i64>("", "n")? as u64)
+}
+
+/// The 1-based place each of these QUEUED tasks will be claimed in: tasks of its class
+/// before it in fair order, plus (for a normal task) the VIP tasks the share lets by.
+pub async fn positions(
+    db: &DatabaseConnection,
+    ids: &[TaskId],
+    vip_share: u32,
+) -> Result<HashMap<TaskId, usize>, StoreError> {
+    let ids: Vec<String> = ids.iter().map(|id| id.as_str().to_string()).collect();
+    let class = if vip_share == 0 {
+        "true"
+    } else {
+        "(o.priority = 'vip') = (t.priority = 'vip')"
+    };
+    let rows = db
+        .query_all(statement(
+            &format!(
+                "SELECT t.task_id, t.priority, \
+                   (SELECT count(*) FROM tasks o WHERE o.status = 'QUEUED' AND {class} \
+                     AND (o.fair_key, o.id) < (t.fair_key, t.id)) AS ahead, \
+                   (SELECT count(*) FROM tasks o WHERE o.status = 'QUEUED' AND o.priority = 'vip') AS vips \
+                 FROM tasks t WHERE t.task_id = ANY($1) AND t.status = 'QUEUED'"
+            ),
+            vec![ids.into()],
+        ))
+        .await?;
+    let mut positions = HashMap::new();
+    for row in rows {
+        let ahead = row.try_get::<i64>("", "ahead")? as usize;
+        let vip = row.try_get::<String>("", "priority")? == "vip";
+        let vips = row.try_get::<i64>("", "vips")? as usize;
+        let share = vip_share as usize;
+        let interleaved = if vip || share == 0 {
+            0
+        } else {
+            vips.min(share * (ahead + 1))
+        };
+        positions.insert(
+            TaskId::from(row.try_get::<String>("", "task_id")?),
+            ahead + interleaved + 1,
+        );
+    }
+    Ok(positions)
+}
+
+/// The processes that beat within `alive`.
+pub async fn live_nodes(
+    db: &DatabaseConnection,
+    alive: Duration,
+) -> Result<Vec<node::Model>, StoreError> {
+    let since: DateTime<Utc> = Utc::now() - chrono::Duration::from_std(alive).unwrap_or_default();
+    use sea_orm::{ColumnTrait, QueryOrder};
+    Ok(Node::find()
+        .filter(node::Column::HeartbeatAt.gte(since))
+        .order_by_asc(node::Column::StartedAt)
+        .all(db)
+        .await?)
+}
+
+/// Forgets processes silent for longer than `gone`.
+pub async fn forget_nodes(db: &DatabaseConnection, gone: Duration) -> Result<(), StoreError> {
+    db.execute(statement(
+        "DELETE FROM nodes WHERE heartbeat_at < now() - $1 * interval '1 millisecond'",
+        vec![millis(gone)],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Call slots `0..capacity` of the instance exist.
+pub async fn ensure_slots(
+    db: &DatabaseConnection,
+    instance: &str,
+    capacity: u32,
+) -> Result<(), StoreError> {
+    db.execute(statement(
+        "INSERT INTO slots (instance_key, slot) SELECT $1, generate_series(0, $2 - 1) \
+         ON CONFLICT DO NOTHING",
+        vec![instance.into(), (capacity as i32).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Takes a free call slot of the first of `candidates` (instance key, capacity) that has
+/// one, in their order, for `node`: slots `capacity` and above are not used.
+pub async fn take_slot(
+    db: &DatabaseConnection,
+    node: &NodeId,
+    candidates: &[(String, u32)],
+    lease: Duration,
+) -> Result<Option<(String, u32)>, StoreError> {
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let keys: Vec<String> = candidates.iter().map(|(k, _)| k.clone()).collect();
+    let caps: Vec<i32> = candidates.iter().map(|(_, c)| *c as i32).collect();
+    let row = db
+        .query_one(statement(
+            "UPDATE slots SET holder = $1, held_until = now() + $4 * interval '1 millisecond' \
+             WHERE (instance_key, slot) = ( \
+               SELECT s.instance_key, s.slot FROM slots s \
+               JOIN unnest($2::text[], $3::int[]) WITH ORDINALITY AS c(key, cap, ord) \
+                 ON s.instance_key = c.key AND s.slot < c.cap \
+               WHERE s.holder IS NULL OR s.held_until < now() \
+               ORDER BY c.ord, s.slot LIMIT 1 FOR UPDATE OF s SKIP LOCKED) \
+             RETURNING instance_key, slot",
+            vec![
+                node.as_str().into(),
+                keys.into(),
+                caps.into(),
+                millis(lease),
+            ],
+        ))
+        .await?;
+    row.map(|row| {
+        Ok((
+            row.try_get::<String>("", "instance_key")?,
+            row.try_get::<i32>("", "slot")? as u32,
+        ))
+    })
+    .transpose()
+    .map_err(|e: sea_orm::DbErr| e.into())
+}
+
+/// Gives a slot back (if this node still holds it) and wakes the others' waiters.
+pub async fn release_slot(
+    db: &DatabaseConnection,
+    node: &NodeId,
+    instance: &str,
+    slot: u32,
+) -> Result<(), StoreError> {
+    db.execute(statement(
+        "WITH freed AS (UPDATE slots SET holder = NULL, held_until = NULL \
+           WHERE instance_key = $1 AND slot = $2 AND holder = $3 RETURNING 1) \
+         SELECT pg_notify($4, 's') FROM freed",
+        vec![
+            instance.into(),
+            (slot as i32).into(),
+            node.as_str().into(),
+            CHANNEL.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Renews every slot this node holds.
+pub async fn renew_slots(
+    db: &DatabaseConnection,
+    node: &NodeId,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    db.execute(statement(
+        "UPDATE slots SET held_until = now() + $2 * interval '1 millisecond' WHERE holder = $1",
+        vec![node.as_str().into(), millis(lease)],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Free call slots among `candidates` (instance key, capacity): what may start now.
+pub async fn free_slots(
+    db: &DatabaseConnection,
+    candidates: &[(String, u32)],
+) -> Result<u64, StoreError> {
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<String> = candidates.iter().map(|(k, _)| k.clone()).collect();
+    let caps: Vec<i32> = candidates.iter().map(|(_, c)| *c as i32).collect();
+    let row = db
+        .query_one(statement(
+            "SELECT count(*) AS n FROM slots s \
+             JOIN unnest($1::text[], $2::int[]) AS c(key, cap) \
+               ON s.instance_key = c.key AND s.slot < c.cap \
+             WHERE s.holder IS NULL OR s.held_until < now()",
+            vec![keys.into(), caps.into()],
+        ))
+        .await?
+        .expect("an aggregate answers one row");
+    Ok(row.try_get::<i64>("", "n")? as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vip_streak_counts_vip_dispatches_since_the_last_normal_one() {
+        // V V N V: one VIP since the last normal.
+        assert_eq!(next_streak(&[true, true, false, true], true, 0), 1);
+        // All VIP while normal tasks waited: the streak grows.
+        assert_eq!(next_streak(&[true, true], true, 1), 3);
+        // All VIP and nobody else waiting: no streak.
+        assert_eq!(next_streak(&[true, true], false, 3), 0);
+        // Ending on a normal one.
+        assert_eq!(next_streak(&[true, false], true, 2), 0);
+    }
+}
