@@ -450,6 +450,32 @@ fn encode_png(prompt: &str, width: u32, height: u32, steps: u32, padding: usize)
     out
 }
 
+/// One call on the GPU, counted while it lasts.
+struct InFlight<'a>(&'a SimState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a SimState) -> InFlight<'a> {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `GET /sim/stats`: the counters, for benchmarks driving a simulator in its own process.
+async fn stats(state: web::Data<SimState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "generated": state.generated.load(Ordering::SeqCst),
+        "transcribed": state.transcribed.load(Ordering::SeqCst),
+        "max_in_flight": state.max_in_flight.load(Ordering::SeqCst),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,28 +594,3 @@ mod tests {
     }
 }
 
-/// One call on the GPU, counted while it lasts.
-struct InFlight<'a>(&'a SimState);
-
-impl<'a> InFlight<'a> {
-    fn enter(state: &'a SimState) -> InFlight<'a> {
-        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        InFlight(state)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// `GET /sim/stats`: the counters, for benchmarks driving a simulator in its own process.
-async fn stats(state: web::Data<SimState>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
-        "generated": state.generated.load(Ordering::SeqCst),
-        "transcribed": state.transcribed.load(Ordering::SeqCst),
-        "max_in_flight": state.max_in_flight.load(Ordering::SeqCst),
-    }))
-}
