@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::auth::accounts::{self, AccountError};
+use crate::auth::HashPool;
 use crate::domain::{
     InstanceKind, InstanceSpec, NewUser, Protocol, RegisterRequest, Role, ValidationError,
 };
@@ -188,7 +189,8 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), CliError> 
             };
             let new_user = NewUser::try_from(request)?;
             let role = if admin { Role::Admin } else { Role::User };
-            let created = accounts::create_user(&db, new_user, role).await?;
+            let hasher = HashPool::new(1, 0);
+            let created = accounts::create_user(&db, &hasher, new_user, role).await?;
             println!(
                 "created user {} (id {}, role {})",
                 created.username, created.id, created.role

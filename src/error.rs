@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::actors::messages::{InstanceAdminError, SubmitError};
 use crate::auth::accounts::AccountError;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, HashError};
 use crate::backends::BackendError;
 use crate::domain::{TaskStatus, ValidationError};
 use crate::limits::{Limited, RateInfo};
@@ -72,6 +72,8 @@ pub enum ApiError {
     /// the log.
     #[error("the gateway is busy; retry later")]
     Busy(String),
+    #[error("too many passwords are being checked right now; retry shortly")]
+    HashingBusy,
     #[error("no healthy speech backend instance; retry later")]
     NoHealthyInstance,
     #[error("every speech backend instance is busy; retry later")]
@@ -122,6 +124,7 @@ impl ApiError {
             QueueFull { .. } => (S::SERVICE_UNAVAILABLE, "queue_full", retry),
             ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down", retry),
             Busy(_) => (S::SERVICE_UNAVAILABLE, "busy", retry),
+            HashingBusy => (S::SERVICE_UNAVAILABLE, "hashing_busy", Some(1)),
             NoHealthyInstance => (S::SERVICE_UNAVAILABLE, "no_healthy_instance", retry),
             InstancesBusy => (S::SERVICE_UNAVAILABLE, "instances_busy", retry),
             Database(_) => (S::SERVICE_UNAVAILABLE, "database_unavailable", retry),
@@ -211,9 +214,8 @@ impl From<AccountError> for ApiError {
         match e {
             AccountError::UsernameTaken => ApiError::UsernameTaken,
             AccountError::BadCredentials => ApiError::BadCredentials,
-            AccountError::Hash(_) | AccountError::HashThread(_) => {
-                ApiError::Internal(e.to_string())
-            }
+            AccountError::Hash(HashError::Busy) => ApiError::HashingBusy,
+            AccountError::Hash(_) => ApiError::Internal(e.to_string()),
             AccountError::Store(e) => e.into(),
         }
     }

@@ -17,7 +17,7 @@ use crate::actors::messages::{Drain, RecoverOrphans};
 use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
 use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, WorkerPool};
-use crate::auth::{load_or_create_secret, JwtKeys};
+use crate::auth::{load_or_create_secret, HashPool, JwtKeys};
 use crate::domain::InstanceKind;
 use crate::http;
 use crate::limits::Limits;
@@ -126,6 +126,11 @@ impl Application {
         let shutdown_grace = settings.shutdown_grace();
         let drain = dispatcher.clone();
         let limits = web::Data::new(Limits::new(&settings.limits));
+        let hasher = web::Data::new(HashPool::new(
+            settings.auth.max_concurrent_hashes,
+            settings.auth.max_queued_hashes,
+        ));
+        tracing::info!(threads = hasher.threads(), "password hashing threads");
         let speech = web::Data::new(SpeechService::new(
             registry.clone(),
             settings.speech.clone(),
@@ -151,6 +156,7 @@ impl Application {
                 .app_data(keys.clone())
                 .app_data(settings.clone())
                 .app_data(limits.clone())
+                .app_data(hasher.clone())
                 .app_data(store.clone())
                 .app_data(dispatcher.clone())
                 .app_data(app_registry.clone())

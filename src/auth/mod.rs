@@ -9,7 +9,7 @@ mod password;
 
 pub use api_keys::API_KEY_HEADER;
 pub use jwt::{load_or_create_secret, Claims, JwtKeys};
-pub use password::{hash_password, verify_password, HashError};
+pub use password::{HashError, HashPool};
 
 use crate::store::StoreError;
 

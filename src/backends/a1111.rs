@@ -103,7 +103,14 @@ mod tests {
         max_bytes: usize,
     ) -> Result<GeneratedImage, BackendError> {
         let timeout = Duration::from_secs(10);
-        generate(&crate::backends::client(), &sim.url(), job, timeout, max_bytes).await
+        generate(
+            &crate::backends::client(),
+            &sim.url(),
+            job,
+            timeout,
+            max_bytes,
+        )
+        .await
     }
 
     fn bad_answer(result: Result<GeneratedImage, BackendError>) -> String {

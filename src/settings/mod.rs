@@ -65,6 +65,10 @@ pub struct AuthSettings {
     /// Empty: generate a strong secret once and keep it in the database.
     pub jwt_secret: String,
     pub token_ttl_hours: u64,
+    /// Passwords hashed at once (each takes about 19 MiB and a core); 0: one per core.
+    pub max_concurrent_hashes: usize,
+    /// Hashes that may wait for a hashing thread; more are refused at once (503).
+    pub max_queued_hashes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -219,6 +223,8 @@ impl Default for AuthSettings {
         AuthSettings {
             jwt_secret: String::new(),
             token_ttl_hours: 24,
+            max_concurrent_hashes: 0,
+            max_queued_hashes: 16,
         }
     }
 }
@@ -292,6 +298,9 @@ pub struct LimitSettings {
     /// Login attempts per username and per client address per minute; 0 = no limit.
     pub login_per_minute: u32,
     pub login_burst: u32,
+    /// Registrations per client address per minute; 0 = no limit.
+    pub register_per_minute: u32,
+    pub register_burst: u32,
     /// Unfinished (queued or running) image tasks per user; 0 = no quota.
     pub max_queued_per_user: u32,
     /// Serve users with queued tasks in turn; false: strict submission order.
@@ -299,8 +308,8 @@ pub struct LimitSettings {
     /// While normal tasks wait, VIP tasks get at most this many dispatches in a row
     /// before a normal task gets one (the aging bound); 0 = no VIP priority.
     pub vip_share: u32,
-    /// Take the client address for login limits from X-Forwarded-For / Forwarded (only
-    /// behind a trusted proxy).
+    /// Take the client address for login and registration limits from X-Forwarded-For /
+    /// Forwarded (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
 }
 
@@ -313,6 +322,8 @@ impl Default for LimitSettings {
             speech_burst: 10,
             login_per_minute: 10,
             login_burst: 5,
+            register_per_minute: 10,
+            register_burst: 5,
             max_queued_per_user: 20,
             fair_order: true,
             vip_share: 4,

@@ -216,7 +216,8 @@ mod tests {
         chunks: Vec<Vec<u8>>,
     ) -> Result<SpeechToTextResponse, BackendError> {
         let (sender, body) = body_channel(Duration::from_secs(5));
-        let (client, base, content_type) = (crate::backends::client(), sim.url(), form.content_type());
+        let (client, base, content_type) =
+            (crate::backends::client(), sim.url(), form.content_type());
         let call = transcribe(&client, &base, &content_type, body);
         let feed = async {
             sender.send(opening).await?;
@@ -270,7 +271,8 @@ mod tests {
         let sim = sim();
         let form = TranscriptionForm::new("sim-whisper");
         let (sender, body) = body_channel(Duration::from_secs(5));
-        let (client, base, content_type) = (crate::backends::client(), sim.url(), form.content_type());
+        let (client, base, content_type) =
+            (crate::backends::client(), sim.url(), form.content_type());
         let call = transcribe(&client, &base, &content_type, body);
         let received = || {
             sim.state
