@@ -2,6 +2,7 @@
 //! the gateway runs. Admins only (`AdminUser`: the role is checked in the database).
 
 use actix::Addr;
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 
 use crate::actors::messages::{
@@ -13,19 +14,19 @@ use crate::domain::{
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
-use crate::http::caller::AdminUser;
+use crate::http::caller::{require_admin, AdminUser};
 
+/// Every admin route lives in this one scope, behind `require_admin`: the role is checked
+/// before any extractor runs.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/admin/instances", web::get().to(list_instances))
-        .route("/api/v1/admin/instances", web::post().to(add_instance))
-        .route(
-            "/api/v1/admin/instances/{id}",
-            web::patch().to(update_instance),
-        )
-        .route(
-            "/api/v1/admin/instances/{id}",
-            web::delete().to(remove_instance),
-        );
+    cfg.service(
+        web::scope("/api/v1/admin")
+            .wrap(from_fn(require_admin))
+            .route("/instances", web::get().to(list_instances))
+            .route("/instances", web::post().to(add_instance))
+            .route("/instances/{id}", web::patch().to(update_instance))
+            .route("/instances/{id}", web::delete().to(remove_instance)),
+    );
 }
 
 /// Every instance: settings.toml's and the API's, with health and figures.

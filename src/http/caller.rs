@@ -4,7 +4,10 @@
 
 use std::future::{ready, Ready};
 
-use actix_web::{http::header, web, FromRequest, HttpRequest};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{http::header, web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt;
 use sea_orm::DatabaseConnection;
@@ -77,11 +80,12 @@ fn verify_jwt(req: &HttpRequest, token: &str) -> Result<AuthUser, AuthError> {
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
-impl FromRequest for AdminUser {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<AdminUser, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+impl AdminUser {
+    /// The request's admin, checked against the database, or why not (401, 403).
+    pub fn of(req: &HttpRequest) -> LocalBoxFuture<'static, Result<AdminUser, ApiError>> {
+        if let Some(admin) = req.extensions().get::<AdminUser>() {
+            return ready(Ok(admin.clone())).boxed_local();
+        }
         let user = match from_jwt(req) {
             Ok(user) => user,
             Err(e) => return ready(Err(e.into())).boxed_local(),
@@ -105,6 +109,31 @@ impl FromRequest for AdminUser {
         }
         .boxed_local()
     }
+}
+
+/// The admin `require_admin` found, or the same check done here.
+impl FromRequest for AdminUser {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<AdminUser, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        AdminUser::of(req)
+    }
+}
+
+/// Middleware of the admin scope: the caller must be an admin before anything of the
+/// request (path, query, Content-Type, body) is looked at, so a non-admin always gets
+/// 401 or 403, never a 400, 404 or 415 that would depend on what they sent.
+pub async fn require_admin(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let admin = match AdminUser::of(req.request()).await {
+        Ok(admin) => admin,
+        Err(refused) => return Ok(req.error_response(refused)),
+    };
+    req.extensions_mut().insert(admin);
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 /// A caller of the device-facing endpoints: a device with an API key (`X-API-Key: <key>`

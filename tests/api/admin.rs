@@ -569,3 +569,63 @@ async fn least_loaded_tries_a_slow_starter_again_later() {
         "the warmed-up instance was never tried again"
     );
 }
+
+/// Requests to admin routes that a parser would refuse (bad bodies, bad ids, a missing
+/// Content-Type, an unknown route), with what an admin gets for each.
+fn unparsable_admin_requests(app: &TestApp) -> Vec<(reqwest::RequestBuilder, StatusCode)> {
+    let c = &app.client;
+    let url = |path: &str| app.url(&format!("/api/v1/admin{path}"));
+    vec![
+        (
+            c.post(url("/instances"))
+                .header("content-type", "application/json")
+                .body("{"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            c.post(url("/instances")).body("kind=image"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            c.post(url("/instances"))
+                .json(&json!({"kind": "image", "url": "http://127.0.0.1:9", "bogus": 1})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            c.patch(url("/instances/not-a-number"))
+                .json(&json!({"enabled": false})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            c.patch(url("/instances/42")).json(&json!({})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (c.delete(url("/instances/abc")), StatusCode::NOT_FOUND),
+        (c.delete(url("/instances/4242")), StatusCode::NOT_FOUND),
+        (c.get(url("/no-such-route")), StatusCode::NOT_FOUND),
+    ]
+}
+
+#[actix_web::test]
+async fn a_non_admin_gets_403_before_anything_of_the_request_is_parsed() {
+    let app = spawn_app().await;
+    let admin = app.new_admin("root").await;
+    let user = app.new_user("alice").await;
+    // Three rounds: the answer must not depend on timing.
+    for _ in 0..3 {
+        for (request, _) in unparsable_admin_requests(&app) {
+            let response = request.bearer_auth(&user.token).send().await.unwrap();
+            assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+        }
+        for (request, _) in unparsable_admin_requests(&app) {
+            let response = request.send().await.unwrap();
+            assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        }
+    }
+    // An admin gets the parser's answer for each.
+    for (request, expected) in unparsable_admin_requests(&app) {
+        let response = request.bearer_auth(&admin.token).send().await.unwrap();
+        assert_eq!(response.status(), expected, "{:?}", response.url());
+    }
+    assert_eq!(instance_rows(&app).await, 0);
+}
