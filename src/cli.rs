@@ -100,6 +100,13 @@ pub enum UserCommand {
         #[arg(long, value_parser = parse_role)]
         role: Role,
     },
+    /// Delete a user with everything of theirs: tasks (unfinished ones too), images and
+    /// device keys. Their tokens and keys stop working.
+    Remove { name: String },
+    /// Shut a user out (tokens, device keys, logins) and keep their data.
+    Disable { name: String },
+    /// Let a disabled user back in.
+    Enable { name: String },
 }
 
 fn parse_role(raw: &str) -> Result<Role, String> {
@@ -205,5 +212,30 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), CliError> 
                 Err(CliError::NoSuchUser(name))
             }
         }
+        UserCommand::Remove { name } => {
+            let removed = users::remove(&db, &name)
+                .await?
+                .ok_or_else(|| CliError::NoSuchUser(name.clone()))?;
+            println!(
+                "removed user {name} (id {}) with {} tasks, {} images and {} device keys",
+                removed.user_id, removed.tasks, removed.images, removed.keys
+            );
+            Ok(())
+        }
+        UserCommand::Disable { name } => set_disabled(&db, name, true).await,
+        UserCommand::Enable { name } => set_disabled(&db, name, false).await,
     }
+}
+
+async fn set_disabled(
+    db: &sea_orm::DatabaseConnection,
+    name: String,
+    disabled: bool,
+) -> Result<(), CliError> {
+    let user = users::set_disabled(db, &name, disabled)
+        .await?
+        .ok_or(CliError::NoSuchUser(name))?;
+    let state = if disabled { "disabled" } else { "enabled" };
+    println!("{} is now {state}", user.username);
+    Ok(())
 }

@@ -182,6 +182,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::QuotaExceeded { limit } => ApiError::QuotaExceeded { limit },
             SubmitError::ShuttingDown => ApiError::ShuttingDown,
             SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
+            SubmitError::UserGone => ApiError::Unauthorized(AuthError::UserGone.to_string()),
             SubmitError::Store(e) => e.into(),
         }
     }
@@ -214,6 +215,7 @@ impl From<AccountError> for ApiError {
         match e {
             AccountError::UsernameTaken => ApiError::UsernameTaken,
             AccountError::BadCredentials => ApiError::BadCredentials,
+            AccountError::Disabled => ApiError::Unauthorized(e.to_string()),
             AccountError::Hash(HashError::Busy) => ApiError::HashingBusy,
             AccountError::Hash(_) => ApiError::Internal(e.to_string()),
             AccountError::Store(e) => e.into(),

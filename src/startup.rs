@@ -17,7 +17,7 @@ use crate::actors::messages::{Drain, RecoverOrphans};
 use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
 use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, WorkerPool};
-use crate::auth::{load_or_create_secret, HashPool, JwtKeys};
+use crate::auth::{load_or_create_secret, HashPool, JwtKeys, UserStanding};
 use crate::domain::InstanceKind;
 use crate::http;
 use crate::limits::Limits;
@@ -131,6 +131,10 @@ impl Application {
             settings.auth.max_queued_hashes,
         ));
         tracing::info!(threads = hasher.threads(), "password hashing threads");
+        let standing = web::Data::new(UserStanding::new(
+            db.clone(),
+            Duration::from_secs(settings.auth.user_cache_secs),
+        ));
         let speech = web::Data::new(SpeechService::new(
             registry.clone(),
             settings.speech.clone(),
@@ -157,6 +161,7 @@ impl Application {
                 .app_data(settings.clone())
                 .app_data(limits.clone())
                 .app_data(hasher.clone())
+                .app_data(standing.clone())
                 .app_data(store.clone())
                 .app_data(dispatcher.clone())
                 .app_data(app_registry.clone())

@@ -14,6 +14,8 @@ pub enum AccountError {
     UsernameTaken,
     #[error("invalid username or password")]
     BadCredentials,
+    #[error("this account is disabled")]
+    Disabled,
     #[error(transparent)]
     Hash(#[from] HashError),
     #[error(transparent)]
@@ -43,7 +45,7 @@ pub async fn create_user(
         })
 }
 
-/// The user, if the password is theirs.
+/// The user, if the password is theirs and the account is not disabled.
 pub async fn check_login(
     db: &DatabaseConnection,
     hasher: &HashPool,
@@ -54,6 +56,8 @@ pub async fn check_login(
     let stored = found.as_ref().map(|u| u.password_hash.clone());
     let valid = hasher.verify(password, stored).await?;
     match found {
+        // Said only to whoever knows the password.
+        Some(user) if valid && user.disabled => Err(AccountError::Disabled),
         Some(user) if valid => Ok(user),
         _ => Err(AccountError::BadCredentials),
     }

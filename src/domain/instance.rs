@@ -98,6 +98,11 @@ pub fn check_instance_url(raw: &str) -> Result<(), String> {
     if raw.len() > MAX_URL_BYTES {
         return Err(format!("must be at most {MAX_URL_BYTES} bytes"));
     }
+    // The URL parser drops tabs and line breaks silently: refused rather than stored as
+    // something else than what was sent.
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters (such as CR or LF)".into());
+    }
     let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
     if url.scheme() != "http" {
         return Err("scheme must be http (TLS to backends is not supported)".into());
@@ -109,6 +114,22 @@ pub fn check_instance_url(raw: &str) -> Result<(), String> {
         return Err("must not carry a query or fragment".into());
     }
     Ok(())
+}
+
+/// The URL without its userinfo (`http://user:secret@host/` → `http://host/`), for logs,
+/// spans, stored task rows and the admin listing; a URL without userinfo is returned as
+/// it is.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        // Only checked URLs reach here; anything else is not shown at all.
+        Err(_) => "(unparsable url)".to_string(),
+    }
 }
 
 /// The form of an instance URL that duplicates are judged by (`http://Host:80/` and
@@ -212,11 +233,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn userinfo_is_redacted_and_other_urls_are_left_as_they_are() {
+        assert_eq!(
+            redact_url("http://user:secret@10.0.0.7:8000/base"),
+            "http://10.0.0.7:8000/base"
+        );
+        assert_eq!(redact_url("http://user@host"), "http://host/");
+        assert_eq!(redact_url("http://10.0.0.7:8000"), "http://10.0.0.7:8000");
+    }
+
+    #[test]
     fn urls_are_judged_by_their_normal_form() {
         assert_eq!(url_key("http://Host:80/"), url_key("http://host"));
         assert_ne!(url_key("http://host:8000"), url_key("http://host:8001"));
         assert!(check_instance_url("http://10.0.0.5:8000/base").is_ok());
         for bad in [
+            "http://127.0.0.1:9/X\r\nX: y",
+            "http://host/\tpath",
+            "http://host/\u{7f}",
             "https://host",
             "http://host/?q=1",
             "http://host/#x",

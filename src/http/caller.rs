@@ -1,8 +1,10 @@
 //! Who is calling, as extractors: `AuthUser` (a login token), `AdminUser` (the token of a
 //! user the database says is an admin now) and `DeviceOrUser` (a device API key or a
 //! login token). What they check is `crate::auth`'s; here it becomes a request's caller.
+//! Every one of them also checks that the user still exists and is not disabled
+//! (`UserStanding`), so a removed or disabled user's token or key gets 401 everywhere.
 
-use std::future::{ready, Ready};
+use std::future::ready;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -12,7 +14,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt;
 use sea_orm::DatabaseConnection;
 
-use crate::auth::{api_keys, AuthError, JwtKeys};
+use crate::auth::{api_keys, AuthError, JwtKeys, UserStanding};
 use crate::domain::{Role, UserId};
 use crate::error::ApiError;
 use crate::store::users;
@@ -27,11 +29,26 @@ pub struct AuthUser {
 
 impl FromRequest for AuthUser {
     type Error = ApiError;
-    type Future = Ready<Result<AuthUser, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<AuthUser, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(from_jwt(req).map_err(ApiError::from))
+        let user = match from_jwt(req) {
+            Ok(user) => user,
+            Err(e) => return ready(Err(e.into())).boxed_local(),
+        };
+        let standing = standing(req);
+        async move {
+            standing.check(user.id).await?;
+            Ok(user)
+        }
+        .boxed_local()
     }
+}
+
+fn standing(req: &HttpRequest) -> web::Data<UserStanding> {
+    req.app_data::<web::Data<UserStanding>>()
+        .cloned()
+        .expect("startup registers the UserStanding")
 }
 
 /// The caller of a route that takes only login tokens.
@@ -99,6 +116,9 @@ impl AdminUser {
                 .await
                 .map_err(AuthError::from)?
                 .ok_or(AuthError::UserGone)?;
+            if row.disabled {
+                return Err(AuthError::Disabled.into());
+            }
             if row.role != Role::Admin {
                 return Err(AuthError::NotAdmin.into());
             }
@@ -159,11 +179,19 @@ impl FromRequest for DeviceOrUser {
             None => match bearer_token(req) {
                 Ok(token) if api_keys::is_api_key(token) => token.to_string(),
                 Ok(token) => {
-                    let user = verify_jwt(req, token).map(|user| DeviceOrUser {
-                        user_id: user.id,
-                        key_id: None,
-                    });
-                    return ready(user.map_err(ApiError::from)).boxed_local();
+                    let user = match verify_jwt(req, token) {
+                        Ok(user) => user,
+                        Err(e) => return ready(Err(e.into())).boxed_local(),
+                    };
+                    let standing = standing(req);
+                    return async move {
+                        standing.check(user.id).await?;
+                        Ok(DeviceOrUser {
+                            user_id: user.id,
+                            key_id: None,
+                        })
+                    }
+                    .boxed_local();
                 }
                 Err(e) => return ready(Err(e.into())).boxed_local(),
             },
@@ -172,6 +200,7 @@ impl FromRequest for DeviceOrUser {
             .app_data::<web::Data<DatabaseConnection>>()
             .cloned()
             .expect("startup registers the database");
+        let standing = standing(req);
         async move {
             if !api_keys::is_api_key(&key) {
                 return Err(AuthError::InvalidKey.into());
@@ -180,6 +209,7 @@ impl FromRequest for DeviceOrUser {
                 .await
                 .map_err(AuthError::from)?
                 .ok_or(AuthError::InvalidKey)?;
+            standing.check(UserId(found.user_id)).await?;
             Ok(DeviceOrUser {
                 user_id: UserId(found.user_id),
                 key_id: Some(found.id),

@@ -7,7 +7,8 @@ use entity::api_key;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::api_keys;
+use crate::auth::api_keys::{self, Refused};
+use crate::auth::AuthError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::caller::AuthUser;
 use crate::store::api_keys as key_rows;
@@ -80,12 +81,15 @@ pub async fn create_key(
     body: web::Json<CreateKeyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let name = parse_name(body.into_inner().name)?;
-    if key_rows::count(&db, user.id).await? >= MAX_KEYS_PER_USER as u64 {
-        return Err(ApiError::TooManyKeys {
-            max: MAX_KEYS_PER_USER,
-        });
-    }
-    let (row, key) = api_keys::create(&db, user.id, name).await?;
+    let (row, key) = match api_keys::create(&db, user.id, name, MAX_KEYS_PER_USER as u64).await? {
+        Ok(created) => created,
+        Err(Refused::TooMany) => {
+            return Err(ApiError::TooManyKeys {
+                max: MAX_KEYS_PER_USER,
+            })
+        }
+        Err(Refused::UserGone) => return Err(AuthError::UserGone.into()),
+    };
     tracing::Span::current().record("key_id", row.id);
     tracing::info!("api key created");
     Ok(HttpResponse::Created().json(CreatedKey {

@@ -69,6 +69,9 @@ pub struct AuthSettings {
     pub max_concurrent_hashes: usize,
     /// Hashes that may wait for a hashing thread; more are refused at once (503).
     pub max_queued_hashes: usize,
+    /// How long a user's standing (exists, not disabled) is remembered between database
+    /// lookups; 0: looked up on every request.
+    pub user_cache_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -225,6 +228,7 @@ impl Default for AuthSettings {
             token_ttl_hours: 24,
             max_concurrent_hashes: 0,
             max_queued_hashes: 16,
+            user_cache_secs: 2,
         }
     }
 }

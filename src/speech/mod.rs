@@ -134,7 +134,7 @@ impl SpeechService {
         E: Display,
     {
         let lease = self.acquire(user_id).await?;
-        tracing::Span::current().record("instance", lease.url.as_str());
+        tracing::Span::current().record("instance", lease.shown_url.as_str());
         let (body, stream) = fastwhisper::body_channel(secs(self.limits.timeout_secs));
         let client = CLIENT.with(Clone::clone);
         let base = lease.url.clone();

@@ -10,14 +10,14 @@ use serde_json::{json, Value};
 use crate::helpers::{fast_sim, spawn_app_on, start, start_sims};
 
 /// A fresh database on the test server, or `None` (with a note) when none is configured.
-struct TempDatabase {
+pub struct TempDatabase {
     admin: DatabaseConnection,
     name: String,
-    url: String,
+    pub url: String,
 }
 
 impl TempDatabase {
-    async fn create() -> Option<TempDatabase> {
+    pub async fn create() -> Option<TempDatabase> {
         let Ok(base) = std::env::var("INFERGATE_TEST_POSTGRES_URL") else {
             eprintln!("skipped: INFERGATE_TEST_POSTGRES_URL is not set, so the PostgreSQL tests did not run");
             return None;
@@ -38,7 +38,7 @@ impl TempDatabase {
         Some(TempDatabase { admin, name, url })
     }
 
-    async fn drop(self) {
+    pub async fn drop(self) {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         let _ = self
             .admin

@@ -186,6 +186,7 @@ impl Handler<Submit> for Dispatcher {
                 dispatcher.count_out(user_id);
             }
             match result? {
+                Inserted::UserGone => Err(SubmitError::UserGone),
                 Inserted::Existing {
                     task_id,
                     request_hash,

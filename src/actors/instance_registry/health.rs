@@ -99,7 +99,7 @@ impl InstanceRegistry {
                     // Not at its first healthy ping: that is the gateway starting (or
                     // the instance being added), not the instance coming back.
                     let back = instance.seen_healthy && !slow_start.is_zero();
-                    tracing::info!(instance = %instance.spec.url, slow_start = back, "instance is healthy");
+                    tracing::info!(instance = %instance.shown_url(), slow_start = back, "instance is healthy");
                     instance.back_since = back.then(Instant::now);
                     if back {
                         // Nothing else may happen as the ramp climbs: serve the waiters at each step.
@@ -116,7 +116,7 @@ impl InstanceRegistry {
             }
             Err(error) => {
                 if instance.healthy || instance.last_error.as_deref() != Some(error.as_str()) {
-                    tracing::warn!(instance = %instance.spec.url, %error, "instance is unhealthy");
+                    tracing::warn!(instance = %instance.shown_url(), %error, "instance is unhealthy");
                 }
                 instance.healthy = false;
                 instance.last_error = Some(error);

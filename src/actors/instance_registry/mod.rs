@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use super::messages::*;
 use crate::backends;
-use crate::domain::{InstanceId, InstanceKind, InstanceSpec, Strategy, UserId};
+use crate::domain::{redact_url, InstanceId, InstanceKind, InstanceSpec, Strategy, UserId};
 use crate::settings::HealthSettings;
 use crate::store::instances;
 use balancing::Candidate;
@@ -106,6 +106,11 @@ impl Instance {
         instance
     }
 
+    /// Its URL as logs and the admin listing show it: without userinfo.
+    fn shown_url(&self) -> String {
+        redact_url(&self.spec.url)
+    }
+
     /// Healthy, enabled and not draining: the strategies may give it work.
     fn takes_work(&self) -> bool {
         self.healthy && self.enabled && !self.draining
@@ -124,7 +129,7 @@ impl Instance {
         InstanceView {
             id: self.id,
             kind: self.spec.kind,
-            url: self.spec.url.clone(),
+            url: self.shown_url(),
             protocol: self.spec.protocol(),
             capacity: self.spec.capacity,
             weight: self.spec.weight,
@@ -301,7 +306,7 @@ impl InstanceRegistry {
     fn remove_if_drained(&mut self, index: usize) {
         let instance = &self.instances[index];
         if instance.draining && instance.in_flight == 0 {
-            tracing::info!(instance = %instance.spec.url, id = %instance.id, "instance drained and removed");
+            tracing::info!(instance = %instance.shown_url(), id = %instance.id, "instance drained and removed");
             self.instances.remove(index);
         }
     }
@@ -381,7 +386,7 @@ impl Handler<Release> for InstanceRegistry {
                     instance.failed += 1;
                     instance.consecutive_failures += 1;
                     if instance.healthy && instance.consecutive_failures >= eject_after {
-                        tracing::warn!(instance = %instance.spec.url, %error, failures = instance.consecutive_failures, "instance ejected after consecutive failures");
+                        tracing::warn!(instance = %instance.shown_url(), %error, failures = instance.consecutive_failures, "instance ejected after consecutive failures");
                         instance.healthy = false;
                     }
                     instance.last_error = Some(error);

@@ -87,7 +87,10 @@ pub struct Release {
 /// caller never leaks capacity.
 pub struct Lease {
     instance_id: InstanceId,
+    /// Where to call, credentials and all.
     pub url: String,
+    /// The URL without its userinfo: what logs, spans and task rows show.
+    pub shown_url: String,
     pub protocol: Protocol,
     /// Where the capacity goes back to: the registry that granted it.
     registry: Recipient<Release>,
@@ -103,6 +106,7 @@ impl Lease {
     ) -> Lease {
         Lease {
             instance_id,
+            shown_url: crate::domain::redact_url(&url),
             url,
             protocol,
             registry,
@@ -209,6 +213,7 @@ pub struct InstanceView {
     #[schema(value_type = u64)]
     pub id: InstanceId,
     pub kind: InstanceKind,
+    /// Without its userinfo, if it has any.
     pub url: String,
     pub protocol: Protocol,
     pub capacity: u32,

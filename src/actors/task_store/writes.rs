@@ -3,12 +3,14 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use entity::prelude::{Image, Task};
-use entity::{image, task};
+use std::collections::HashSet;
+
+use entity::prelude::{Image, Task, User};
+use entity::{image, task, user};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, Set, TransactionTrait,
+    QueryFilter, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use tokio::sync::oneshot;
 
@@ -72,22 +74,22 @@ pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) -> Vec<Ending> {
             Write::Flush(reply) => flushes.push(reply),
         }
     }
-    let updates = marks
-        .iter()
-        .map(|(msg, _)| Update::MarkRunning(msg))
-        .chain(endings.iter().map(|ending| Update::Finish(&ending.msg)));
     let result = async {
-        let txn = db.begin().await?;
-        let inserted = insert_rows(&txn, inserts).await?;
-        let mut applied = Vec::with_capacity(marks.len() + endings.len());
-        for update in updates {
-            applied.push(match update {
-                Update::MarkRunning(msg) => mark_running(&txn, msg).await?,
-                Update::Finish(msg) => finish(&txn, msg).await?,
-            });
+        // Users are looked up before the transaction, whose first statement must be a
+        // write (on SQLite a transaction that read first may not get to write). A user
+        // removed in between fails the batch on the foreign key: looked up again, and the
+        // batch is tried again without their rows.
+        let mut existing = existing_users(&db, &inserts).await?;
+        let mut tries = 1;
+        loop {
+            match apply(&db, &inserts, &existing, &marks, &endings).await {
+                Err(e) if tries < 3 && is_foreign_key(&e) => {
+                    tries += 1;
+                    existing = existing_users(&db, &inserts).await?;
+                }
+                other => break other,
+            }
         }
-        txn.commit().await?;
-        Ok::<_, DbErr>((inserted, applied))
     }
     .await;
     match result {
@@ -129,39 +131,112 @@ pub async fn commit(db: DatabaseConnection, batch: Vec<Write>) -> Vec<Ending> {
     }
 }
 
-/// Inserts the rows. A row whose idempotency key the user already used is skipped
-/// (`ON CONFLICT DO NOTHING`, safe against racing duplicates) and answered with the task
-/// that holds the key.
+/// One try of the batch's transaction.
+async fn apply(
+    db: &DatabaseConnection,
+    inserts: &[task::ActiveModel],
+    existing: &HashSet<i64>,
+    marks: &[(MarkRunning, Reply<bool>)],
+    endings: &[Ending],
+) -> Result<(Vec<Inserted>, Vec<bool>), DbErr> {
+    let updates = marks
+        .iter()
+        .map(|(msg, _)| Update::MarkRunning(msg))
+        .chain(endings.iter().map(|ending| Update::Finish(&ending.msg)));
+    let txn = db.begin().await?;
+    let inserted = insert_rows(&txn, inserts, existing).await?;
+    let mut applied = Vec::with_capacity(marks.len() + endings.len());
+    for update in updates {
+        applied.push(match update {
+            Update::MarkRunning(msg) => mark_running(&txn, msg).await?,
+            Update::Finish(msg) => finish(&txn, msg).await?,
+        });
+    }
+    txn.commit().await?;
+    Ok((inserted, applied))
+}
+
+fn is_foreign_key(e: &DbErr) -> bool {
+    matches!(e.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_)))
+}
+
+/// Which of the rows' users exist.
+async fn existing_users(
+    db: &DatabaseConnection,
+    rows: &[task::ActiveModel],
+) -> Result<HashSet<i64>, DbErr> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut user_ids: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.user_id.clone().take())
+        .collect();
+    user_ids.sort_unstable();
+    user_ids.dedup();
+    Ok(User::find()
+        .select_only()
+        .column(user::Column::Id)
+        .filter(user::Column::Id.is_in(user_ids))
+        .into_tuple::<i64>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// A row's user, idempotency key and task id, when it came with a key.
+type KeyedRow = (i64, String, String);
+
+/// Inserts the rows. A row whose user no longer exists is not inserted (answered
+/// `UserGone`: its foreign key would fail the whole batch). A row whose idempotency key
+/// the user already used is skipped (`ON CONFLICT DO NOTHING`, safe against racing
+/// duplicates) and answered with the task that holds the key.
 async fn insert_rows(
     txn: &DatabaseTransaction,
-    rows: Vec<task::ActiveModel>,
+    rows: &[task::ActiveModel],
+    existing: &HashSet<i64>,
 ) -> Result<Vec<Inserted>, DbErr> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let keyed: Vec<Option<(i64, String, String)>> = rows
+    let (rows, gone): (Vec<_>, Vec<_>) = rows.iter().cloned().enumerate().partition(|(_, row)| {
+        row.user_id
+            .clone()
+            .take()
+            .is_some_and(|id| existing.contains(&id))
+    });
+    let keyed: Vec<(usize, Option<KeyedRow>)> = rows
         .iter()
-        .map(|row| {
-            let key = row.idempotency_key.clone().take().flatten()?;
-            Some((
-                row.user_id.clone().take()?,
-                key,
-                row.task_id.clone().take()?,
-            ))
+        .map(|(i, row)| {
+            let key = (|| {
+                let key = row.idempotency_key.clone().take().flatten()?;
+                Some((
+                    row.user_id.clone().take()?,
+                    key,
+                    row.task_id.clone().take()?,
+                ))
+            })();
+            (*i, key)
         })
         .collect();
-    let conflict = OnConflict::columns([task::Column::UserId, task::Column::IdempotencyKey])
-        .do_nothing()
-        .to_owned();
-    Task::insert_many(rows)
-        .on_conflict(conflict)
-        .do_nothing()
-        .exec(txn)
-        .await?;
-    let mut outcomes = Vec::with_capacity(keyed.len());
-    for key in keyed {
+    let mut outcomes: Vec<Option<Inserted>> = vec![None; keyed.len() + gone.len()];
+    for (i, _) in &gone {
+        outcomes[*i] = Some(Inserted::UserGone);
+    }
+    if !rows.is_empty() {
+        let conflict = OnConflict::columns([task::Column::UserId, task::Column::IdempotencyKey])
+            .do_nothing()
+            .to_owned();
+        Task::insert_many(rows.into_iter().map(|(_, row)| row))
+            .on_conflict(conflict)
+            .do_nothing()
+            .exec(txn)
+            .await?;
+    }
+    for (i, key) in keyed {
         let Some((user_id, key, task_id)) = key else {
-            outcomes.push(Inserted::New);
+            outcomes[i] = Some(Inserted::New);
             continue;
         };
         let holder = Task::find()
@@ -170,7 +245,7 @@ async fn insert_rows(
             .one(txn)
             .await?
             .ok_or(DbErr::RecordNotInserted)?;
-        outcomes.push(if holder.task_id == task_id {
+        outcomes[i] = Some(if holder.task_id == task_id {
             Inserted::New
         } else {
             Inserted::Existing {
@@ -179,7 +254,10 @@ async fn insert_rows(
             }
         });
     }
-    Ok(outcomes)
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every row answered"))
+        .collect())
 }
 
 /// QUEUED → RUNNING as attempt `msg.attempt`, if still QUEUED after `attempt - 1`.
