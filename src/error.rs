@@ -42,8 +42,11 @@ pub enum ApiError {
     BadCredentials,
     #[error("username is already taken")]
     UsernameTaken,
+    /// The body was not read in time; the connection is closed after the answer.
     #[error("{0}")]
     UploadTimeout(String),
+    #[error("too many connections from your address; close some and retry")]
+    TooManyConnections,
     #[error("audio is longer than {max_secs}s of 16 kHz 16-bit mono PCM")]
     AudioTooLong { max_secs: u64 },
     #[error("{0} not found")]
@@ -118,6 +121,7 @@ impl ApiError {
                 Some(limited.retry_after_secs),
             ),
             QuotaExceeded { .. } => (S::TOO_MANY_REQUESTS, "quota_exceeded", retry),
+            TooManyConnections => (S::TOO_MANY_REQUESTS, "too_many_connections", Some(1)),
             Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None),
             Backend(BackendError::Timeout(_)) => (S::GATEWAY_TIMEOUT, "backend_timeout", None),
             Backend(_) => (S::BAD_GATEWAY, "backend_error", None),
@@ -273,6 +277,10 @@ impl ResponseError for ApiError {
         }
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        // A body cut off mid-way leaves the connection unusable.
+        if status == StatusCode::REQUEST_TIMEOUT {
+            response.force_close();
         }
         if let ApiError::RateLimited(limited) = self {
             insert_rate_headers(&mut response, &limited.info);

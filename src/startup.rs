@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Supervisor};
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
@@ -20,6 +21,7 @@ use crate::actors::{Dispatcher, InstanceRegistry, TaskStore, WorkerPool};
 use crate::auth::{load_or_create_secret, HashPool, JwtKeys, UserStanding};
 use crate::domain::InstanceKind;
 use crate::http;
+use crate::http::slow_clients::{self, BodyDeadline, ConnectionCounts};
 use crate::limits::Limits;
 use crate::settings::Settings;
 use crate::speech::SpeechService;
@@ -150,9 +152,22 @@ impl Application {
             web::Data::new(dispatcher),
             web::Data::new(registry),
         );
+        let body_deadline = web::Data::new(BodyDeadline {
+            total: Duration::from_secs(settings.server.body_timeout_secs),
+        });
+        let connections = Arc::new(ConnectionCounts::default());
+        let per_address = settings.server.max_connections_per_address;
+        // The global cap is actix's, per worker thread: split evenly (rounded up).
+        let max_connections = settings.server.max_connections;
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(max_connections);
+        let per_worker = max_connections.div_ceil(workers);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(slow_clients::guard_connection))
                 .wrap(TracingLogger::<HttpSpan>::new())
+                .app_data(body_deadline.clone())
                 .app_data(http::extract::json_config(max_json))
                 .app_data(http::extract::query_config())
                 .app_data(http::extract::path_config())
@@ -168,6 +183,11 @@ impl Application {
                 .app_data(speech.clone())
                 .configure(http::configure)
                 .default_service(web::to(http::no_route))
+        })
+        .workers(workers)
+        .max_connections(per_worker)
+        .on_connect(move |connection, data| {
+            slow_clients::count_connection(&connections, per_address, connection, data)
         })
         // Signals are ours: tasks must drain before the HTTP server stops.
         .disable_signals()

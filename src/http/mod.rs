@@ -8,6 +8,7 @@ pub mod docs;
 pub mod extract;
 pub mod image;
 pub mod keys;
+pub mod slow_clients;
 pub mod speech;
 pub mod system;
 pub mod tasks;

@@ -81,6 +81,16 @@ impl Settings {
         let at_least_1 = "must be at least 1";
         let otlp_url = url::Url::parse(&telemetry.otlp_endpoint);
         vec![
+            (
+                "server.body_timeout_secs",
+                self.server.body_timeout_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "server.max_connections",
+                self.server.max_connections >= 1,
+                at_least_1,
+            ),
             ("database.url", !db.url.is_empty(), "must not be empty"),
             (
                 "database.max_connections",

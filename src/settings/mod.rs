@@ -47,6 +47,12 @@ pub struct ServerSettings {
     pub max_json_bytes: usize,
     /// On SIGTERM/SIGINT, how long running tasks may take to finish.
     pub shutdown_grace_secs: u64,
+    /// Longest a request body (other than a streamed speech upload) may take to arrive.
+    pub body_timeout_secs: u64,
+    /// Open connections at once, split evenly among the HTTP worker threads.
+    pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64); 0 = no cap.
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -207,6 +213,9 @@ impl Default for ServerSettings {
             port: 8080,
             max_json_bytes: 64 * 1024,
             shutdown_grace_secs: 30,
+            body_timeout_secs: 10,
+            max_connections: 10_000,
+            max_connections_per_address: 256,
         }
     }
 }

@@ -21,5 +21,6 @@ mod postgres;
 mod process;
 mod queue;
 mod recovery;
+mod slow_clients;
 mod speech;
 mod users;
