@@ -230,7 +230,7 @@ impl From<AccountError> for ApiError {
 impl From<SpeechError> for ApiError {
     fn from(e: SpeechError) -> Self {
         match e {
-            SpeechError::Stalled(_) | SpeechError::TooSlow(_) => {
+            SpeechError::Stalled(_) | SpeechError::TooSlow(_) | SpeechError::BelowMinRate(_) => {
                 ApiError::UploadTimeout(e.to_string())
             }
             SpeechError::TooLarge(limit) => ApiError::PayloadTooLarge { limit },

@@ -15,7 +15,7 @@ use crate::domain::UserId;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::caller::DeviceOrUser;
 use crate::limits::Limits;
-use crate::speech::{Audio, SpeechError, SpeechService};
+use crate::speech::{Audio, Pace, SpeechError, SpeechService};
 
 /// Multipart framing (boundaries, part headers) allowed on top of `max_upload_bytes` when
 /// judging a Content-Length up front.
@@ -57,7 +57,7 @@ pub struct PcmQuery {
         (status = 200, description = "The backend's transcript (code 0), or its own refusal such as code 1 \"audio too short\"", body = SpeechToTextResponse),
         (status = 400, description = "Not multipart/form-data, or no `file` field", body = ErrorBody),
         (status = 401, description = "Missing or bad token or API key", body = ErrorBody),
-        (status = 408, description = "The upload stalled or took too long", body = ErrorBody),
+        (status = 408, description = "The upload stalled, fell below speech.min_bytes_per_sec or took too long (the connection is closed)", body = ErrorBody),
         (status = 413, description = "Upload larger than speech.max_upload_bytes", body = ErrorBody),
         (status = 429, description = "Over the speech request rate (Retry-After, X-RateLimit-*)", body = ErrorBody),
         (status = 502, description = "The backend failed", body = ErrorBody),
@@ -90,9 +90,11 @@ pub async fn transcribe(
         return Err(SpeechError::TooLarge(limits.max_upload_bytes).into());
     }
     let mut form = Multipart::new(req.headers(), payload);
-    let (field, received) = tokio::time::timeout_at(deadline, find_file(&mut form, &speech))
-        .await
-        .map_err(|_| SpeechError::TooSlow(limits.max_upload_secs))??;
+    let mut pace = speech.pace();
+    let (field, received) =
+        tokio::time::timeout_at(deadline, find_file(&mut form, &speech, &mut pace))
+            .await
+            .map_err(|_| SpeechError::TooSlow(limits.max_upload_secs))??;
     let disposition = field.content_disposition();
     let filename = disposition.and_then(|d| d.get_filename()).unwrap_or("");
     let audio = Audio::File {
@@ -108,7 +110,7 @@ pub async fn transcribe(
         Some((item, (form, field)))
     });
     let answer = speech
-        .transcribe(caller.user_id, audio, Box::pin(upload), deadline)
+        .transcribe(caller.user_id, audio, Box::pin(upload), pace, deadline)
         .await?;
     tracing::info!(code = answer.code, "file transcribed");
     Ok(HttpResponse::Ok().json(answer))
@@ -124,7 +126,7 @@ pub async fn transcribe(
         (status = 200, description = "The backend's transcript (code 0), or its own refusal such as code 1 \"audio too short\" under 1 s", body = SpeechToTextResponse),
         (status = 400, description = "Odd number of bytes, or a sample_rate other than 16000", body = ErrorBody),
         (status = 401, description = "Missing or bad token or API key", body = ErrorBody),
-        (status = 408, description = "The upload stalled or took too long", body = ErrorBody),
+        (status = 408, description = "The upload stalled, fell below speech.min_bytes_per_sec or took too long (the connection is closed)", body = ErrorBody),
         (status = 413, description = "Longer than speech.max_pcm_seconds", body = ErrorBody),
         (status = 429, description = "Over the speech request rate (Retry-After, X-RateLimit-*)", body = ErrorBody),
         (status = 502, description = "The backend failed", body = ErrorBody),
@@ -157,7 +159,7 @@ pub async fn pcm(
         }
     }
     let answer = speech
-        .transcribe(caller.user_id, Audio::Pcm, payload, deadline)
+        .transcribe(caller.user_id, Audio::Pcm, payload, speech.pace(), deadline)
         .await?;
     tracing::info!(code = answer.code, "pcm transcribed");
     Ok(HttpResponse::Ok().json(answer))
@@ -179,11 +181,12 @@ fn check_rate(rates: &Limits, user_id: UserId) -> Result<(), ApiError> {
 async fn find_file(
     form: &mut Multipart,
     speech: &SpeechService,
+    pace: &mut Pace,
 ) -> Result<(Field, usize), ApiError> {
     let max = speech.limits().max_upload_bytes;
     let mut received = 0;
     for _ in 0..=MAX_OTHER_FIELDS {
-        let Some(mut field) = speech.next_chunk(form.next()).await? else {
+        let Some(mut field) = speech.next_chunk(pace, form.next()).await? else {
             return Err(ApiError::Validation(
                 "multipart field `file` is required".into(),
             ));
@@ -191,8 +194,9 @@ async fn find_file(
         if field.name() == Some("file") {
             return Ok((field, received));
         }
-        while let Some(chunk) = speech.next_chunk(field.next()).await? {
+        while let Some(chunk) = speech.next_chunk(pace, field.next()).await? {
             received += chunk.len();
+            pace.add(chunk.len());
             if received > max {
                 return Err(SpeechError::TooLarge(max).into());
             }

@@ -127,8 +127,12 @@ pub struct SpeechSettings {
     pub max_upload_bytes: usize,
     /// Longest PCM stream, in seconds of 16 kHz 16-bit mono audio.
     pub max_pcm_seconds: u64,
-    /// A client that sends nothing for this long mid-upload is cut off.
+    /// A client that sends nothing for this long mid-upload (or before its first byte)
+    /// is cut off.
     pub read_timeout_secs: u64,
+    /// From its first byte on, an upload must arrive at least this fast on average (after
+    /// a 2 s grace); 0 = no minimum. 16000 is half of real-time 16 kHz 16-bit audio.
+    pub min_bytes_per_sec: u64,
     /// Longest a whole upload may take, so a trickling client cannot hold an instance.
     pub max_upload_secs: u64,
     /// Longest wait for a free healthy speech instance.
@@ -289,6 +293,7 @@ impl Default for SpeechSettings {
             max_upload_bytes: 10 * 1024 * 1024,
             max_pcm_seconds: 60,
             read_timeout_secs: 10,
+            min_bytes_per_sec: 16_000,
             max_upload_secs: 120,
             max_wait_secs: 5,
             max_waiting: 32,
