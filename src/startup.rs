@@ -152,6 +152,7 @@ impl Application {
             web::Data::new(dispatcher),
             web::Data::new(registry),
         );
+        let api_doc = web::Data::new(http::docs::ApiDocument::new(&settings));
         let body_deadline = web::Data::new(BodyDeadline {
             total: Duration::from_secs(settings.server.body_timeout_secs),
         });
@@ -168,6 +169,7 @@ impl Application {
                 .wrap(from_fn(slow_clients::guard_connection))
                 .wrap(TracingLogger::<HttpSpan>::new())
                 .app_data(body_deadline.clone())
+                .app_data(api_doc.clone())
                 .app_data(http::extract::json_config(max_json))
                 .app_data(http::extract::query_config())
                 .app_data(http::extract::path_config())

@@ -147,15 +147,18 @@ pub fn url_key(raw: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct NewInstanceRequest {
     pub kind: InstanceKind,
-    /// `http://host[:port][/path]`; TLS to backends is not supported.
-    #[schema(example = "http://10.0.0.7:8000")]
+    /// `http://host[:port][/path]` (at most 2048 bytes, no query, no control
+    /// characters); TLS to backends is not supported.
+    #[schema(max_length = 2048, example = "http://10.0.0.7:8000")]
     pub url: String,
     /// Defaults from the kind: qwen for image, fastwhisper for speech.
     pub protocol: Option<Protocol>,
     /// Concurrent calls it takes, 1 to 1024 (default 1).
+    #[schema(minimum = 1, maximum = 1024)]
     pub capacity: Option<u32>,
     /// 1 to 1000 (default 1): share of users under user-hash, preference among equally
     /// loaded instances under least-loaded.
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<u32>,
 }
 
@@ -181,8 +184,10 @@ impl TryFrom<NewInstanceRequest> for InstanceSpec {
 #[serde(deny_unknown_fields)]
 pub struct InstanceChangeRequest {
     /// 1 to 1024; lowering it below the calls in flight lets them finish.
+    #[schema(minimum = 1, maximum = 1024)]
     pub capacity: Option<u32>,
     /// 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<u32>,
     /// `false`: no new work (calls in flight finish), still pinged.
     pub enabled: Option<bool>,

@@ -46,7 +46,8 @@ impl From<user::Model> for UserView {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
-    #[schema(example = "user1")]
+    /// 3 to 20 characters of A-Z, a-z, 0-9 and _, in any case.
+    #[schema(pattern = "^[A-Za-z0-9_]{3,20}$", example = "user1")]
     pub username: String,
     #[schema(example = "pass1234")]
     pub password: String,
@@ -63,8 +64,10 @@ pub struct LoginResponse {
 #[utoipa::path(post, path = "/register", tag = "accounts", request_body = RegisterRequest,
     responses(
         (status = 201, description = "Created", body = UserView),
-        (status = 400, description = "Invalid username, password, email or phone", body = ErrorBody),
+        (status = 400, description = "Invalid username, password, email or phone, or a malformed body", body = ErrorBody),
         (status = 409, description = "Username taken (usernames are case-insensitive)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "Too many registrations from this address (Retry-After)", body = ErrorBody),
         (status = 503, description = "Too many passwords being hashed right now (Retry-After)", body = ErrorBody),
     ))]

@@ -55,6 +55,8 @@ pub async fn list_instances(
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 409, description = "An instance of this kind and url exists (from settings.toml or the API), or is still draining", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "The database is unavailable (nothing was added)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id))]
@@ -85,6 +87,8 @@ pub async fn add_instance(
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 409, description = "The instance is draining", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "The database is unavailable (nothing was changed)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id = *id))]

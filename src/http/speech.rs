@@ -46,6 +46,7 @@ pub struct PcmAudio(pub Vec<u8>);
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct PcmQuery {
     /// Must be 16000 when given: the gateway does not resample.
+    #[param(minimum = 16000, maximum = 16000)]
     pub sample_rate: Option<u32>,
 }
 

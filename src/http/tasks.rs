@@ -32,6 +32,7 @@ pub struct TasksQuery {
     /// One task; without it, the list.
     pub task_id: Option<String>,
     /// How many of the newest tasks to list, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -76,11 +77,19 @@ impl From<task::Model> for TaskView {
     }
 }
 
+/// What `GET /api/v1/tasks` answers: one task, or a list (documentation only).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum TasksAnswer {
+    One(TaskView),
+    Many(Vec<TaskView>),
+}
+
 /// With `task_id`: that task (if it is yours). Without: your newest tasks first.
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(TasksQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The task, or a list of tasks newest first", body = TaskView),
+        (status = 200, description = "With task_id: that task. Without: a list of your tasks, newest first", body = TasksAnswer),
         (status = 400, description = "Invalid limit", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 404, description = "No such task of yours", body = ErrorBody),

@@ -16,6 +16,7 @@ mod idempotency;
 mod image_flow;
 mod keys;
 mod migrations;
+mod openapi;
 mod poll;
 mod postgres;
 mod process;
