@@ -268,7 +268,11 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, code, retry_after) = self.row();
-        if status.is_server_error() {
+        // Shedding load is expected under a flood: one error line per refusal would
+        // flood the log too.
+        if matches!(self, ApiError::HashingBusy) {
+            tracing::debug!(error = ?self, "request refused");
+        } else if status.is_server_error() {
             tracing::error!(error = ?self, "request failed");
         }
         let mut response = HttpResponse::build(status);

@@ -6,13 +6,17 @@
 //! (`auth.max_concurrent_hashes`) does every hash, each reusing one memory block it
 //! allocates once, so hashing memory is threads × 19 MiB whatever the load; a short line
 //! (`auth.max_queued_hashes`) waits for them, and a request beyond it is refused at once
-//! (`HashError::Busy`, a 503 with Retry-After) instead of queueing without bound.
+//! (`HashError::Busy`, a 503 with Retry-After) instead of queueing without bound. A
+//! thread idle for `RELEASE_AFTER` frees its block (a block that size is its own mapping,
+//! so the memory goes back to the system), and allocates it again with its next hash.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use argon2::password_hash::{
     rand_core::OsRng, Output, ParamsString, PasswordHash, Salt, SaltString,
@@ -48,10 +52,14 @@ pub struct Memory {
 
 type Job = Box<dyn FnOnce(&mut Memory) + Send>;
 
+/// A hashing thread with no work for this long frees its memory block.
+const RELEASE_AFTER: Duration = Duration::from_secs(10);
+
 /// The hashing threads and the bounded line in front of them. Dropping the pool lets the
 /// threads finish the line and exit.
 pub struct HashPool {
-    jobs: SyncSender<Job>,
+    /// Every thread takes from it (a multi-consumer channel, so each can time out idle).
+    jobs: Sender<Job>,
     threads: usize,
     /// Most jobs handed in and not finished (running or waiting): threads + line.
     max_pending: usize,
@@ -79,8 +87,7 @@ impl HashPool {
         };
         let max_pending = threads + max_queued;
         // Admission is counted in `pending`, so the channel never holds more than this.
-        let (jobs, line) = mpsc::sync_channel::<Job>(max_pending);
-        let line = Arc::new(Mutex::new(line));
+        let (jobs, line) = crossbeam_channel::bounded::<Job>(max_pending);
         for i in 0..threads {
             let line = line.clone();
             std::thread::Builder::new()
@@ -163,16 +170,17 @@ impl HashPool {
 
 /// Takes jobs off the line until the pool is dropped. A job that panics loses only its
 /// own answer (its caller sees `Stopped`); the thread and its memory carry on.
-fn hashing_thread(line: &Mutex<Receiver<Job>>) {
+fn hashing_thread(line: &Receiver<Job>) {
     let mut memory = Memory::default();
     loop {
-        let job = match line.lock() {
-            Ok(line) => line.recv(),
-            Err(_) => return,
-        };
-        let Ok(job) = job else { return };
-        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut memory))).is_err() {
-            tracing::error!("a password hashing job panicked");
+        match line.recv_timeout(RELEASE_AFTER) {
+            Ok(job) => {
+                if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut memory))).is_err() {
+                    tracing::error!("a password hashing job panicked");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => memory.blocks = Vec::new(),
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
