@@ -218,3 +218,58 @@ async fn user_disable_enable_and_remove_take_effect_on_a_running_gateway() {
     }
     drop(gateway);
 }
+
+#[actix_web::test]
+async fn credentials_in_an_instance_url_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = infergate::simulator::SimBackend::start(
+        infergate::simulator::SimConfig::default(),
+        "127.0.0.1",
+        0,
+    )
+    .unwrap();
+    let url = sim.url().replace("http://", "http://ops:s3cret@");
+    let config =
+        crate::process::write_config(dir.path(), &[(url, 1)], "[health]\ninterval_secs = 1\n");
+    let port = free_port();
+    let mut child = infergate(dir.path())
+        .env("INFERGATE__LOG__LEVEL", "info")
+        .env("INFERGATE__SERVER__HOST", "127.0.0.1")
+        .env("INFERGATE__SERVER__PORT", port.to_string())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Collect both streams on threads of their own until the process ends.
+    let collect = |mut stream: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = collect(Box::new(child.stdout.take().unwrap()));
+    let err = collect(Box::new(child.stderr.take().unwrap()));
+    let stats = format!("http://127.0.0.1:{port}/api/v1/system/stats");
+    eventually("the instance healthy", Duration::from_secs(20), || async {
+        let stats: Value = reqwest::get(&stats)
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if stats["image_instances"]["healthy"] == 1 {
+            Ok(())
+        } else {
+            Err(stats.to_string())
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = format!("{}{}", out.join().unwrap(), err.join().unwrap());
+    assert!(log.contains("instance is healthy"), "{log}");
+    assert!(!log.contains("s3cret") && !log.contains("ops:"), "{log}");
+}
