@@ -102,18 +102,19 @@ pub async fn get_tasks(
     query: web::Query<TasksQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let TasksQuery { task_id, limit } = query.into_inner();
+    // Checked whether or not it is used: a request the document refuses is refused.
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::Validation(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
     if let Some(task_id) = task_id {
         let task = tasks::get(&db, user.id, &TaskId::from(task_id))
             .await?
             .ok_or(ApiError::NotFound("task"))?;
         let views = with_positions(&dispatcher, user.id, vec![task]).await?;
         return Ok(HttpResponse::Ok().json(&views[0]));
-    }
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::Validation(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
     }
     let newest = tasks::newest(&db, user.id, limit as u64).await?;
     Ok(HttpResponse::Ok().json(with_positions(&dispatcher, user.id, newest).await?))

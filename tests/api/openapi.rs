@@ -121,3 +121,15 @@ async fn the_document_describes_the_answers_and_statuses() {
             .contains(&json!(field)));
     }
 }
+
+#[actix_web::test]
+async fn a_parameter_the_document_refuses_is_refused_even_when_unused() {
+    let app = spawn_app_with(vec![], |_| {}).await;
+    let user = app.new_user("alice").await;
+    let id = app.submit_ok(&user.token, "a cat").await;
+    let path = format!("/api/v1/tasks?task_id={id}&limit=-5");
+    let response = app.get(&path, &user.token).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let path = format!("/api/v1/tasks?task_id={id}&limit=5");
+    assert_eq!(app.get(&path, &user.token).await.status(), StatusCode::OK);
+}
