@@ -11,6 +11,7 @@
 //!     target/release/examples/loadgen balance    # 3 GPUs of 20/40/80 ms: makespan per strategy
 //!     target/release/examples/loadgen fairness   # one user flooding: the others' waits
 //!     target/release/examples/loadgen halffail   # one GPU failing half its calls
+//!     target/release/examples/loadgen register   # registration flood: peak RSS, RSS 30 s later
 //!     target/release/examples/loadgen all
 
 use std::path::{Path, PathBuf};
@@ -310,6 +311,84 @@ impl Rig {
             .unwrap();
         row.try_get::<i64>("", "n").unwrap() as u64
     }
+}
+
+/// A figure of `/proc/PID/status` (`VmRSS`, `VmHWM`), in MiB.
+fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kib / 1024.0
+}
+
+/// 32 clients each registering 50 new names in a loop, for at most 20 s, with `extra`
+/// settings: the gateway's peak RSS (VmHWM) and its RSS 30 s after the flood.
+async fn register_flood(label: &str, extra: &str) {
+    let (clients, names, flood_for) = (32, 50, Duration::from_secs(20));
+    let dir = tempfile::tempdir().unwrap();
+    let rig = Rig::launch(dir, Vec::new(), &[], extra).await;
+    let pid = rig.gateway.as_ref().expect("running").0.id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = memory_mib(pid, "VmRSS");
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|c| {
+            let (client, base) = (rig.client.clone(), rig.base.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..names {
+                    if started.elapsed() > flood_for {
+                        break;
+                    }
+                    let body = json!({"username": format!("flood_{c}_{i}"), "password": "benchmark-password"});
+                    let response = client
+                        .post(format!("{base}/register"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("register");
+                    statuses.push(response.status().as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for worker in workers {
+        statuses.extend(worker.await.unwrap());
+    }
+    let flooded = started.elapsed();
+    let peak = memory_mib(pid, "VmHWM");
+    let after_flood = memory_mib(pid, "VmRSS");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let later = memory_mib(pid, "VmRSS");
+    let count = |code: u16| statuses.iter().filter(|&&s| s == code).count();
+    let other = statuses.len() - count(201) - count(429) - count(503);
+    println!(
+        "register ({label}): {} attempts in {:.1}s: {} created, {} 429, {} 503 hashing_busy, {other} other; \
+         RSS idle {idle:.0} MiB, peak {peak:.0} MiB, {after_flood:.0} MiB at the end of the flood, \
+         {later:.0} MiB 30 s later ({:+.0} MiB from idle)",
+        statuses.len(),
+        flooded.as_secs_f64(),
+        count(201),
+        count(429),
+        count(503),
+        later - idle,
+    );
+}
+
+async fn register_scenario() {
+    register_flood("default limits", "").await;
+    // The worst case for hashing: no per-address limit, only the hashing pool bounds it.
+    register_flood(
+        "no registration limit",
+        "[limits]\nregister_per_minute = 0\n",
+    )
+    .await;
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -637,6 +716,7 @@ async fn main() {
         "balance" => balance_scenario().await,
         "fairness" => fairness_scenario().await,
         "halffail" => halffail_scenario().await,
+        "register" => register_scenario().await,
         "all" => {
             submit_scenario().await;
             e2e_scenario().await;
@@ -644,10 +724,11 @@ async fn main() {
             balance_scenario().await;
             fairness_scenario().await;
             halffail_scenario().await;
+            register_scenario().await;
         }
         other => {
             eprintln!(
-                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | all"
+                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | register | all"
             );
             std::process::exit(2);
         }

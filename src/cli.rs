@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::auth::accounts::{self, AccountError};
+use crate::auth::HashPool;
 use crate::domain::{
     InstanceKind, InstanceSpec, NewUser, Protocol, RegisterRequest, Role, ValidationError,
 };
@@ -104,6 +105,13 @@ pub enum UserCommand {
         #[arg(long, value_parser = parse_role)]
         role: Role,
     },
+    /// Delete a user with everything of theirs: tasks (unfinished ones too), images and
+    /// device keys. Their tokens and keys stop working.
+    Remove { name: String },
+    /// Shut a user out (tokens, device keys, logins) and keep their data.
+    Disable { name: String },
+    /// Let a disabled user back in.
+    Enable { name: String },
 }
 
 fn parse_role(raw: &str) -> Result<Role, String> {
@@ -205,7 +213,8 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), CliError> 
             };
             let new_user = NewUser::try_from(request)?;
             let role = if admin { Role::Admin } else { Role::User };
-            let created = accounts::create_user(&db, new_user, role).await?;
+            let hasher = HashPool::new(1, 0);
+            let created = accounts::create_user(&db, &hasher, new_user, role).await?;
             println!(
                 "created user {} (id {}, role {})",
                 created.username, created.id, created.role
@@ -220,5 +229,30 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), CliError> 
                 Err(CliError::NoSuchUser(name))
             }
         }
+        UserCommand::Remove { name } => {
+            let removed = users::remove(&db, &name)
+                .await?
+                .ok_or_else(|| CliError::NoSuchUser(name.clone()))?;
+            println!(
+                "removed user {name} (id {}) with {} tasks, {} images and {} device keys",
+                removed.user_id, removed.tasks, removed.images, removed.keys
+            );
+            Ok(())
+        }
+        UserCommand::Disable { name } => set_disabled(&db, name, true).await,
+        UserCommand::Enable { name } => set_disabled(&db, name, false).await,
     }
+}
+
+async fn set_disabled(
+    db: &sea_orm::DatabaseConnection,
+    name: String,
+    disabled: bool,
+) -> Result<(), CliError> {
+    let user = users::set_disabled(db, &name, disabled)
+        .await?
+        .ok_or(CliError::NoSuchUser(name))?;
+    let state = if disabled { "disabled" } else { "enabled" };
+    println!("{} is now {state}", user.username);
+    Ok(())
 }

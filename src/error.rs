@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::actors::messages::{InstanceAdminError, SubmitError};
 use crate::auth::accounts::AccountError;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, HashError};
 use crate::backends::BackendError;
 use crate::domain::{TaskId, TaskStatus, ValidationError};
 use crate::generation::GenerationError;
@@ -56,8 +56,11 @@ pub enum ApiError {
     BadCredentials,
     #[error("username is already taken")]
     UsernameTaken,
+    /// The body was not read in time; the connection is closed after the answer.
     #[error("{0}")]
     UploadTimeout(String),
+    #[error("too many connections from your address; close some and retry")]
+    TooManyConnections,
     #[error("audio is longer than {max_secs}s of 16 kHz 16-bit mono PCM")]
     AudioTooLong { max_secs: u64 },
     #[error("{0} not found")]
@@ -86,6 +89,8 @@ pub enum ApiError {
     /// the log.
     #[error("the gateway is busy; retry later")]
     Busy(String),
+    #[error("too many passwords are being checked right now; retry shortly")]
+    HashingBusy,
     #[error("no healthy speech backend instance; retry later")]
     NoHealthyInstance,
     #[error("every speech backend instance is busy; retry later")]
@@ -151,6 +156,7 @@ impl ApiError {
                 (S::TOO_MANY_REQUESTS, "rate_limited", after, Load)
             }
             QuotaExceeded { .. } => (S::TOO_MANY_REQUESTS, "quota_exceeded", retry, Load),
+            TooManyConnections => (S::TOO_MANY_REQUESTS, "too_many_connections", Some(1), Load),
             Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, Server),
             Backend(BackendError::Timeout(_)) => (S::GATEWAY_TIMEOUT, "backend_timeout", None, Gpu),
             Backend(_) => (S::BAD_GATEWAY, "backend_error", None, Gpu),
@@ -159,6 +165,8 @@ impl ApiError {
             QueueFull { .. } => (S::SERVICE_UNAVAILABLE, "queue_full", retry, Load),
             ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down", retry, Load),
             Busy(_) => (S::SERVICE_UNAVAILABLE, "busy", retry, Server),
+            // Shedding load under a flood: one error line per refusal would flood the log.
+            HashingBusy => (S::SERVICE_UNAVAILABLE, "hashing_busy", Some(1), Client),
             NoHealthyInstance => (S::SERVICE_UNAVAILABLE, "no_healthy_instance", retry, Gpu),
             InstancesBusy => (S::SERVICE_UNAVAILABLE, "instances_busy", retry, Load),
             Database(_) => (
@@ -273,6 +281,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::QuotaExceeded { limit } => ApiError::QuotaExceeded { limit },
             SubmitError::ShuttingDown => ApiError::ShuttingDown,
             SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
+            SubmitError::UserGone => ApiError::Unauthorized(AuthError::UserGone.to_string()),
             SubmitError::Store(e) => e.into(),
         }
     }
@@ -305,9 +314,9 @@ impl From<AccountError> for ApiError {
         match e {
             AccountError::UsernameTaken => ApiError::UsernameTaken,
             AccountError::BadCredentials => ApiError::BadCredentials,
-            AccountError::Hash(_) | AccountError::HashThread(_) => {
-                ApiError::Internal(e.to_string())
-            }
+            AccountError::Disabled => ApiError::Unauthorized(e.to_string()),
+            AccountError::Hash(HashError::Busy) => ApiError::HashingBusy,
+            AccountError::Hash(_) => ApiError::Internal(e.to_string()),
             AccountError::Store(e) => e.into(),
         }
     }
@@ -332,7 +341,7 @@ impl From<GenerationError> for ApiError {
 impl From<SpeechError> for ApiError {
     fn from(e: SpeechError) -> Self {
         match e {
-            SpeechError::Stalled(_) | SpeechError::TooSlow(_) => {
+            SpeechError::Stalled(_) | SpeechError::TooSlow(_) | SpeechError::BelowMinRate(_) => {
                 ApiError::UploadTimeout(e.to_string())
             }
             SpeechError::TooLarge(limit) => ApiError::PayloadTooLarge { limit },
@@ -373,6 +382,10 @@ impl ApiError {
         }
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        // A body cut off mid-way leaves the connection unusable.
+        if status == StatusCode::REQUEST_TIMEOUT {
+            response.force_close();
         }
         match self {
             ApiError::RateLimited(limited) => insert_rate_headers(&mut response, &limited.info),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Supervisor};
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
@@ -18,11 +19,12 @@ use crate::actors::messages::{Drain, RecoverOrphans};
 use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
 use crate::actors::{Dispatcher, InstanceRegistry, Listener, TaskStore, WorkerPool};
-use crate::auth::{load_or_create_secret, JwtKeys};
+use crate::auth::{load_or_create_secret, HashPool, JwtKeys, UserStanding};
 use crate::cluster::Cluster;
 use crate::domain::InstanceKind;
 use crate::generation::GenerationService;
 use crate::http;
+use crate::http::slow_clients::{self, BodyDeadline, ConnectionCounts};
 use crate::limits::Limits;
 use crate::settings::Settings;
 use crate::speech::SpeechService;
@@ -170,6 +172,15 @@ impl Application {
         let shutdown_grace = settings.shutdown_grace();
         let drain = dispatcher.clone();
         let limits = web::Data::new(Limits::new(&settings.limits));
+        let hasher = web::Data::new(HashPool::new(
+            settings.auth.max_concurrent_hashes,
+            settings.auth.max_queued_hashes,
+        ));
+        tracing::info!(threads = hasher.threads(), "password hashing threads");
+        let standing = web::Data::new(UserStanding::new(
+            db.clone(),
+            Duration::from_secs(settings.auth.user_cache_secs),
+        ));
         let speech = web::Data::new(SpeechService::new(
             registry.clone(),
             settings.speech.clone(),
@@ -191,9 +202,24 @@ impl Application {
             web::Data::new(dispatcher),
             web::Data::new(registry),
         );
+        let api_doc = web::Data::new(http::docs::ApiDocument::new(&settings));
+        let body_deadline = web::Data::new(BodyDeadline {
+            total: Duration::from_secs(settings.server.body_timeout_secs),
+        });
+        let connections = Arc::new(ConnectionCounts::default());
+        let per_address = settings.server.max_connections_per_address;
+        // The global cap is actix's, per worker thread: split evenly (rounded up).
+        let max_connections = settings.server.max_connections;
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(max_connections);
+        let per_worker = max_connections.div_ceil(workers);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(slow_clients::guard_connection))
                 .wrap(TracingLogger::<HttpSpan>::new())
+                .app_data(body_deadline.clone())
+                .app_data(api_doc.clone())
                 .app_data(http::extract::json_config(max_json))
                 .app_data(http::extract::query_config())
                 .app_data(http::extract::path_config())
@@ -201,6 +227,8 @@ impl Application {
                 .app_data(keys.clone())
                 .app_data(settings.clone())
                 .app_data(limits.clone())
+                .app_data(hasher.clone())
+                .app_data(standing.clone())
                 .app_data(store.clone())
                 .app_data(dispatcher.clone())
                 .app_data(app_registry.clone())
@@ -208,6 +236,11 @@ impl Application {
                 .app_data(generation.clone())
                 .configure(http::configure)
                 .default_service(web::to(http::no_route))
+        })
+        .workers(workers)
+        .max_connections(per_worker)
+        .on_connect(move |connection, data| {
+            slow_clients::count_connection(&connections, per_address, connection, data)
         })
         // Signals are ours: tasks must drain before the HTTP server stops.
         .disable_signals()

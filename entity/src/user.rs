@@ -31,6 +31,7 @@ pub enum Role {
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
+    /// As the user spelt it; unique whatever its case (an index on `lower(username)`).
     #[sea_orm(unique)]
     pub username: String,
     /// argon2id PHC string; never leaves the server.
@@ -38,6 +39,8 @@ pub struct Model {
     pub email: Option<String>,
     pub phone: Option<String>,
     pub role: Role,
+    /// Set by an operator: the user's tokens and keys are refused, and so are logins.
+    pub disabled: bool,
     pub created_at: DateTimeUtc,
 }
 

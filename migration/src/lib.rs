@@ -7,6 +7,9 @@ mod m20261128_000003_idempotency_keys;
 mod m20261128_000004_instances;
 mod m20261128_000005_task_priority;
 mod m20261201_000006_task_trace;
+mod m20261202_000101_user_disabled;
+mod m20261202_000102_tasks_reference_users;
+mod m20261202_000103_username_nocase;
 mod m20261203_000201_instance_model;
 mod m20261204_000301_cluster;
 
@@ -22,6 +25,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_instances::Migration),
             Box::new(m20261128_000005_task_priority::Migration),
             Box::new(m20261201_000006_task_trace::Migration),
+            Box::new(m20261202_000101_user_disabled::Migration),
+            Box::new(m20261202_000102_tasks_reference_users::Migration),
+            Box::new(m20261202_000103_username_nocase::Migration),
             Box::new(m20261203_000201_instance_model::Migration),
             Box::new(m20261204_000301_cluster::Migration),
         ]

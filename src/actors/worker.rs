@@ -194,14 +194,14 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     let Some(lease) = acquire(&deps, &task).await else {
         return;
     };
-    tracing::Span::current().record("instance", lease.url.as_str());
+    tracing::Span::current().record("instance", lease.shown_url.as_str());
     let attempt = task.attempts + 1;
     let marked = write(
         &deps.store,
         MarkRunning {
             task_id: task.task_id.clone(),
             attempt,
-            instance: lease.url.clone(),
+            instance: lease.shown_url.clone(),
         },
     );
     // The backend call starts while RUNNING is being committed, so the GPU does not idle

@@ -1,10 +1,10 @@
-//! Accounts: creating a user (its password hashed off the async threads) and checking a
-//! login. Used by `POST /register`, `POST /login` and `infergate user add`.
+//! Accounts: creating a user (its password hashed on the bounded `HashPool`) and checking
+//! a login. Used by `POST /register`, `POST /login` and `infergate user add`.
 
 use entity::user;
 use sea_orm::DatabaseConnection;
 
-use super::password::{hash_password, verify_password, HashError};
+use super::password::{HashError, HashPool};
 use crate::domain::{NewUser, Role};
 use crate::store::{users, StoreError};
 
@@ -14,17 +14,18 @@ pub enum AccountError {
     UsernameTaken,
     #[error("invalid username or password")]
     BadCredentials,
+    #[error("this account is disabled")]
+    Disabled,
     #[error(transparent)]
     Hash(#[from] HashError),
-    #[error("the password hashing thread failed: {0}")]
-    HashThread(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Hashes the password on a blocking thread and inserts the user.
+/// Hashes the password on the pool and inserts the user.
 pub async fn create_user(
     db: &DatabaseConnection,
+    hasher: &HashPool,
     new_user: NewUser,
     role: Role,
 ) -> Result<user::Model, AccountError> {
@@ -34,10 +35,7 @@ pub async fn create_user(
     {
         return Err(AccountError::UsernameTaken);
     }
-    let password = new_user.password.clone();
-    let hash = actix_web::web::block(move || hash_password(&password))
-        .await
-        .map_err(|e| AccountError::HashThread(e.to_string()))??;
+    let hash = hasher.hash(new_user.password.clone()).await?;
     users::insert(db, new_user, hash, role)
         .await
         .map_err(|e| match e {
@@ -47,18 +45,19 @@ pub async fn create_user(
         })
 }
 
-/// The user, if the password is theirs.
+/// The user, if the password is theirs and the account is not disabled.
 pub async fn check_login(
     db: &DatabaseConnection,
+    hasher: &HashPool,
     username: &str,
     password: String,
 ) -> Result<user::Model, AccountError> {
     let found = users::find_by_username(db, username).await?;
     let stored = found.as_ref().map(|u| u.password_hash.clone());
-    let valid = actix_web::web::block(move || verify_password(&password, stored.as_deref()))
-        .await
-        .map_err(|e| AccountError::HashThread(e.to_string()))?;
+    let valid = hasher.verify(password, stored).await?;
     match found {
+        // Said only to whoever knows the password.
+        Some(user) if valid && user.disabled => Err(AccountError::Disabled),
         Some(user) if valid => Ok(user),
         _ => Err(AccountError::BadCredentials),
     }

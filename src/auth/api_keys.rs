@@ -9,7 +9,7 @@ use sea_orm::DatabaseConnection;
 use sha2::{Digest, Sha256};
 
 use crate::domain::UserId;
-use crate::store::api_keys::{self as rows, NewKey};
+use crate::store::api_keys::{self as rows, KeyInsert, NewKey};
 use crate::store::StoreError;
 
 pub const KEY_PREFIX: &str = "igk_";
@@ -27,12 +27,14 @@ fn hash(key: &str) -> String {
     format!("{:x}", Sha256::digest(key.as_bytes()))
 }
 
-/// Makes and stores a new key for the user; the returned string is the only copy of it.
+/// Makes and stores a new key for the user unless they hold `max` already; the returned
+/// string is the only copy of the key.
 pub async fn create(
     db: &DatabaseConnection,
     user_id: UserId,
     name: Option<String>,
-) -> Result<(api_key::Model, String), StoreError> {
+    max: u64,
+) -> Result<Result<(api_key::Model, String), Refused>, StoreError> {
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let key = format!(
@@ -44,8 +46,18 @@ pub async fn create(
         prefix: key[..SHOWN_CHARS].to_string(),
         key_hash: hash(&key),
     };
-    let row = rows::insert(db, user_id, stored).await?;
-    Ok((row, key))
+    Ok(match rows::insert_capped(db, user_id, stored, max).await? {
+        KeyInsert::Created(row) => Ok((row, key)),
+        KeyInsert::TooMany => Err(Refused::TooMany),
+        KeyInsert::UserGone => Err(Refused::UserGone),
+    })
+}
+
+/// Why no key was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    TooMany,
+    UserGone,
 }
 
 /// The live key matching `key`.

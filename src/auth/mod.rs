@@ -6,10 +6,12 @@ pub mod accounts;
 pub mod api_keys;
 mod jwt;
 mod password;
+mod standing;
 
 pub use api_keys::API_KEY_HEADER;
 pub use jwt::{load_or_create_secret, Claims, JwtKeys};
-pub use password::{hash_password, verify_password, HashError};
+pub use password::{HashError, HashPool};
+pub use standing::UserStanding;
 
 use crate::store::StoreError;
 
@@ -30,6 +32,8 @@ pub enum AuthError {
     InvalidKey,
     #[error("the token's user no longer exists")]
     UserGone,
+    #[error("this account is disabled")]
+    Disabled,
     #[error("this needs the admin role")]
     NotAdmin,
     #[error(transparent)]

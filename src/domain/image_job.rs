@@ -27,18 +27,53 @@ impl Default for ImageLimits {
 /// Unknown fields are ignored, as the old system ignored them.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ImageRequest {
-    #[schema(example = "A futuristic city with flying cars")]
+    /// Up to `image.max_prompt_chars` characters, not blank, without control characters
+    /// (tabs and line breaks are fine). The document states the running server's limits.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 4000,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*[^\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$",
+        example = "A futuristic city with flying cars")]
     pub prompt: Option<String>,
-    #[schema(example = "blurry, low quality")]
+    /// Up to `image.max_prompt_chars` characters, without control characters; blank is none.
+    #[schema(
+        max_length = 4000,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$",
+        example = "blurry, low quality"
+    )]
     pub negative_prompt: Option<String>,
     /// Pixels, 64 to `image.max_side`.
+    #[schema(minimum = 64, maximum = 2048)]
+    #[serde(default, deserialize_with = "whole")]
     pub width: Option<i64>,
     /// Pixels, 64 to `image.max_side`.
+    #[schema(minimum = 64, maximum = 2048)]
+    #[serde(default, deserialize_with = "whole")]
     pub height: Option<i64>,
     /// Inference steps, 1 to `image.max_steps` (default `image.default_steps`).
+    #[schema(minimum = 1, maximum = 150)]
+    #[serde(default, deserialize_with = "whole")]
     pub steps: Option<i64>,
     /// Non-negative seed for reproducible images.
+    #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "whole")]
     pub seed: Option<i64>,
+}
+
+/// A whole number, also when written `64.0`: JSON Schema's integers include those, so a
+/// client generating requests from the document may send them.
+pub(super) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let range = i64::MIN as f64..i64::MAX as f64;
+    number
+        .as_i64()
+        .or_else(|| {
+            let f = number.as_f64()?;
+            (f.fract() == 0.0 && range.contains(&f)).then_some(f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number")))
 }
 
 /// A validated text-to-image job: what a worker sends to an image backend.
@@ -130,6 +165,20 @@ mod tests {
             steps: None,
             seed: None,
         }
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_with_a_zero_fraction() {
+        let parsed: ImageRequest =
+            serde_json::from_str(r#"{"prompt":"a","width":1020.0,"steps":20,"seed":null}"#)
+                .unwrap();
+        assert_eq!(
+            (parsed.width, parsed.steps, parsed.seed),
+            (Some(1020), Some(20), None)
+        );
+        assert!(serde_json::from_str::<ImageRequest>(r#"{"width":64.5}"#).is_err());
+        assert!(serde_json::from_str::<ImageRequest>(r#"{"width":1e30}"#).is_err());
+        assert!(serde_json::from_str::<ImageRequest>(r#"{"width":"64"}"#).is_err());
     }
 
     #[test]

@@ -170,6 +170,11 @@ pub fn check_instance_url(raw: &str) -> Result<(), String> {
     if raw.len() > MAX_URL_BYTES {
         return Err(format!("must be at most {MAX_URL_BYTES} bytes"));
     }
+    // The URL parser drops tabs and line breaks silently: refused rather than stored as
+    // something else than what was sent.
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters (such as CR or LF)".into());
+    }
     let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
     if url.scheme() != "http" {
         return Err("scheme must be http (TLS to backends is not supported)".into());
@@ -181,6 +186,22 @@ pub fn check_instance_url(raw: &str) -> Result<(), String> {
         return Err("must not carry a query or fragment".into());
     }
     Ok(())
+}
+
+/// The URL without its userinfo (`http://user:secret@host/` → `http://host/`), for logs,
+/// spans, stored task rows and the admin listing; a URL without userinfo is returned as
+/// it is.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        // Only checked URLs reach here; anything else is not shown at all.
+        Err(_) => "(unparsable url)".to_string(),
+    }
 }
 
 /// The form of an instance URL that duplicates are judged by (`http://Host:80/` and
@@ -198,8 +219,9 @@ pub fn url_key(raw: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct NewInstanceRequest {
     pub kind: InstanceKind,
-    /// `http://host[:port][/path]`; TLS to backends is not supported.
-    #[schema(example = "http://10.0.0.7:8000")]
+    /// `http://host[:port][/path]` (at most 2048 bytes, no query, no control
+    /// characters); TLS to backends is not supported.
+    #[schema(max_length = 2048, example = "http://10.0.0.7:8000")]
     pub url: String,
     /// Defaults from the kind: qwen for image, fastwhisper for speech. Image instances
     /// speak qwen, openai or a1111; speech instances fastwhisper or openai.
@@ -209,9 +231,11 @@ pub struct NewInstanceRequest {
     #[schema(example = "Systran/faster-whisper-small")]
     pub model: Option<String>,
     /// Concurrent calls it takes, 1 to 1024 (default 1).
+    #[schema(minimum = 1, maximum = 1024)]
     pub capacity: Option<u32>,
     /// 1 to 1000 (default 1): share of users under user-hash, preference among equally
     /// loaded instances under least-loaded.
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<u32>,
 }
 
@@ -238,8 +262,10 @@ impl TryFrom<NewInstanceRequest> for InstanceSpec {
 #[serde(deny_unknown_fields)]
 pub struct InstanceChangeRequest {
     /// 1 to 1024; lowering it below the calls in flight lets them finish.
+    #[schema(minimum = 1, maximum = 1024)]
     pub capacity: Option<u32>,
     /// 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<u32>,
     /// `false`: no new work (calls in flight finish), still pinged.
     pub enabled: Option<bool>,
@@ -350,11 +376,24 @@ mod tests {
     }
 
     #[test]
+    fn userinfo_is_redacted_and_other_urls_are_left_as_they_are() {
+        assert_eq!(
+            redact_url("http://user:secret@10.0.0.7:8000/base"),
+            "http://10.0.0.7:8000/base"
+        );
+        assert_eq!(redact_url("http://user@host"), "http://host/");
+        assert_eq!(redact_url("http://10.0.0.7:8000"), "http://10.0.0.7:8000");
+    }
+
+    #[test]
     fn urls_are_judged_by_their_normal_form() {
         assert_eq!(url_key("http://Host:80/"), url_key("http://host"));
         assert_ne!(url_key("http://host:8000"), url_key("http://host:8001"));
         assert!(check_instance_url("http://10.0.0.5:8000/base").is_ok());
         for bad in [
+            "http://127.0.0.1:9/X\r\nX: y",
+            "http://host/\tpath",
+            "http://host/\u{7f}",
             "https://host",
             "http://host/?q=1",
             "http://host/#x",

@@ -17,8 +17,9 @@ pub use idempotency::Idempotency;
 pub use ids::{ImageId, InstanceId, NodeId, TaskId, UserId};
 pub use image_job::{ImageJob, ImageLimits, ImageRequest};
 pub use instance::{
-    check_instance_url, url_key, InstanceChange, InstanceChangeRequest, InstanceKind, InstanceSpec,
-    NewInstanceRequest, Protocol, Strategy, MAX_INSTANCE_CAPACITY, MAX_INSTANCE_WEIGHT,
+    check_instance_url, redact_url, url_key, InstanceChange, InstanceChangeRequest, InstanceKind,
+    InstanceSpec, NewInstanceRequest, Protocol, Strategy, MAX_INSTANCE_CAPACITY,
+    MAX_INSTANCE_WEIGHT,
 };
 pub use new_user::{check_username, NewUser, RegisterRequest};
 pub use openai::{

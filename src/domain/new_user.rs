@@ -5,11 +5,25 @@ use super::ValidationError;
 /// Body of `POST /register`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
-    #[schema(example = "user1")]
+    /// 3 to 20 characters of A-Z, a-z, 0-9 and _; unique whatever its case.
+    #[schema(value_type = String, required = true, pattern = "^[A-Za-z0-9_]{3,20}$",
+        example = "user1")]
     pub username: Option<String>,
-    #[schema(example = "pass1234")]
+    /// 8 to 128 characters.
+    #[schema(value_type = String, required = true, min_length = 8, max_length = 128,
+        example = "pass12345")]
     pub password: Option<String>,
+    /// An address (`local@domain.tld`, no spaces, at most 254 characters); blank is none.
+    #[schema(
+        max_length = 254,
+        pattern = "^[\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*(?:[^@\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]+@[^\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*\\.[^\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*)?[\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*$"
+    )]
     pub email: Option<String>,
+    /// Digits, spaces and `+-()`, at least one digit, at most 32 characters; blank is none.
+    #[schema(
+        max_length = 32,
+        pattern = "^[\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*(?:[0-9 +()-]*[0-9][0-9 +()-]*)?[\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*$"
+    )]
     pub phone: Option<String>,
 }
 
@@ -39,10 +53,24 @@ impl TryFrom<RegisterRequest> for NewUser {
                 "password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
             )));
         }
+        // Lengths are the values' as sent, blanks and all, as the document says.
+        if request
+            .email
+            .as_ref()
+            .is_some_and(|e| e.chars().count() > 254)
+        {
+            return Err(ValidationError::new("email must be at most 254 characters"));
+        }
+        if request
+            .phone
+            .as_ref()
+            .is_some_and(|p| p.chars().count() > 32)
+        {
+            return Err(ValidationError::new("phone must be at most 32 characters"));
+        }
         let email = non_blank(request.email);
         if let Some(email) = &email {
-            let valid = email.len() <= 254
-                && !email.chars().any(char::is_whitespace)
+            let valid = !email.chars().any(char::is_whitespace)
                 && matches!(email.split_once('@'), Some((local, domain)) if !local.is_empty() && domain.contains('.'));
             if !valid {
                 return Err(ValidationError::new("email is not a valid address"));
@@ -50,8 +78,7 @@ impl TryFrom<RegisterRequest> for NewUser {
         }
         let phone = non_blank(request.phone);
         if let Some(phone) = &phone {
-            let valid = phone.len() <= 32
-                && phone.chars().any(|c| c.is_ascii_digit())
+            let valid = phone.chars().any(|c| c.is_ascii_digit())
                 && phone
                     .chars()
                     .all(|c| c.is_ascii_digit() || " +-()".contains(c));

@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 
+use super::image_job::whole;
 use super::{ImageJob, ImageLimits, ImageRequest, ValidationError};
 use crate::backends::transcript_formats::TranscriptFormat;
 
@@ -19,24 +20,43 @@ const MAX_LANGUAGE_CHARS: usize = 32;
 /// are ignored.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct ImageGenerationRequest {
-    #[schema(example = "A watercolor lighthouse at dawn")]
+    /// What to draw: required, not blank, by the rules of `ImageRequest.prompt` (the
+    /// served document states them). An `Option` so a missing prompt gets our message.
+    #[schema(
+        required = true,
+        value_type = String,
+        min_length = 1,
+        example = "A watercolor lighthouse at dawn"
+    )]
     pub prompt: Option<String>,
     /// Accepted and not used for routing: every image instance serves every request.
-    #[schema(example = "infergate-image")]
+    #[schema(
+        example = "infergate-image",
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub model: Option<String>,
     /// Images to make, 1 to 4 (default 1); each is a task of its own.
+    #[schema(minimum = 1, maximum = 4)]
+    #[serde(default, deserialize_with = "whole")]
     pub n: Option<i64>,
     /// `WIDTHxHEIGHT`, each 64 to `image.max_side`, or `auto` (the backend's default).
+    /// The document lists common sizes; any other within the limits is taken too.
     #[schema(example = "512x512")]
     pub size: Option<String>,
     /// `b64_json` (default: the image in the answer) or `url` (a link to
     /// `/api/images/{id}`, fetched with the same credentials).
-    #[schema(example = "b64_json")]
+    #[schema(example = "b64_json", pattern = "^(b64_json|url)$")]
     pub response_format: Option<String>,
     #[schema(example = "blurry, low quality")]
     pub negative_prompt: Option<String>,
     /// Inference steps, 1 to `image.max_steps` (default `image.default_steps`).
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole")]
     pub steps: Option<i64>,
+    /// Non-negative seed for reproducible images.
+    #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "whole")]
     pub seed: Option<i64>,
 }
 

@@ -8,10 +8,10 @@ use entity::user;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{accounts, JwtKeys};
-use crate::domain::{NewUser, RegisterRequest, Role};
+use crate::auth::{accounts, HashPool, JwtKeys};
+use crate::domain::{check_username, NewUser, RegisterRequest, Role};
 use crate::error::{ApiError, ErrorBody};
-use crate::limits::Limits;
+use crate::limits::{client_key, Limits};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/register", web::post().to(register))
@@ -46,7 +46,8 @@ impl From<user::Model> for UserView {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
-    #[schema(example = "user1")]
+    /// 3 to 20 characters of A-Z, a-z, 0-9 and _, in any case.
+    #[schema(pattern = "^[A-Za-z0-9_]{3,20}$", example = "user1")]
     pub username: String,
     #[schema(example = "pass1234")]
     pub password: String,
@@ -63,17 +64,28 @@ pub struct LoginResponse {
 #[utoipa::path(post, path = "/register", tag = "accounts", request_body = RegisterRequest,
     responses(
         (status = 201, description = "Created", body = UserView),
-        (status = 400, description = "Invalid username, password, email or phone", body = ErrorBody),
-        (status = 409, description = "Username taken", body = ErrorBody),
+        (status = 400, description = "Invalid username, password, email or phone, or a malformed body", body = ErrorBody),
+        (status = 409, description = "Username taken (usernames are case-insensitive)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Too many passwords being hashed right now (Retry-After)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(username))]
 pub async fn register(
+    req: HttpRequest,
     db: web::Data<DatabaseConnection>,
+    hasher: web::Data<HashPool>,
+    limits: web::Data<Limits>,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let new_user = NewUser::try_from(body.into_inner())?;
     tracing::Span::current().record("username", new_user.username.as_str());
-    let created = accounts::create_user(&db, new_user, Role::User).await?;
+    // Each registration costs a password hash: an address gets a few a minute.
+    if let (Some(limit), Some(addr)) = (&limits.register_addr, client_addr(&req, &limits)) {
+        limit.check(&addr).map_err(ApiError::RateLimited)?;
+    }
+    let created = accounts::create_user(&db, &hasher, new_user, Role::User).await?;
     tracing::info!(user_id = created.id, "user registered");
     Ok(HttpResponse::Created().json(UserView::from(created)))
 }
@@ -82,26 +94,37 @@ pub async fn register(
 #[utoipa::path(post, path = "/login", tag = "accounts", request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = LoginResponse),
-        (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 400, description = "Malformed body, or a username no account can have (3 to 20 characters of A-Z, a-z, 0-9 and _)", body = ErrorBody),
+        (status = 401, description = "Wrong username or password, or a disabled account", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 429, description = "Too many attempts for this username or from this address (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Too many passwords being checked right now (Retry-After)", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(username = %body.username))]
+#[tracing::instrument(skip_all, fields(username))]
 pub async fn login(
     req: HttpRequest,
     db: web::Data<DatabaseConnection>,
     keys: web::Data<JwtKeys>,
+    hasher: web::Data<HashPool>,
     limits: web::Data<Limits>,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let LoginRequest { username, password } = body.into_inner();
-    // Password guessing is throttled per account and per client, before any hashing.
-    if let Some(limit) = &limits.login_name {
-        limit.check(&username).map_err(ApiError::RateLimited)?;
-    }
+    // No account has a name outside the rules: refused before it reaches any limiter's
+    // state or the log.
+    check_username(&username)?;
+    tracing::Span::current().record("username", username.as_str());
+    // Password guessing is throttled per client and per account, before any hashing.
     if let (Some(limit), Some(addr)) = (&limits.login_addr, client_addr(&req, &limits)) {
         limit.check(&addr).map_err(ApiError::RateLimited)?;
     }
-    let user = accounts::check_login(&db, &username, password).await?;
+    if let Some(limit) = &limits.login_name {
+        limit
+            .check(&username.to_ascii_lowercase())
+            .map_err(ApiError::RateLimited)?;
+    }
+    let user = accounts::check_login(&db, &hasher, &username, password).await?;
     let token = keys
         .issue(user.id, &user.username, user.role)
         .map_err(|e| ApiError::Internal(format!("cannot sign token: {e}")))?;
@@ -111,7 +134,8 @@ pub async fn login(
     }))
 }
 
-/// The client's address: the TCP peer, or what a trusted proxy says it forwarded.
+/// The client's address as limits key it (`client_key`): the TCP peer, or what a trusted
+/// proxy says it forwarded.
 fn client_addr(req: &HttpRequest, limits: &Limits) -> Option<IpAddr> {
     let forwarded = limits.trust_forwarded_for.then(|| {
         let info = req.connection_info();
@@ -124,4 +148,5 @@ fn client_addr(req: &HttpRequest, limits: &Limits) -> Option<IpAddr> {
     forwarded
         .flatten()
         .or_else(|| req.peer_addr().map(|addr| addr.ip()))
+        .map(client_key)
 }

@@ -2,6 +2,7 @@
 //! the gateway runs. Admins only (`AdminUser`: the role is checked in the database).
 
 use actix::Addr;
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 
 use crate::actors::messages::ListNodes;
@@ -14,20 +15,20 @@ use crate::domain::{
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
-use crate::http::caller::AdminUser;
+use crate::http::caller::{require_admin, AdminUser};
 
+/// Every admin route lives in this one scope, behind `require_admin`: the role is checked
+/// before any extractor runs.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/admin/instances", web::get().to(list_instances))
-        .route("/api/v1/admin/instances", web::post().to(add_instance))
-        .route(
-            "/api/v1/admin/instances/{id}",
-            web::patch().to(update_instance),
-        )
-        .route(
-            "/api/v1/admin/instances/{id}",
-            web::delete().to(remove_instance),
-        )
-        .route("/api/v1/admin/nodes", web::get().to(list_nodes));
+    cfg.service(
+        web::scope("/api/v1/admin")
+            .wrap(from_fn(require_admin))
+            .route("/instances", web::get().to(list_instances))
+            .route("/instances", web::post().to(add_instance))
+            .route("/instances/{id}", web::patch().to(update_instance))
+            .route("/instances/{id}", web::delete().to(remove_instance))
+            .route("/nodes", web::get().to(list_nodes)),
+    );
 }
 
 /// A gateway process, as `/api/v1/admin/nodes` shows it.
@@ -98,6 +99,8 @@ pub async fn list_instances(
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 409, description = "An instance of this kind and url exists (from settings.toml or the API), or is still draining", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "The database is unavailable (nothing was added)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id))]
@@ -128,6 +131,8 @@ pub async fn add_instance(
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such instance", body = ErrorBody),
         (status = 409, description = "The instance is draining", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "The database is unavailable (nothing was changed)", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id = *id))]

@@ -1,15 +1,20 @@
 //! Who is calling, as extractors: `AuthUser` (a login token), `AdminUser` (the token of a
 //! user the database says is an admin now) and `DeviceOrUser` (a device API key or a
 //! login token). What they check is `crate::auth`'s; here it becomes a request's caller.
+//! Every one of them also checks that the user still exists and is not disabled
+//! (`UserStanding`), so a removed or disabled user's token or key gets 401 everywhere.
 
-use std::future::{ready, Ready};
+use std::future::ready;
 
-use actix_web::{http::header, web, FromRequest, HttpRequest};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{http::header, web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt;
 use sea_orm::DatabaseConnection;
 
-use crate::auth::{api_keys, AuthError, JwtKeys};
+use crate::auth::{api_keys, AuthError, JwtKeys, UserStanding};
 use crate::domain::{Role, UserId};
 use crate::error::ApiError;
 use crate::store::users;
@@ -24,11 +29,26 @@ pub struct AuthUser {
 
 impl FromRequest for AuthUser {
     type Error = ApiError;
-    type Future = Ready<Result<AuthUser, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<AuthUser, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        ready(from_jwt(req).map_err(ApiError::from))
+        let user = match from_jwt(req) {
+            Ok(user) => user,
+            Err(e) => return ready(Err(e.into())).boxed_local(),
+        };
+        let standing = standing(req);
+        async move {
+            standing.check(user.id).await?;
+            Ok(user)
+        }
+        .boxed_local()
     }
+}
+
+fn standing(req: &HttpRequest) -> web::Data<UserStanding> {
+    req.app_data::<web::Data<UserStanding>>()
+        .cloned()
+        .expect("startup registers the UserStanding")
 }
 
 /// The caller of a route that takes only login tokens.
@@ -77,11 +97,12 @@ fn verify_jwt(req: &HttpRequest, token: &str) -> Result<AuthUser, AuthError> {
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
-impl FromRequest for AdminUser {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<AdminUser, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+impl AdminUser {
+    /// The request's admin, checked against the database, or why not (401, 403).
+    pub fn of(req: &HttpRequest) -> LocalBoxFuture<'static, Result<AdminUser, ApiError>> {
+        if let Some(admin) = req.extensions().get::<AdminUser>() {
+            return ready(Ok(admin.clone())).boxed_local();
+        }
         let user = match from_jwt(req) {
             Ok(user) => user,
             Err(e) => return ready(Err(e.into())).boxed_local(),
@@ -95,6 +116,9 @@ impl FromRequest for AdminUser {
                 .await
                 .map_err(AuthError::from)?
                 .ok_or(AuthError::UserGone)?;
+            if row.disabled {
+                return Err(AuthError::Disabled.into());
+            }
             if row.role != Role::Admin {
                 return Err(AuthError::NotAdmin.into());
             }
@@ -107,10 +131,36 @@ impl FromRequest for AdminUser {
     }
 }
 
+/// The admin `require_admin` found, or the same check done here.
+impl FromRequest for AdminUser {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<AdminUser, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        AdminUser::of(req)
+    }
+}
+
+/// Middleware of the admin scope: the caller must be an admin before anything of the
+/// request (path, query, Content-Type, body) is looked at, so a non-admin always gets
+/// 401 or 403, never a 400, 404 or 415 that would depend on what they sent.
+pub async fn require_admin(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let admin = match AdminUser::of(req.request()).await {
+        Ok(admin) => admin,
+        Err(refused) => return Ok(req.error_response(refused)),
+    };
+    req.extensions_mut().insert(admin);
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
 /// A caller of the device-facing endpoints (speech, the OpenAI-compatible routes, image
 /// downloads): a device with an API key (`X-API-Key: <key>` or `Authorization: Bearer
 /// igk_…`, as the OpenAI SDKs send an `api_key`), or a user with a JWT. Either way it
-/// acts as the key's owner, with the owner's role.
+/// acts as the key's owner, with the owner's role (a key's: the owner's now, since a key
+/// outlives promotions; a token's: the one it carries).
 #[derive(Debug, Clone)]
 pub struct DeviceOrUser {
     pub user_id: UserId,
@@ -132,12 +182,20 @@ impl FromRequest for DeviceOrUser {
             None => match bearer_token(req) {
                 Ok(token) if api_keys::is_api_key(token) => token.to_string(),
                 Ok(token) => {
-                    let user = verify_jwt(req, token).map(|user| DeviceOrUser {
-                        user_id: user.id,
-                        key_id: None,
-                        role: user.role,
-                    });
-                    return ready(user.map_err(ApiError::from)).boxed_local();
+                    let user = match verify_jwt(req, token) {
+                        Ok(user) => user,
+                        Err(e) => return ready(Err(e.into())).boxed_local(),
+                    };
+                    let standing = standing(req);
+                    return async move {
+                        standing.check(user.id).await?;
+                        Ok(DeviceOrUser {
+                            user_id: user.id,
+                            key_id: None,
+                            role: user.role,
+                        })
+                    }
+                    .boxed_local();
                 }
                 Err(e) => return ready(Err(e.into())).boxed_local(),
             },
@@ -146,6 +204,7 @@ impl FromRequest for DeviceOrUser {
             .app_data::<web::Data<DatabaseConnection>>()
             .cloned()
             .expect("startup registers the database");
+        let standing = standing(req);
         async move {
             if !api_keys::is_api_key(&key) {
                 return Err(AuthError::InvalidKey.into());
@@ -154,15 +213,11 @@ impl FromRequest for DeviceOrUser {
                 .await
                 .map_err(AuthError::from)?
                 .ok_or(AuthError::InvalidKey)?;
-            // The owner's role now (a key outlives promotions), as for an admin's token.
-            let owner = users::find_by_id(&db, found.user_id)
-                .await
-                .map_err(AuthError::from)?
-                .ok_or(AuthError::UserGone)?;
+            let role = standing.check(UserId(found.user_id)).await?;
             Ok(DeviceOrUser {
                 user_id: UserId(found.user_id),
                 key_id: Some(found.id),
-                role: owner.role,
+                role,
             })
         }
         .boxed_local()

@@ -1,10 +1,15 @@
-//! The OpenAPI document (`/api-docs/openapi.json`), generated from the handlers, and
-//! Swagger UI at `/docs`.
+//! The OpenAPI document (`/api-docs/openapi.json`), generated from the handlers with the
+//! running server's limits filled in, and Swagger UI at `/docs`. `.ci/schemathesis` checks
+//! that the server answers what the document says.
 
 use actix_web::{web, HttpResponse};
+use utoipa::openapi::schema::{AdditionalProperties, Schema};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi};
-use utoipa_swagger_ui::SwaggerUi;
+use utoipa_swagger_ui::{Config, SwaggerUi};
+
+use crate::settings::Settings;
 
 use super::{accounts, admin, image, keys, openai, speech, system, tasks};
 
@@ -23,7 +28,7 @@ use super::{accounts, admin, image, keys, openai, speech, system, tasks};
         openai::images::generations, openai::transcriptions::transcriptions, openai::models::list_models,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::OpenAiErrorBody)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &Shapes),
     tags(
         (name = "accounts", description = "Registration and login"),
         (name = "image", description = "Asynchronous text-to-image"),
@@ -62,8 +67,113 @@ impl Modify for SecuritySchemes {
     }
 }
 
+/// What attributes cannot say: a form takes no fields but `file` in the document (the
+/// server skips others, but not every name a client can make up parses), and a change
+/// names at least one field.
+struct Shapes;
+
+impl Modify for Shapes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(form) = object(openapi, "TranscribeForm") {
+            form.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+        if let Some(change) = object(openapi, "InstanceChangeRequest") {
+            change.min_properties = Some(1);
+        }
+    }
+}
+
+/// A component schema that is an object.
+fn object<'a>(
+    openapi: &'a mut utoipa::openapi::OpenApi,
+    name: &str,
+) -> Option<&'a mut utoipa::openapi::schema::Object> {
+    let components = openapi.components.as_mut()?;
+    match components.schemas.get_mut(name)? {
+        RefOr::T(Schema::Object(object)) => Some(object),
+        _ => None,
+    }
+}
+
+/// A property of a component object.
+fn property<'a>(
+    openapi: &'a mut utoipa::openapi::OpenApi,
+    schema: &str,
+    name: &str,
+) -> Option<&'a mut utoipa::openapi::schema::Object> {
+    match object(openapi, schema)?.properties.get_mut(name)? {
+        RefOr::T(Schema::Object(object)) => Some(object),
+        _ => None,
+    }
+}
+
+/// Sizes the document offers for `/v1/images/generations` (OpenAI's and Stable
+/// Diffusion's usual ones), those within `image.max_side`. Any other size in range works.
+const COMMON_SIZES: [&str; 9] = [
+    "256x256",
+    "512x512",
+    "512x768",
+    "768x512",
+    "768x768",
+    "1024x1024",
+    "1024x1536",
+    "1536x1024",
+    "2048x2048",
+];
+
+/// The document as this server serves it: the limits that come from its settings are its
+/// own, so a request the document allows is one the server takes.
+pub struct ApiDocument(String);
+
+impl ApiDocument {
+    pub fn new(settings: &Settings) -> ApiDocument {
+        let mut openapi = ApiDoc::openapi();
+        let image = &settings.image;
+        for side in ["width", "height"] {
+            if let Some(p) = property(&mut openapi, "ImageRequest", side) {
+                p.maximum = Some(image.max_side.into());
+            }
+        }
+        for schema in ["ImageRequest", "ImageGenerationRequest"] {
+            if let Some(p) = property(&mut openapi, schema, "steps") {
+                p.maximum = Some(image.max_steps.into());
+            }
+        }
+        if let Some(p) = property(&mut openapi, "ImageGenerationRequest", "size") {
+            let fits = |size: &&str| {
+                let (w, h) = size.split_once('x').expect("WIDTHxHEIGHT");
+                [w, h]
+                    .iter()
+                    .all(|side| side.parse::<u32>().is_ok_and(|s| s <= image.max_side))
+            };
+            let sizes = std::iter::once("auto").chain(COMMON_SIZES.iter().copied().filter(fits));
+            p.enum_values = Some(sizes.map(Into::into).collect());
+        }
+        for text in ["prompt", "negative_prompt"] {
+            // Both bodies' prompts are checked by one rule, written once on `ImageRequest`.
+            let pattern = property(&mut openapi, "ImageRequest", text).and_then(|p| {
+                p.max_length = Some(image.max_prompt_chars);
+                p.pattern.clone()
+            });
+            if let Some(p) = property(&mut openapi, "ImageGenerationRequest", text) {
+                p.max_length = Some(image.max_prompt_chars);
+                p.pattern = pattern;
+            }
+        }
+        let json = openapi.to_json().expect("the OpenAPI document serializes");
+        ApiDocument(json)
+    }
+}
+
+async fn document(doc: web::Data<ApiDocument>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.0.clone())
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", ApiDoc::openapi()))
+    cfg.route("/api-docs/openapi.json", web::get().to(document))
+        .service(SwaggerUi::new("/docs/{_:.*}").config(Config::from("/api-docs/openapi.json")))
         .route(
             "/docs",
             web::get().to(|| async {

@@ -4,6 +4,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::web;
 
 use crate::error::ApiError;
+use crate::http::slow_clients::is_deadline;
 
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
@@ -22,6 +23,9 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
                 }
                 JsonPayloadError::Deserialize(e) => {
                     ApiError::MalformedBody(format!("body is not valid JSON: {e}"))
+                }
+                JsonPayloadError::Payload(e) if is_deadline(&e) => {
+                    ApiError::UploadTimeout(format!("{e}; connection closed"))
                 }
                 other => ApiError::MalformedBody(format!("cannot read body: {other}")),
             };

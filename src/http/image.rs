@@ -45,8 +45,9 @@ pub struct SubmitResponse {
         (status = 429, description = "Over the submission rate (Retry-After, X-RateLimit-*) or the unfinished-task quota", body = ErrorBody),
         (status = 503, description = "Queue full or shutting down (see Retry-After)", body = ErrorBody),
     ),
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "Retry-safe submission: the same key and request answer the same task_id and create nothing")))]
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        pattern = "^[!-~]{1,255}$",
+        description = "Retry-safe submission (1 to 255 visible ASCII characters): the same key and request answer the same task_id and create nothing")))]
 #[tracing::instrument(skip_all, fields(user_id = %user.id, task_id))]
 pub async fn submit(
     user: AuthUser,

@@ -7,7 +7,8 @@ use entity::api_key;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::api_keys;
+use crate::auth::api_keys::{self, Refused};
+use crate::auth::AuthError;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::caller::AuthUser;
 use crate::store::api_keys as key_rows;
@@ -24,8 +25,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateKeyRequest {
-    /// A label, e.g. the device it goes on (up to 64 characters).
-    #[schema(example = "kitchen-esp32")]
+    /// A label, e.g. the device it goes on: up to 64 characters without control
+    /// characters; blank is none.
+    #[schema(
+        max_length = 64,
+        pattern = "^[\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*[^\\u0000-\\u001F\\u007F-\\u009F]*[\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]*$",
+        example = "kitchen-esp32"
+    )]
     pub name: Option<String>,
 }
 
@@ -72,6 +78,8 @@ pub struct CreatedKey {
         (status = 400, description = "Invalid name or malformed body", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 409, description = "Too many keys; revoke one first", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(user_id = %user.id, key_id))]
 pub async fn create_key(
@@ -80,12 +88,15 @@ pub async fn create_key(
     body: web::Json<CreateKeyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let name = parse_name(body.into_inner().name)?;
-    if key_rows::count(&db, user.id).await? >= MAX_KEYS_PER_USER as u64 {
-        return Err(ApiError::TooManyKeys {
-            max: MAX_KEYS_PER_USER,
-        });
-    }
-    let (row, key) = api_keys::create(&db, user.id, name).await?;
+    let (row, key) = match api_keys::create(&db, user.id, name, MAX_KEYS_PER_USER as u64).await? {
+        Ok(created) => created,
+        Err(Refused::TooMany) => {
+            return Err(ApiError::TooManyKeys {
+                max: MAX_KEYS_PER_USER,
+            })
+        }
+        Err(Refused::UserGone) => return Err(AuthError::UserGone.into()),
+    };
     tracing::Span::current().record("key_id", row.id);
     tracing::info!("api key created");
     Ok(HttpResponse::Created().json(CreatedKey {
@@ -138,10 +149,20 @@ pub async fn delete_key(
 
 /// A trimmed name of at most 64 characters without control characters; blank is none.
 fn parse_name(name: Option<String>) -> Result<Option<String>, ApiError> {
+    // The length is the name's as sent, blanks and all, as the document says.
+    let too_long = name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_NAME_CHARS);
     let Some(name) = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) else {
-        return Ok(None);
+        return if too_long {
+            Err(ApiError::Validation(format!(
+                "name must be at most {MAX_NAME_CHARS} characters"
+            )))
+        } else {
+            Ok(None)
+        };
     };
-    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    if too_long || name.chars().any(char::is_control) {
         return Err(ApiError::Validation(format!(
             "name must be at most {MAX_NAME_CHARS} characters, without control characters"
         )));

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod image;
 pub mod keys;
 pub mod openai;
+pub mod slow_clients;
 pub mod speech;
 pub mod system;
 pub mod tasks;

@@ -15,7 +15,7 @@ use crate::domain::UserId;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::caller::DeviceOrUser;
 use crate::limits::Limits;
-use crate::speech::{Audio, SpeechError, SpeechService};
+use crate::speech::{Audio, Pace, SpeechError, SpeechService};
 
 /// Multipart framing (boundaries, part headers) allowed on top of `max_upload_bytes` when
 /// judging a Content-Length up front.
@@ -76,14 +76,22 @@ pub async fn transcribe(
     let deadline = speech.upload_deadline();
     let mut form = open_form(&req, payload, &speech)?;
     let skip = |_: &str, _: &[u8]| Ok(());
-    let (field, audio) = find_file(&mut form, &speech, deadline, skip).await?;
+    let mut pace = speech.pace();
+    let (field, audio) = find_file(&mut form, &speech, &mut pace, deadline, skip).await?;
     // The form stays alive while its field is read: a field reads through it.
     let upload = futures_util::stream::unfold((form, field), |(form, mut field)| async move {
         let item = field.next().await?;
         Some((item, (form, field)))
     });
     let answer = speech
-        .transcribe(caller.user_id, audio, None, Box::pin(upload), deadline)
+        .transcribe(
+            caller.user_id,
+            audio,
+            None,
+            Box::pin(upload),
+            pace,
+            deadline,
+        )
         .await?;
     tracing::debug!(code = answer.code, "file transcribed");
     Ok(HttpResponse::Ok().json(answer))
@@ -132,7 +140,14 @@ pub async fn pcm(
         }
     }
     let answer = speech
-        .transcribe(caller.user_id, Audio::Pcm, None, payload, deadline)
+        .transcribe(
+            caller.user_id,
+            Audio::Pcm,
+            None,
+            payload,
+            speech.pace(),
+            deadline,
+        )
         .await?;
     tracing::debug!(code = answer.code, "pcm transcribed");
     Ok(HttpResponse::Ok().json(answer))
@@ -179,11 +194,13 @@ pub(super) fn open_form(
 pub(super) async fn find_file(
     form: &mut Multipart,
     speech: &SpeechService,
+    pace: &mut Pace,
     deadline: tokio::time::Instant,
     keep: impl FnMut(&str, &[u8]) -> Result<(), ApiError>,
 ) -> Result<(Field, Audio), ApiError> {
     let limits = speech.limits();
-    let (field, received) = tokio::time::timeout_at(deadline, fields_to_file(form, speech, keep))
+    let fields = fields_to_file(form, speech, pace, keep);
+    let (field, received) = tokio::time::timeout_at(deadline, fields)
         .await
         .map_err(|_| SpeechError::TooSlow(limits.max_upload_secs))??;
     let disposition = field.content_disposition();
@@ -202,12 +219,13 @@ pub(super) async fn find_file(
 async fn fields_to_file(
     form: &mut Multipart,
     speech: &SpeechService,
+    pace: &mut Pace,
     mut keep: impl FnMut(&str, &[u8]) -> Result<(), ApiError>,
 ) -> Result<(Field, usize), ApiError> {
     let max = speech.limits().max_upload_bytes;
     let mut received = 0;
     for _ in 0..=MAX_OTHER_FIELDS {
-        let Some(mut field) = speech.next_chunk(form.next()).await? else {
+        let Some(mut field) = speech.next_chunk(pace, form.next()).await? else {
             return Err(ApiError::Validation(
                 "multipart field `file` is required".into(),
             ));
@@ -216,8 +234,9 @@ async fn fields_to_file(
             return Ok((field, received));
         }
         let name = field.name().unwrap_or_default().to_string();
-        while let Some(chunk) = speech.next_chunk(field.next()).await? {
+        while let Some(chunk) = speech.next_chunk(pace, field.next()).await? {
             received += chunk.len();
+            pace.add(chunk.len());
             if received > max {
                 return Err(SpeechError::TooLarge(max).into());
             }

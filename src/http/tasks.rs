@@ -32,6 +32,7 @@ pub struct TasksQuery {
     /// One task; without it, the list.
     pub task_id: Option<String>,
     /// How many of the newest tasks to list, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -76,11 +77,19 @@ impl From<task::Model> for TaskView {
     }
 }
 
+/// What `GET /api/v1/tasks` answers: one task, or a list (documentation only).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum TasksAnswer {
+    One(TaskView),
+    Many(Vec<TaskView>),
+}
+
 /// With `task_id`: that task (if it is yours). Without: your newest tasks first.
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(TasksQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The task, or a list of tasks newest first", body = TaskView),
+        (status = 200, description = "With task_id: that task. Without: a list of your tasks, newest first", body = TasksAnswer),
         (status = 400, description = "Invalid limit", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 404, description = "No such task of yours", body = ErrorBody),
@@ -93,18 +102,19 @@ pub async fn get_tasks(
     query: web::Query<TasksQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let TasksQuery { task_id, limit } = query.into_inner();
+    // Checked whether or not it is used: a request the document refuses is refused.
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::Validation(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
     if let Some(task_id) = task_id {
         let task = tasks::get(&db, user.id, &TaskId::from(task_id))
             .await?
             .ok_or(ApiError::NotFound("task"))?;
         let views = with_positions(&dispatcher, user.id, vec![task]).await?;
         return Ok(HttpResponse::Ok().json(&views[0]));
-    }
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::Validation(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
     }
     let newest = tasks::newest(&db, user.id, limit as u64).await?;
     Ok(HttpResponse::Ok().json(with_positions(&dispatcher, user.id, newest).await?))

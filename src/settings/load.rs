@@ -41,6 +41,11 @@ impl Settings {
             ("submit", limits.submit_per_minute, limits.submit_burst),
             ("speech", limits.speech_per_minute, limits.speech_burst),
             ("login", limits.login_per_minute, limits.login_burst),
+            (
+                "register",
+                limits.register_per_minute,
+                limits.register_burst,
+            ),
         ] {
             if per_minute > 0 && burst == 0 {
                 return invalid(
@@ -76,6 +81,16 @@ impl Settings {
         let at_least_1 = "must be at least 1";
         let otlp_url = url::Url::parse(&telemetry.otlp_endpoint);
         vec![
+            (
+                "server.body_timeout_secs",
+                self.server.body_timeout_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "server.max_connections",
+                self.server.max_connections >= 1,
+                at_least_1,
+            ),
             ("database.url", !db.url.is_empty(), "must not be empty"),
             (
                 "database.max_connections",
@@ -96,6 +111,16 @@ impl Settings {
                 "auth.token_ttl_hours",
                 auth.token_ttl_hours >= 1,
                 at_least_1,
+            ),
+            (
+                "auth.max_concurrent_hashes",
+                auth.max_concurrent_hashes <= 64,
+                "must be at most 64 (each hash holds about 19 MiB); 0 = one per core",
+            ),
+            (
+                "auth.max_queued_hashes",
+                auth.max_queued_hashes <= 1024,
+                "must be at most 1024",
             ),
             ("queue.capacity", queue.capacity >= 1, at_least_1),
             ("queue.max_wait_secs", queue.max_wait_secs >= 1, at_least_1),

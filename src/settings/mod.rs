@@ -50,6 +50,12 @@ pub struct ServerSettings {
     pub max_json_bytes: usize,
     /// On SIGTERM/SIGINT, how long running tasks may take to finish.
     pub shutdown_grace_secs: u64,
+    /// Longest a request body (other than a streamed speech upload) may take to arrive.
+    pub body_timeout_secs: u64,
+    /// Open connections at once, split evenly among the HTTP worker threads.
+    pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64); 0 = no cap.
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -68,6 +74,13 @@ pub struct AuthSettings {
     /// Empty: generate a strong secret once and keep it in the database.
     pub jwt_secret: String,
     pub token_ttl_hours: u64,
+    /// Passwords hashed at once (each takes about 19 MiB and a core); 0: one per core.
+    pub max_concurrent_hashes: usize,
+    /// Hashes that may wait for a hashing thread; more are refused at once (503).
+    pub max_queued_hashes: usize,
+    /// How long a user's standing (exists, not disabled) is remembered between database
+    /// lookups; 0: looked up on every request.
+    pub user_cache_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -125,8 +138,12 @@ pub struct SpeechSettings {
     pub max_upload_bytes: usize,
     /// Longest PCM stream, in seconds of 16 kHz 16-bit mono audio.
     pub max_pcm_seconds: u64,
-    /// A client that sends nothing for this long mid-upload is cut off.
+    /// A client that sends nothing for this long mid-upload (or before its first byte)
+    /// is cut off.
     pub read_timeout_secs: u64,
+    /// From its first byte on, an upload must arrive at least this fast on average (after
+    /// a 2 s grace); 0 = no minimum. 16000 is half of real-time 16 kHz 16-bit audio.
+    pub min_bytes_per_sec: u64,
     /// Longest a whole upload may take, so a trickling client cannot hold an instance.
     pub max_upload_secs: u64,
     /// Longest wait for a free healthy speech instance.
@@ -260,6 +277,9 @@ impl Default for ServerSettings {
             port: 8080,
             max_json_bytes: 64 * 1024,
             shutdown_grace_secs: 30,
+            body_timeout_secs: 10,
+            max_connections: 10_000,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -279,6 +299,9 @@ impl Default for AuthSettings {
         AuthSettings {
             jwt_secret: String::new(),
             token_ttl_hours: 24,
+            max_concurrent_hashes: 0,
+            max_queued_hashes: 16,
+            user_cache_secs: 2,
         }
     }
 }
@@ -334,6 +357,7 @@ impl Default for SpeechSettings {
             max_upload_bytes: 10 * 1024 * 1024,
             max_pcm_seconds: 60,
             read_timeout_secs: 10,
+            min_bytes_per_sec: 16_000,
             max_upload_secs: 120,
             max_wait_secs: 5,
             max_waiting: 32,
@@ -356,6 +380,9 @@ pub struct LimitSettings {
     /// Login attempts per username and per client address per minute; 0 = no limit.
     pub login_per_minute: u32,
     pub login_burst: u32,
+    /// Registrations per client address per minute; 0 = no limit.
+    pub register_per_minute: u32,
+    pub register_burst: u32,
     /// Unfinished (queued or running) image tasks per user; 0 = no quota.
     pub max_queued_per_user: u32,
     /// Serve users with queued tasks in turn; false: strict submission order.
@@ -363,8 +390,8 @@ pub struct LimitSettings {
     /// While normal tasks wait, VIP tasks get at most this many dispatches in a row
     /// before a normal task gets one (the aging bound); 0 = no VIP priority.
     pub vip_share: u32,
-    /// Take the client address for login limits from X-Forwarded-For / Forwarded (only
-    /// behind a trusted proxy).
+    /// Take the client address for login and registration limits from X-Forwarded-For /
+    /// Forwarded (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
 }
 
@@ -377,6 +404,8 @@ impl Default for LimitSettings {
             speech_burst: 10,
             login_per_minute: 10,
             login_burst: 5,
+            register_per_minute: 10,
+            register_burst: 5,
             max_queued_per_user: 20,
             fair_order: true,
             vip_share: 4,

@@ -593,4 +593,3 @@ mod tests {
         assert_eq!(segments[2].2, "simulated segment 3");
     }
 }
-

@@ -10,6 +10,12 @@
 //! Memory stays bounded and the backend hears the first audio at once. Limits are judged
 //! by counting as the bytes arrive, and an upload that breaks one aborts the backend
 //! request rather than ending it, so the backend never transcribes a cut-off body.
+//!
+//! A request holds no instance until its client has sent audio: the first chunk is
+//! awaited (for at most `read_timeout_secs`) before the lease is asked for. From its
+//! first byte on, an upload must keep to `min_bytes_per_sec` on average (`Pace`), so a
+//! device trickling a few bytes at a time is cut off (408) within seconds rather than
+//! holding the instance until `max_upload_secs`.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -40,6 +46,8 @@ pub enum SpeechError {
     Stalled(u64),
     #[error("the upload took longer than {0}s; upload cut off")]
     TooSlow(u64),
+    #[error("the upload arrived slower than {0} bytes a second; upload cut off")]
+    BelowMinRate(u64),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("audio is longer than {0}s of 16 kHz 16-bit mono PCM")]
@@ -66,6 +74,7 @@ impl SpeechError {
             self,
             SpeechError::Stalled(_)
                 | SpeechError::TooSlow(_)
+                | SpeechError::BelowMinRate(_)
                 | SpeechError::TooLarge(_)
                 | SpeechError::TooLong(_)
                 | SpeechError::OddLength
@@ -108,16 +117,33 @@ impl SpeechService {
         tokio::time::Instant::now() + secs(self.limits.max_upload_secs)
     }
 
-    /// The client's next item; a client silent for `read_timeout_secs` is cut off.
+    /// A new upload's pace.
+    pub fn pace(&self) -> Pace {
+        Pace {
+            min_rate: self.limits.min_bytes_per_sec,
+            started: None,
+            received: 0,
+        }
+    }
+
+    /// The client's next item; a client silent for `read_timeout_secs`, or falling
+    /// behind its pace, is cut off.
     pub async fn next_chunk<T, E: Display>(
         &self,
+        pace: &mut Pace,
         next: impl Future<Output = Option<Result<T, E>>>,
     ) -> Result<Option<T>, SpeechError> {
-        match tokio::time::timeout(secs(self.limits.read_timeout_secs), next).await {
+        let silence = tokio::time::Instant::now() + secs(self.limits.read_timeout_secs);
+        let behind = pace.behind_at().filter(|&at| at < silence);
+        match tokio::time::timeout_at(behind.unwrap_or(silence), next).await {
+            Err(_) if behind.is_some() => Err(SpeechError::BelowMinRate(pace.min_rate)),
             Err(_) => Err(SpeechError::Stalled(self.limits.read_timeout_secs)),
             Ok(None) => Ok(None),
             Ok(Some(Err(e))) => Err(SpeechError::Unreadable(e.to_string())),
-            Ok(Some(Ok(item))) => Ok(Some(item)),
+            Ok(Some(Ok(item))) => {
+                pace.started.get_or_insert_with(tokio::time::Instant::now);
+                Ok(Some(item))
+            }
         }
     }
 
@@ -130,15 +156,23 @@ impl SpeechService {
         user_id: UserId,
         audio: Audio,
         language: Option<&str>,
-        upload: S,
+        mut upload: S,
+        mut pace: Pace,
         deadline: tokio::time::Instant,
     ) -> Result<SpeechToTextResponse, SpeechError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
+        // Nothing is leased while the client has sent nothing.
+        let first = tokio::time::timeout_at(deadline, self.next_chunk(&mut pace, upload.next()))
+            .await
+            .map_err(|_| SpeechError::TooSlow(self.limits.max_upload_secs))??;
+        let asked = tokio::time::Instant::now();
         let lease = self.acquire(user_id).await?;
-        tracing::Span::current().record("instance", lease.url.as_str());
+        // Waiting for the instance is not the client's time.
+        pace.shift(asked.elapsed());
+        tracing::Span::current().record("instance", lease.shown_url.as_str());
         let (body, stream) = fastwhisper::body_channel(secs(self.limits.timeout_secs));
         let client = CLIENT.with(Clone::clone);
         let (base, model) = (lease.url.clone(), lease.model.clone());
@@ -171,17 +205,19 @@ impl SpeechService {
         let call_span = telemetry::backend_span(&format!("{}{path}", base.trim_end_matches('/')));
         let headers = telemetry::propagation_headers(&call_span);
         let framed = backends::transcription(&client, target, kind, language, stream, &headers);
-        let mut upload = upload;
         let pump = async {
             if let Some(opening) = framed.opening {
                 body.send(opening).await?;
             }
-            while let Some(chunk) = self.next_chunk(upload.next()).await? {
+            let mut next = first;
+            while let Some(chunk) = next.take() {
                 received += chunk.len() as u64;
+                pace.add(chunk.len());
                 if received > max_bytes {
                     return Err(too_much());
                 }
                 body.send(chunk).await?;
+                next = self.next_chunk(&mut pace, upload.next()).await?;
             }
             if matches!(kind, Upload::Pcm) && !received.is_multiple_of(2) {
                 return Err(SpeechError::OddLength);
@@ -276,4 +312,37 @@ impl SpeechService {
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
+}
+
+/// Slack an upload gets before its pace is judged: bursts and a slow start are fine.
+const PACE_GRACE: Duration = Duration::from_secs(2);
+
+/// How fast an upload must arrive: from its first byte on, at least `min_rate` bytes a
+/// second on average, after `PACE_GRACE`. The form data before a file counts too.
+pub struct Pace {
+    /// 0: no minimum.
+    min_rate: u64,
+    /// When the first item arrived (shifted by the time spent waiting for an instance).
+    started: Option<tokio::time::Instant>,
+    received: u64,
+}
+
+impl Pace {
+    /// Counts bytes received.
+    pub fn add(&mut self, bytes: usize) {
+        self.received += bytes as u64;
+    }
+
+    /// When the upload falls behind its pace unless more arrives.
+    fn behind_at(&self) -> Option<tokio::time::Instant> {
+        let started = self.started.filter(|_| self.min_rate > 0)?;
+        let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        Some(started + PACE_GRACE + earned)
+    }
+
+    fn shift(&mut self, by: Duration) {
+        if let Some(started) = &mut self.started {
+            *started += by;
+        }
+    }
 }

@@ -1,11 +1,12 @@
 //! Device API key rows: only the key's hash is ever stored.
 
 use chrono::{TimeDelta, Utc};
-use entity::api_key;
-use entity::prelude::ApiKey;
+use entity::prelude::{ApiKey, User};
+use entity::{api_key, user};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, Set,
+    QueryOrder, Set, TransactionTrait,
 };
 
 use super::StoreError;
@@ -21,11 +22,46 @@ pub struct NewKey {
     pub key_hash: String,
 }
 
-pub async fn insert(
+/// How a capped insert went.
+#[derive(Debug)]
+pub enum KeyInsert {
+    Created(api_key::Model),
+    /// The user already holds `max` keys; nothing was stored.
+    TooMany,
+    /// The user no longer exists; nothing was stored.
+    UserGone,
+}
+
+/// Stores the key unless the user already holds `max`. The count and the insert share
+/// one transaction that first takes a lock on the user (the row's lock on PostgreSQL,
+/// the database's write lock on SQLite, both by writing the row), so concurrent
+/// creations for one user count one after another and the cap holds.
+pub async fn insert_capped(
     db: &DatabaseConnection,
     user_id: UserId,
     key: NewKey,
-) -> Result<api_key::Model, StoreError> {
+    max: u64,
+) -> Result<KeyInsert, StoreError> {
+    let txn = db.begin().await?;
+    let locked = User::update_many()
+        .col_expr(
+            user::Column::Disabled,
+            Expr::col(user::Column::Disabled).into(),
+        )
+        .filter(user::Column::Id.eq(user_id.0))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    if locked == 0 {
+        return Ok(KeyInsert::UserGone);
+    }
+    let held = ApiKey::find()
+        .filter(api_key::Column::UserId.eq(user_id.0))
+        .count(&txn)
+        .await?;
+    if held >= max {
+        return Ok(KeyInsert::TooMany);
+    }
     let row = api_key::ActiveModel {
         user_id: Set(user_id.0),
         name: Set(key.name),
@@ -35,14 +71,9 @@ pub async fn insert(
         last_used_at: Set(None),
         ..Default::default()
     };
-    Ok(row.insert(db).await?)
-}
-
-pub async fn count(db: &DatabaseConnection, user_id: UserId) -> Result<u64, StoreError> {
-    Ok(ApiKey::find()
-        .filter(api_key::Column::UserId.eq(user_id.0))
-        .count(db)
-        .await?)
+    let row = row.insert(&txn).await?;
+    txn.commit().await?;
+    Ok(KeyInsert::Created(row))
 }
 
 /// The user's keys, newest first.

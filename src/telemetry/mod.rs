@@ -175,7 +175,7 @@ pub fn backend_span(url: &str) -> tracing::Span {
         otel.status_code = tracing::field::Empty,
         http.request.method = "POST",
         http.response.status_code = tracing::field::Empty,
-        url.full = %url,
+        url.full = %crate::domain::redact_url(url),
         server.address = parsed.as_ref().and_then(|u| u.host_str()).unwrap_or(""),
         server.port = parsed.as_ref().and_then(|u| u.port_or_known_default()).unwrap_or(0),
         error.type = tracing::field::Empty,

@@ -568,3 +568,123 @@ async fn least_loaded_tries_a_slow_starter_again_later() {
         "the warmed-up instance was never tried again"
     );
 }
+
+/// Requests to admin routes that a parser would refuse (bad bodies, bad ids, a missing
+/// Content-Type, an unknown route), with what an admin gets for each.
+fn unparsable_admin_requests(app: &TestApp) -> Vec<(reqwest::RequestBuilder, StatusCode)> {
+    let c = &app.client;
+    let url = |path: &str| app.url(&format!("/api/v1/admin{path}"));
+    vec![
+        (
+            c.post(url("/instances"))
+                .header("content-type", "application/json")
+                .body("{"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            c.post(url("/instances")).body("kind=image"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            c.post(url("/instances"))
+                .json(&json!({"kind": "image", "url": "http://127.0.0.1:9", "bogus": 1})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            c.patch(url("/instances/not-a-number"))
+                .json(&json!({"enabled": false})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            c.patch(url("/instances/42")).json(&json!({})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (c.delete(url("/instances/abc")), StatusCode::NOT_FOUND),
+        (c.delete(url("/instances/4242")), StatusCode::NOT_FOUND),
+        (c.get(url("/no-such-route")), StatusCode::NOT_FOUND),
+    ]
+}
+
+#[actix_web::test]
+async fn a_non_admin_gets_403_before_anything_of_the_request_is_parsed() {
+    let app = spawn_app().await;
+    let admin = app.new_admin("root").await;
+    let user = app.new_user("alice").await;
+    // Three rounds: the answer must not depend on timing.
+    for _ in 0..3 {
+        for (request, _) in unparsable_admin_requests(&app) {
+            let response = request.bearer_auth(&user.token).send().await.unwrap();
+            assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+        }
+        for (request, _) in unparsable_admin_requests(&app) {
+            let response = request.send().await.unwrap();
+            assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        }
+    }
+    // An admin gets the parser's answer for each.
+    for (request, expected) in unparsable_admin_requests(&app) {
+        let response = request.bearer_auth(&admin.token).send().await.unwrap();
+        assert_eq!(response.status(), expected, "{:?}", response.url());
+    }
+    assert_eq!(instance_rows(&app).await, 0);
+}
+
+#[actix_web::test]
+async fn an_instance_url_with_control_characters_is_refused() {
+    let app = spawn_app().await;
+    let admin = app.new_admin("root").await;
+    for url in [
+        "http://127.0.0.1:9/X\r\nX: y",
+        "http://127.0.0.1:9/\nsecond",
+        "http://127.0.0.1:9/\ttab",
+        "http://127.0.0.1:9/\u{0}",
+    ] {
+        let response = app
+            .add_instance(&admin.token, &json!({"kind": "image", "url": url}))
+            .await;
+        let body = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+        assert!(
+            body["error"].as_str().unwrap().contains("control"),
+            "{body}"
+        );
+    }
+    assert_eq!(instance_rows(&app).await, 0);
+}
+
+#[actix_web::test]
+async fn credentials_in_an_instance_url_are_never_shown() {
+    let sims = start_sims(vec![fast_sim()]);
+    let with_secret = sims[0].url().replace("http://", "http://user:s3cret@");
+    let app = spawn_app_on(sims, |s| {
+        s.instances[0].url = with_secret.clone();
+    })
+    .await;
+    let admin = app.new_admin("root").await;
+    let added = app
+        .add_instance(
+            &admin.token,
+            &json!({"kind": "speech", "url": "http://ops:hunter2@127.0.0.1:9"}),
+        )
+        .await;
+    assert_eq!(added.status(), StatusCode::CREATED);
+    let added: Value = added.json().await.unwrap();
+    assert_eq!(added["url"], "http://127.0.0.1:9/");
+    let listed = serde_json::to_string(&app.instances(&admin.token).await).unwrap();
+    assert!(
+        !listed.contains("s3cret") && !listed.contains("hunter2"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("user:") && !listed.contains("ops:"),
+        "{listed}"
+    );
+
+    app.wait_for_healthy(1).await;
+    let id = app.submit_ok(&admin.token, "a cat").await;
+    app.wait_for_end(&admin.token, &id).await;
+    let stored = app.task_instance(&id).await;
+    assert!(
+        !stored.contains("s3cret") && !stored.contains("user"),
+        "{stored}"
+    );
+}

@@ -1,9 +1,10 @@
 use infergate::auth::Claims;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::StatusCode;
+use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, spawn_app, start, Stopped, TEST_SECRET};
+use crate::helpers::{assert_error, spawn_app, start, Stopped, TestApp, TEST_SECRET};
 
 #[actix_web::test]
 async fn register_and_login() {
@@ -198,4 +199,97 @@ async fn a_generated_secret_survives_a_restart() {
     let second = start(settings, vec![], dir).await;
     let response = second.get("/api/v1/tasks", &user.token).await;
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+async fn register_from(app: &TestApp, forwarded_for: &str, username: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/register"))
+        .header("X-Forwarded-For", forwarded_for)
+        .json(&json!({"username": username, "password": "pass12345"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn registrations_are_limited_per_client_address_with_retry_after() {
+    let app = crate::helpers::spawn_app_with(vec![], |s| {
+        s.limits.register_per_minute = 6;
+        s.limits.register_burst = 3;
+        s.limits.trust_forwarded_for = true;
+    })
+    .await;
+    for i in 0..3 {
+        let response = register_from(&app, "192.0.2.1", &format!("flood_{i}")).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let refused = register_from(&app, "192.0.2.1", "flood_3").await;
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+    assert_error(refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Another address has its own bucket; the refused name was not created.
+    let other = register_from(&app, "198.51.100.7", "flood_3").await;
+    assert_eq!(other.status(), StatusCode::CREATED);
+    let users = entity::prelude::User::find().count(&app.db).await.unwrap();
+    assert_eq!(users, 4);
+}
+
+#[actix_web::test]
+async fn a_registration_flood_beyond_the_hashing_line_gets_503_hashing_busy() {
+    let app = crate::helpers::spawn_app_with(vec![], |s| {
+        s.auth.max_concurrent_hashes = 1;
+        s.auth.max_queued_hashes = 0;
+    })
+    .await;
+    let names: Vec<String> = (0..16).map(|i| format!("burst_{i}")).collect();
+    let attempts = names.iter().map(|name| app.register(name, "pass12345"));
+    let responses = futures_util::future::join_all(attempts).await;
+    let mut created = 0;
+    let mut busy = 0;
+    for response in responses {
+        match response.status() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "hashing_busy").await;
+                busy += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(created >= 1 && busy >= 1, "{created} created, {busy} busy");
+    // Refused registrations stored nothing, and the pool takes work again afterwards.
+    let users = entity::prelude::User::find().count(&app.db).await.unwrap();
+    assert_eq!(users, created);
+    assert_eq!(
+        app.register("after_burst", "pass12345").await.status(),
+        StatusCode::CREATED
+    );
+}
+
+#[actix_web::test]
+async fn a_login_with_a_username_no_account_can_have_is_refused_before_any_limit() {
+    let app = crate::helpers::spawn_app_with(vec![], |s| {
+        s.limits.login_per_minute = 1;
+        s.limits.login_burst = 2;
+    })
+    .await;
+    app.new_user("alice").await;
+    let huge = "u".repeat(48 * 1024);
+    for _ in 0..5 {
+        let response = app.login(&huge, "whatever1").await;
+        assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+        let response = app.login("bad name!", "whatever1").await;
+        assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+    }
+    // Neither the address's bucket nor any name's was touched by them.
+    assert_eq!(
+        app.login("alice", "password123").await.status(),
+        StatusCode::OK
+    );
 }

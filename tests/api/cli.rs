@@ -127,3 +127,149 @@ async fn demo_mode_completes_a_task_with_no_gpu() {
     })
     .await;
 }
+
+fn run(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    infergate(dir).args(args).output().unwrap()
+}
+
+fn add_user(dir: &std::path::Path, name: &str) {
+    let mut child = infergate(dir)
+        .args(["user", "add", name, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"password123\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[actix_web::test]
+async fn user_disable_enable_and_remove_take_effect_on_a_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    add_user(dir.path(), "alice");
+    let gateway = Gateway::start(dir.path(), None, free_port(), &["--demo"]).await;
+    let base = gateway.base.clone();
+    let (_, token) = sign_up(&base, "alice").await;
+    let client = reqwest::Client::new();
+    let status = |token: String| {
+        let client = client.clone();
+        let url = format!("{base}/api/v1/tasks");
+        async move {
+            client
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let refused_within = |what: &'static str, want: StatusCode| {
+        let token = token.clone();
+        let status = &status;
+        async move {
+            eventually(what, Duration::from_secs(10), || async {
+                match status(token.clone()).await {
+                    got if got == want => Ok(()),
+                    got => Err(got),
+                }
+            })
+            .await
+        }
+    };
+    assert_eq!(status(token.clone()).await, StatusCode::OK);
+    assert_eq!(
+        submit(&base, &token, "a task").await.status(),
+        StatusCode::ACCEPTED
+    );
+
+    // Names are matched whatever their case.
+    let disabled = run(dir.path(), &["user", "disable", "ALICE"]);
+    assert!(disabled.status.success(), "{disabled:?}");
+    assert!(String::from_utf8_lossy(&disabled.stdout).contains("alice is now disabled"));
+    refused_within(
+        "the disabled user's token refused",
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+
+    let enabled = run(dir.path(), &["user", "enable", "alice"]);
+    assert!(String::from_utf8_lossy(&enabled.stdout).contains("alice is now enabled"));
+    refused_within("the enabled user's token working again", StatusCode::OK).await;
+
+    let removed = run(dir.path(), &["user", "remove", "alice"]);
+    assert!(removed.status.success(), "{removed:?}");
+    let said = String::from_utf8_lossy(&removed.stdout).to_string();
+    assert!(
+        said.contains("removed user alice") && said.contains("with 1 tasks"),
+        "{said}"
+    );
+    refused_within("the removed user's token refused", StatusCode::UNAUTHORIZED).await;
+
+    for command in ["remove", "disable", "enable"] {
+        let missing = run(dir.path(), &["user", command, "nobody"]);
+        assert!(!missing.status.success());
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("no user named nobody"));
+    }
+    drop(gateway);
+}
+
+#[actix_web::test]
+async fn credentials_in_an_instance_url_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = infergate::simulator::SimBackend::start(
+        infergate::simulator::SimConfig::default(),
+        "127.0.0.1",
+        0,
+    )
+    .unwrap();
+    let url = sim.url().replace("http://", "http://ops:s3cret@");
+    let config =
+        crate::process::write_config(dir.path(), &[(url, 1)], "[health]\ninterval_secs = 1\n");
+    let port = free_port();
+    let mut child = infergate(dir.path())
+        .env("INFERGATE__LOG__LEVEL", "info")
+        .env("INFERGATE__SERVER__HOST", "127.0.0.1")
+        .env("INFERGATE__SERVER__PORT", port.to_string())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Collect both streams on threads of their own until the process ends.
+    let collect = |mut stream: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stream.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = collect(Box::new(child.stdout.take().unwrap()));
+    let err = collect(Box::new(child.stderr.take().unwrap()));
+    let stats = format!("http://127.0.0.1:{port}/api/v1/system/stats");
+    eventually("the instance healthy", Duration::from_secs(20), || async {
+        let stats: Value = reqwest::get(&stats)
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if stats["image_instances"]["healthy"] == 1 {
+            Ok(())
+        } else {
+            Err(stats.to_string())
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = format!("{}{}", out.join().unwrap(), err.join().unwrap());
+    assert!(log.contains("instance is healthy"), "{log}");
+    assert!(!log.contains("s3cret") && !log.contains("ops:"), "{log}");
+}

@@ -177,9 +177,13 @@ async fn a_gateway_killed_mid_run_loses_nothing_and_its_tasks_run_elsewhere() {
     .await;
     let generated_before: u64 = sims.iter().map(SimBackend::generated).sum();
     b.kill();
+    // What it held: RUNNING, or claimed with its call started while RUNNING committed.
     let held = count(
         &db,
-        &format!("SELECT count(*) FROM tasks WHERE holder = '{b_node}' AND status = 'RUNNING'"),
+        &format!(
+            "SELECT count(*) FROM tasks WHERE holder = '{b_node}' \
+             AND status IN ('QUEUED', 'RUNNING')"
+        ),
     )
     .await;
     assert!(held >= 1);

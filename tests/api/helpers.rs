@@ -82,6 +82,7 @@ pub async fn spawn_app_on(sims: Vec<SimBackend>, tweak: impl FnOnce(&mut Setting
     settings.limits.submit_per_minute = 0;
     settings.limits.speech_per_minute = 0;
     settings.limits.login_per_minute = 0;
+    settings.limits.register_per_minute = 0;
     settings.limits.max_queued_per_user = 0;
     settings.instances = sims
         .iter()

@@ -1,7 +1,7 @@
 use entity::prelude::ApiKey;
 use infergate::simulator::SimConfig;
 use reqwest::StatusCode;
-use sea_orm::EntityTrait;
+use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::Value;
 
 use crate::helpers::{assert_error, pcm, spawn_app_with_speech, start_sims, Auth, TestApp};
@@ -157,4 +157,50 @@ async fn bad_keys_and_names_are_refused() {
         .await
         .unwrap();
     assert_error(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}
+
+/// 95 keys stored, then 20 creations at once: exactly 5 get through.
+async fn assert_the_key_cap_holds_under_concurrent_creations(app: &TestApp) {
+    let alice = app.new_user("alice").await;
+    for i in 0..95 {
+        app.create_key(&alice.token, &format!("device {i}")).await;
+    }
+    let create = || {
+        app.client
+            .post(app.url("/api/v1/keys"))
+            .bearer_auth(&alice.token)
+            .json(&serde_json::json!({"name": "racer"}))
+            .send()
+    };
+    let responses = futures_util::future::join_all((0..20).map(|_| create())).await;
+    let mut created = 0;
+    for response in responses {
+        let response = response.unwrap();
+        if response.status() == StatusCode::CREATED {
+            created += 1;
+        } else {
+            assert_error(response, StatusCode::CONFLICT, "too_many_keys").await;
+        }
+    }
+    assert_eq!(created, 5);
+    assert_eq!(list(app, &alice.token).await.len(), 100);
+    assert_eq!(ApiKey::find().count(&app.db).await.unwrap(), 100);
+}
+
+#[actix_web::test]
+async fn the_key_cap_holds_under_concurrent_creations() {
+    let app = crate::helpers::spawn_app().await;
+    assert_the_key_cap_holds_under_concurrent_creations(&app).await;
+}
+
+#[actix_web::test]
+async fn the_key_cap_holds_under_concurrent_creations_on_postgresql() {
+    let Some(database) = crate::postgres::TempDatabase::create().await else {
+        return;
+    };
+    let url = database.url.clone();
+    let app = crate::helpers::spawn_app_with(vec![], |s| s.database.url = url).await;
+    assert_the_key_cap_holds_under_concurrent_creations(&app).await;
+    drop(app);
+    database.drop().await;
 }

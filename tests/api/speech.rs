@@ -451,3 +451,93 @@ async fn a_speech_request_right_after_start_waits_for_the_first_ping_and_succeed
     let response = app.send_pcm(Auth::Bearer(&user.token), pcm(1.0)).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// A chunked body that sends `piece` every `pause`, `count` times.
+fn paced(piece: Vec<u8>, pause: Duration, count: usize) -> Body {
+    let stream = futures_util::stream::iter(0..count).then(move |_| {
+        let piece = piece.clone();
+        async move {
+            tokio::time::sleep(pause).await;
+            Ok::<_, std::io::Error>(piece)
+        }
+    });
+    Body::wrap_stream(stream)
+}
+
+#[actix_web::test]
+async fn a_trickling_device_is_cut_off_and_another_users_request_gets_the_instance() {
+    // One instance of capacity 1; the defaults: half of real time at least, 5 s of wait.
+    let (app, alice) = speech_app(vec![speech_sim()], |_| {}).await;
+    let bob = app.new_user("bob_1").await;
+    let (trickled, others) = tokio::join!(
+        // 2 bytes every half second, for up to 30 s.
+        app.send_pcm(
+            Auth::Bearer(&alice.token),
+            paced(vec![0, 0], Duration::from_millis(500), 60)
+        ),
+        async {
+            app.wait_for_stats("the trickling request holding the instance", |s| {
+                s["speech_instances"]["in_flight"] == 1
+            })
+            .await;
+            app.send_pcm(Auth::Bearer(&bob.token), pcm(1.2)).await
+        }
+    );
+    assert_eq!(others.status(), StatusCode::OK);
+    let body = assert_error(trickled, StatusCode::REQUEST_TIMEOUT, "upload_timeout").await;
+    assert!(body["error"].as_str().unwrap().contains("16000"), "{body}");
+    assert_eq!(transcribed(&app.speech_sims[0]), 1);
+}
+
+#[actix_web::test]
+async fn a_silent_device_holds_no_instance_while_it_waits_for_its_first_bytes() {
+    let (app, alice) = speech_app(vec![speech_sim()], |s| s.speech.read_timeout_secs = 3).await;
+    let bob = app.new_user("bob_1").await;
+    let silent = Body::wrap_stream(futures_util::stream::once(async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, std::io::Error>(pcm(1.0))
+    }));
+    let (silent, others) = tokio::join!(app.send_pcm(Auth::Bearer(&alice.token), silent), async {
+        // Give the silent request time to reach the gateway (it must not matter).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answer = app.send_pcm(Auth::Bearer(&bob.token), pcm(1.2)).await;
+        let in_flight = app.stats().await["speech_instances"]["in_flight"].clone();
+        (answer, in_flight)
+    });
+    let (others, in_flight) = others;
+    assert_eq!(others.status(), StatusCode::OK);
+    assert_eq!(in_flight, 0, "the silent request held an instance");
+    assert_error(silent, StatusCode::REQUEST_TIMEOUT, "upload_timeout").await;
+    assert_eq!(transcribed(&app.speech_sims[0]), 1);
+}
+
+#[actix_web::test]
+async fn pcm_streamed_in_real_time_is_not_cut_off() {
+    let (app, user) = speech_app(vec![speech_sim()], |_| {}).await;
+    // 3 s of audio in 100 ms pieces, as a device records it.
+    let response = app
+        .send_pcm(
+            Auth::Bearer(&user.token),
+            paced(pcm(0.1), Duration::from_millis(100), 30),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["segments"].as_array().unwrap().last().unwrap()["end"],
+        3.0
+    );
+}
+
+#[actix_web::test]
+async fn a_trickled_file_upload_is_cut_off_too() {
+    let (app, user) = speech_app(vec![speech_sim()], |s| s.speech.min_bytes_per_sec = 8000).await;
+    let file =
+        Part::stream(paced(vec![0; 10], Duration::from_millis(300), 100)).file_name("slow.wav");
+    let response = app
+        .transcribe(Auth::Bearer(&user.token), Form::new().part("file", file))
+        .await;
+    assert_error(response, StatusCode::REQUEST_TIMEOUT, "upload_timeout").await;
+    app.wait_for_speech_idle().await;
+    assert_eq!(transcribed(&app.speech_sims[0]), 0);
+}

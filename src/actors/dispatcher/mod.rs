@@ -312,6 +312,7 @@ impl Handler<Submit> for Dispatcher {
                 Inserted::Refused(Refusal::QuotaExceeded { limit }) => {
                     Err(SubmitError::QuotaExceeded { limit })
                 }
+                Inserted::UserGone => Err(SubmitError::UserGone),
                 Inserted::Existing {
                     task_id,
                     request_hash,

@@ -26,7 +26,7 @@ impl InstanceRegistry {
     fn drain(&mut self, index: usize) -> InstanceView {
         let instance = &mut self.instances[index];
         instance.draining = true;
-        tracing::info!(instance = %instance.spec.url, id = %instance.id, in_flight = instance.in_flight, "instance draining");
+        tracing::info!(instance = %instance.shown_url(), id = %instance.id, in_flight = instance.in_flight, "instance draining");
         let view = instance.view();
         self.remove_if_drained(index);
         self.report_capacity();

@@ -84,7 +84,7 @@ impl InstanceRegistry {
                     // Not at its first ping: that is the gateway starting (or the instance
                     // being added), not the instance coming back.
                     let back = instance.seen_up;
-                    tracing::info!(instance = %instance.spec.url, slow_start = back, "instance is healthy");
+                    tracing::info!(instance = %instance.shown_url(), slow_start = back, "instance is healthy");
                     instance.pinged = Pinged::Up;
                     instance.seen_up = true;
                     if back {
@@ -97,7 +97,7 @@ impl InstanceRegistry {
                 if instance.pinged != Pinged::Down
                     || instance.last_error.as_deref() != Some(error.as_str())
                 {
-                    tracing::warn!(instance = %instance.spec.url, %error, "instance is unhealthy");
+                    tracing::warn!(instance = %instance.shown_url(), %error, "instance is unhealthy");
                 }
                 instance.pinged = Pinged::Down;
                 instance.last_error = Some(error);

@@ -8,7 +8,7 @@ use entity::instance;
 
 use super::outlier::{Admission, Outlier};
 use crate::actors::messages::{InstanceSource, InstanceState, InstanceView};
-use crate::domain::{InstanceId, InstanceSpec};
+use crate::domain::{redact_url, InstanceId, InstanceSpec};
 use crate::store::instances;
 
 /// What the instance's pings say.
@@ -137,11 +137,16 @@ impl Instance {
         }
     }
 
+    /// The URL without its userinfo, for logs and the listing.
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.spec.url)
+    }
+
     pub fn view(&self) -> InstanceView {
         InstanceView {
             id: self.id,
             kind: self.spec.kind,
-            url: self.spec.url.clone(),
+            url: self.shown_url(),
             protocol: self.spec.protocol(),
             model: self.spec.model().map(str::to_string),
             capacity: self.spec.capacity,

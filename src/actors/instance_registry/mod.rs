@@ -294,7 +294,7 @@ impl InstanceRegistry {
     fn remove_if_drained(&mut self, index: usize) {
         let instance = &self.instances[index];
         if instance.draining && instance.in_flight == 0 {
-            tracing::info!(instance = %instance.spec.url, id = %instance.id, "instance drained and removed");
+            tracing::info!(instance = %instance.shown_url(), id = %instance.id, "instance drained and removed");
             self.instances.remove(index);
         }
     }
@@ -403,7 +403,7 @@ impl Handler<Release> for InstanceRegistry {
                         Some(instance.latency_ms.map_or(ms, |avg| avg * 0.8 + ms * 0.2));
                     instance.completed += 1;
                     if instance.outlier.succeeded(now) {
-                        tracing::info!(instance = %instance.spec.url, "instance back after its ejection");
+                        tracing::info!(instance = %instance.shown_url(), "instance back after its ejection");
                         self.coming_back(index, ctx);
                     }
                 }
@@ -453,11 +453,11 @@ impl InstanceRegistry {
                 // A failed probe the policy will not eject for: it is back.
                 instance.outlier.succeeded(now);
             }
-            tracing::debug!(instance = %instance.spec.url, "not ejected: too many of its kind are out, or it is the last that works");
+            tracing::debug!(instance = %instance.shown_url(), "not ejected: too many of its kind are out, or it is the last that works");
             return;
         }
         let duration = instance.outlier.eject(now, &self.health);
-        tracing::warn!(instance = %instance.spec.url, %error, ejected_for_secs = duration.as_secs(), "instance ejected after failed calls");
+        tracing::warn!(instance = %instance.shown_url(), %error, ejected_for_secs = duration.as_secs(), "instance ejected after failed calls");
         // Its probe call may go out then.
         ctx.run_later(duration, |registry, ctx| registry.serve_waiters(ctx));
     }

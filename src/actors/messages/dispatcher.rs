@@ -35,6 +35,8 @@ pub enum SubmitError {
     ShuttingDown,
     #[error("the idempotency key was used for another request")]
     KeyReused,
+    #[error("the user no longer exists")]
+    UserGone,
     #[error("cannot store the task: {0}")]
     Store(#[from] StoreError),
 }

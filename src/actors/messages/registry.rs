@@ -89,7 +89,10 @@ pub struct Release {
 /// caller never leaks capacity.
 pub struct Lease {
     instance_id: InstanceId,
+    /// Where to call, credentials and all.
     pub url: String,
+    /// The URL without its userinfo: what logs, spans and task rows show.
+    pub shown_url: String,
     pub protocol: Protocol,
     /// The model calls name (openai instances only).
     pub model: Option<String>,
@@ -109,6 +112,7 @@ impl Lease {
         Lease {
             instance_id,
             url: spec.url.clone(),
+            shown_url: crate::domain::redact_url(&spec.url),
             protocol: spec.protocol(),
             model: spec.model().map(str::to_string),
             slot: None,
@@ -243,6 +247,7 @@ pub struct InstanceView {
     #[schema(value_type = u64)]
     pub id: InstanceId,
     pub kind: InstanceKind,
+    /// Without its userinfo, if it has any.
     pub url: String,
     pub protocol: Protocol,
     /// The model calls name (openai instances only; the kind's default when unset).

@@ -24,6 +24,9 @@ pub enum Inserted {
         task_id: TaskId,
         request_hash: Option<String>,
     },
+    /// The user no longer exists (removed since their token was checked); nothing was
+    /// inserted.
+    UserGone,
 }
 
 /// QUEUED → RUNNING on `instance` as attempt `attempt`. `Ok(false)` when the task is no
@@ -33,7 +36,7 @@ pub enum Inserted {
 pub struct MarkRunning {
     pub task_id: TaskId,
     pub attempt: i32,
-    /// The instance's URL, shown as the task's `instance`.
+    /// The instance's URL without userinfo, shown as the task's `instance`.
     pub instance: String,
 }
 

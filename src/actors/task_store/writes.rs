@@ -1,15 +1,16 @@
 //! The statements of a group commit: every write a batch holds, in one transaction.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use entity::prelude::{Image, Task};
-use entity::{image, task};
+use entity::prelude::{Image, Task, User};
+use entity::{image, task, user};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, Set, TransactionTrait,
+    QueryFilter, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use tokio::sync::oneshot;
 
@@ -82,23 +83,22 @@ pub async fn commit(
             Write::Flush(reply) => flushes.push(reply),
         }
     }
-    let updates = marks
-        .iter()
-        .map(|(msg, _)| Update::MarkRunning(msg))
-        .chain(endings.iter().map(|msg| Update::Finish(msg)));
     let result = async {
-        let txn = db.begin().await?;
-        let inserted = insert_rows(&txn, cluster, inserts).await?;
-        let mut applied = Vec::with_capacity(marks.len() + endings.len());
-        for update in updates {
-            applied.push(match update {
-                Update::MarkRunning(msg) => mark_running(&txn, cluster, msg).await?,
-                Update::Finish(msg) => finish(&txn, cluster, msg).await?,
-            });
+        // Users are looked up before the transaction, whose first statement must be a
+        // write (on SQLite a transaction that read first may not get to write). A user
+        // removed in between fails the batch on the foreign key: looked up again, and the
+        // batch is tried again without their rows.
+        let mut existing = existing_users(&db, &inserts).await?;
+        let mut tries = 1;
+        loop {
+            match apply(&db, cluster, &inserts, &existing, &marks, &endings).await {
+                Err(StoreError::Constraint(e)) if tries < 3 && is_foreign_key(&e) => {
+                    tries += 1;
+                    existing = existing_users(&db, &inserts).await?;
+                }
+                other => break other,
+            }
         }
-        crate::faults::hit(crate::faults::Site::StoreCommit);
-        txn.commit().await?;
-        Ok::<_, StoreError>((inserted, applied))
     }
     .await;
     match result {
@@ -133,25 +133,120 @@ pub async fn commit(
     }
 }
 
-/// Inserts the rows. A row whose idempotency key the user already used is skipped
-/// (`ON CONFLICT DO NOTHING`, safe against racing duplicates) and answered with the task
-/// that holds the key.
+/// One try of the batch's transaction.
+async fn apply(
+    db: &DatabaseConnection,
+    cluster: Option<&Cluster>,
+    inserts: &[task::ActiveModel],
+    existing: &HashSet<i64>,
+    marks: &[(MarkRunning, Reply<bool>)],
+    endings: &[Arc<FinishTask>],
+) -> Result<(Vec<Inserted>, Vec<bool>), StoreError> {
+    let updates = marks
+        .iter()
+        .map(|(msg, _)| Update::MarkRunning(msg))
+        .chain(endings.iter().map(|msg| Update::Finish(msg)));
+    let txn = db.begin().await?;
+    let inserted = insert_rows(&txn, cluster, inserts, existing).await?;
+    let mut applied = Vec::with_capacity(marks.len() + endings.len());
+    for update in updates {
+        applied.push(match update {
+            Update::MarkRunning(msg) => mark_running(&txn, cluster, msg).await?,
+            Update::Finish(msg) => finish(&txn, cluster, msg).await?,
+        });
+    }
+    crate::faults::hit(crate::faults::Site::StoreCommit);
+    txn.commit().await?;
+    Ok((inserted, applied))
+}
+
+fn is_foreign_key(e: &DbErr) -> bool {
+    matches!(e.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_)))
+}
+
+/// Which of the rows' users exist.
+async fn existing_users(
+    db: &DatabaseConnection,
+    rows: &[task::ActiveModel],
+) -> Result<HashSet<i64>, DbErr> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut user_ids: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.user_id.clone().take())
+        .collect();
+    user_ids.sort_unstable();
+    user_ids.dedup();
+    Ok(User::find()
+        .select_only()
+        .column(user::Column::Id)
+        .filter(user::Column::Id.is_in(user_ids))
+        .into_tuple::<i64>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// Inserts the rows, answering each. A row whose user no longer exists is not inserted
+/// (`UserGone`: its foreign key would fail the whole batch). With several gateways the
+/// global limits are checked first, and a refused row is not inserted either
+/// (`Refused`).
 async fn insert_rows(
     txn: &DatabaseTransaction,
     cluster: Option<&Cluster>,
-    rows: Vec<task::ActiveModel>,
+    rows: &[task::ActiveModel],
+    existing: &HashSet<i64>,
 ) -> Result<Vec<Inserted>, StoreError> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
+    let mut outcomes: Vec<Option<Inserted>> = vec![None; rows.len()];
+    let mut live: Vec<(usize, task::ActiveModel)> = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let exists = row
+            .user_id
+            .clone()
+            .take()
+            .is_some_and(|id| existing.contains(&id));
+        if exists {
+            live.push((i, row.clone()));
+        } else {
+            outcomes[i] = Some(Inserted::UserGone);
+        }
     }
-    let Some(cluster) = cluster else {
-        return Ok(insert_admitted(txn, rows).await?);
+    let admitted = match cluster {
+        Some(cluster) => admit(txn, cluster, live, &mut outcomes).await?,
+        None => live,
     };
+    let any = !admitted.is_empty();
+    let (places, rows): (Vec<usize>, Vec<task::ActiveModel>) = admitted.into_iter().unzip();
+    for (i, inserted) in places.into_iter().zip(insert_admitted(txn, rows).await?) {
+        outcomes[i] = Some(inserted);
+    }
+    if any && cluster.is_some() {
+        shared::notify(txn, "q").await?;
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every row answered"))
+        .collect())
+}
+
+/// Several gateways: the global limits, checked in the inserting transaction; each
+/// admitted row gets its place in the fair order, each refused one its answer.
+async fn admit(
+    txn: &DatabaseTransaction,
+    cluster: &Cluster,
+    rows: Vec<(usize, task::ActiveModel)>,
+    outcomes: &mut [Option<Inserted>],
+) -> Result<Vec<(usize, task::ActiveModel)>, StoreError> {
+    if rows.is_empty() {
+        return Ok(rows);
+    }
     // Several gateways: the global limits are checked here, in the inserting
     // transaction, and each admitted row gets its place in the fair order.
     let admitting: Vec<Admitting> = rows
         .iter()
-        .map(|row| Admitting {
+        .map(|(_, row)| Admitting {
             user_id: crate::domain::UserId(row.user_id.clone().unwrap()),
             priority: row.priority.clone().unwrap(),
         })
@@ -165,25 +260,17 @@ async fn insert_rows(
         admission.fair,
     )
     .await?;
-    let mut admitted = Vec::new();
-    for (mut row, verdict) in rows.into_iter().zip(&verdicts) {
-        if let Ok(key) = verdict {
-            row.fair_key = Set(*key);
-            admitted.push(row);
+    let mut admitted = Vec::with_capacity(rows.len());
+    for ((i, mut row), verdict) in rows.into_iter().zip(verdicts) {
+        match verdict {
+            Ok(key) => {
+                row.fair_key = Set(key);
+                admitted.push((i, row));
+            }
+            Err(refusal) => outcomes[i] = Some(Inserted::Refused(refusal)),
         }
     }
-    let any = !admitted.is_empty();
-    let mut inserted = insert_admitted(txn, admitted).await?.into_iter();
-    if any {
-        shared::notify(txn, "q").await?;
-    }
-    Ok(verdicts
-        .into_iter()
-        .map(|verdict| match verdict {
-            Ok(_) => inserted.next().expect("one answer per admitted row"),
-            Err(refusal) => Inserted::Refused(refusal),
-        })
-        .collect())
+    Ok(admitted)
 }
 
 /// Inserts rows already admitted.

@@ -107,13 +107,21 @@ pub async fn transcriptions(
     let mut form = open_form(&req, payload, &speech)?;
     let mut before = TextFields::default();
     let keep = |name: &str, chunk: &[u8]| before.push(name, chunk).map_err(ApiError::Validation);
-    let (field, audio) = find_file(&mut form, &speech, deadline, keep).await?;
+    let mut pace = speech.pace();
+    let (field, audio) = find_file(&mut form, &speech, &mut pace, deadline, keep).await?;
     let known = parse(&before)?;
     let after = Rc::new(RefCell::new(TextFields::default()));
     let upload = file_then_fields(form, field, after.clone());
     let language = known.language.as_deref();
     let transcript = speech
-        .transcribe(caller.user_id, audio, language, Box::pin(upload), deadline)
+        .transcribe(
+            caller.user_id,
+            audio,
+            language,
+            Box::pin(upload),
+            pace,
+            deadline,
+        )
         .await?;
     let after = after.take();
     let format = match after.get("response_format")? {
