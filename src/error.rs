@@ -61,6 +61,8 @@ pub enum ApiError {
     UploadTimeout(String),
     #[error("too many connections from your address; close some and retry")]
     TooManyConnections,
+    #[error("you have {limit} event streams open here, the most allowed; close one first")]
+    TooManyStreams { limit: usize },
     #[error("audio is longer than {max_secs}s of 16 kHz 16-bit mono PCM")]
     AudioTooLong { max_secs: u64 },
     #[error("{0} not found")]
@@ -157,6 +159,7 @@ impl ApiError {
             }
             QuotaExceeded { .. } => (S::TOO_MANY_REQUESTS, "quota_exceeded", retry, Load),
             TooManyConnections => (S::TOO_MANY_REQUESTS, "too_many_connections", Some(1), Load),
+            TooManyStreams { .. } => (S::TOO_MANY_REQUESTS, "too_many_streams", None, Client),
             Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, Server),
             Backend(BackendError::Timeout(_)) => (S::GATEWAY_TIMEOUT, "backend_timeout", None, Gpu),
             Backend(_) => (S::BAD_GATEWAY, "backend_error", None, Gpu),
@@ -284,6 +287,12 @@ impl From<SubmitError> for ApiError {
             SubmitError::UserGone => ApiError::Unauthorized(AuthError::UserGone.to_string()),
             SubmitError::Store(e) => e.into(),
         }
+    }
+}
+
+impl From<crate::events::TooManyStreams> for ApiError {
+    fn from(e: crate::events::TooManyStreams) -> Self {
+        ApiError::TooManyStreams { limit: e.limit }
     }
 }
 

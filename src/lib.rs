@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod generation;
 pub mod http;

@@ -10,18 +10,21 @@ use actix::{Actor, Addr, Arbiter, AsyncContext, Context, Supervisor};
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
+use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
 use crate::telemetry::HttpSpan;
 
 use crate::actors::instance_registry::SharedSlots;
 use crate::actors::messages::{Drain, RecoverOrphans};
+use crate::actors::progress::Progress;
 use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
 use crate::actors::{Dispatcher, InstanceRegistry, Listener, TaskStore, WorkerPool};
 use crate::auth::{load_or_create_secret, HashPool, JwtKeys, UserStanding};
 use crate::cluster::Cluster;
 use crate::domain::InstanceKind;
+use crate::events::EventHub;
 use crate::generation::GenerationService;
 use crate::http;
 use crate::http::slow_clients::{self, BodyDeadline, ConnectionCounts};
@@ -51,6 +54,8 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
+    /// Its streams are ended at shutdown.
+    hub: EventHub,
     /// Told to drain on SIGTERM/SIGINT.
     dispatcher: Addr<Dispatcher>,
     shutdown_grace: Duration,
@@ -102,8 +107,10 @@ impl Application {
         // would otherwise compete with every other actor (end-to-end median 3,130 against
         // 2,990 tasks/s on two cores).
         let store_thread = Arbiter::new();
+        let hub = EventHub::new(settings.events.buffer, settings.events.max_streams_per_user);
+        let store_hub = hub.clone();
         let store = Supervisor::start_in_arbiter(&store_thread.handle(), move |_| {
-            TaskStore::new(store_db, hold_results, store_cluster)
+            TaskStore::new(store_db, hold_results, store_cluster, store_hub)
         });
         // Tasks a dead process left RUNNING go back to the queue (or fail, out of
         // attempts) before the Dispatcher loads it. Several gateways never touch each
@@ -161,12 +168,28 @@ impl Application {
             )
         });
         if cluster.is_some() {
-            let (listener_db, listener_dispatcher, listener_registry) =
-                (db.clone(), dispatcher.clone(), registry.clone());
+            let (listener_db, listener_dispatcher, listener_registry, listener_hub) = (
+                db.clone(),
+                dispatcher.clone(),
+                registry.clone(),
+                hub.clone(),
+            );
             Supervisor::start(move |_| {
-                Listener::new(listener_db, listener_dispatcher, listener_registry)
+                Listener::new(
+                    listener_db,
+                    listener_dispatcher,
+                    listener_registry,
+                    listener_hub,
+                )
             });
         }
+        let (progress_hub, progress_db, progress_dispatcher) =
+            (hub.clone(), db.clone(), dispatcher.clone());
+        Supervisor::start(move |_| Progress::new(progress_hub, progress_db, progress_dispatcher));
+        actix_web::rt::spawn(prune_events(
+            db.clone(),
+            Duration::from_secs(settings.events.retention_hours * 3600),
+        ));
 
         let max_json = settings.server.max_json_bytes;
         let shutdown_grace = settings.shutdown_grace();
@@ -202,6 +225,7 @@ impl Application {
             web::Data::new(dispatcher),
             web::Data::new(registry),
         );
+        let app_hub = web::Data::new(hub.clone());
         let api_doc = web::Data::new(http::docs::ApiDocument::new(&settings));
         let body_deadline = web::Data::new(BodyDeadline {
             total: Duration::from_secs(settings.server.body_timeout_secs),
@@ -234,6 +258,7 @@ impl Application {
                 .app_data(app_registry.clone())
                 .app_data(speech.clone())
                 .app_data(generation.clone())
+                .app_data(app_hub.clone())
                 .configure(http::configure)
                 .default_service(web::to(http::no_route))
         })
@@ -251,6 +276,7 @@ impl Application {
         Ok(Application {
             port,
             server,
+            hub,
             dispatcher: drain,
             shutdown_grace,
             store_thread,
@@ -284,12 +310,39 @@ impl Application {
         if let Err(e) = self.dispatcher.send(drain).await {
             tracing::error!(error = %e, "dispatcher did not drain");
         }
+        // Open event streams would hold the HTTP server's stop: they end here, and
+        // their clients resume from their last event elsewhere or after the restart.
+        self.hub.close_all();
         handle.stop(true).await;
         let served = server
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         self.store_thread.stop();
         served
+    }
+}
+
+/// Deletes events older than the retention, and expired stream tickets, a batch at a
+/// time.
+async fn prune_events(db: DatabaseConnection, retention: Duration) {
+    const BATCH: u64 = 1000;
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let before = chrono::Utc::now() - retention;
+        loop {
+            match store::events::prune(&db, before, BATCH).await {
+                Ok(n) if n == BATCH => tokio::task::yield_now().await,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prune old task events; trying again later");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = store::tickets::prune(&db).await {
+            tracing::warn!(error = %e, "cannot prune expired stream tickets");
+        }
     }
 }
 

@@ -1,13 +1,16 @@
 //! sea-orm entities of the infergate database.
 
 pub mod api_key;
+pub mod event_ticket;
 pub mod image;
 pub mod instance;
 pub mod meta;
 pub mod node;
 pub mod prelude;
 pub mod task;
+pub mod task_event;
 pub mod user;
+pub mod webhook_delivery;
 
 use sea_orm::{ActiveEnum, Iterable};
 

@@ -1,7 +1,10 @@
 pub use super::api_key::Entity as ApiKey;
+pub use super::event_ticket::Entity as EventTicket;
 pub use super::image::Entity as Image;
 pub use super::instance::Entity as Instance;
 pub use super::meta::Entity as Meta;
 pub use super::node::Entity as Node;
 pub use super::task::Entity as Task;
+pub use super::task_event::Entity as TaskEvent;
 pub use super::user::Entity as User;
+pub use super::webhook_delivery::Entity as WebhookDelivery;

@@ -106,6 +106,9 @@ pub struct Model {
     pub fair_key: i64,
     /// A retried task waits out its backoff until then.
     pub run_after: Option<DateTimeUtc>,
+    /// Where the task's events are delivered, and which (`completed`, …, comma-separated).
+    pub webhook_url: Option<String>,
+    pub webhook_events: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

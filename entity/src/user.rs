@@ -42,6 +42,10 @@ pub struct Model {
     /// Set by an operator: the user's tokens and keys are refused, and so are logins.
     pub disabled: bool,
     pub created_at: DateTimeUtc,
+    /// The number of the user's last task event (events are numbered per user).
+    pub event_seq: i64,
+    /// Signs the user's webhook deliveries (`whsec_…`); shown once, when created.
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,7 @@ mod m20261202_000102_tasks_reference_users;
 mod m20261202_000103_username_nocase;
 mod m20261203_000201_instance_model;
 mod m20261204_000301_cluster;
+mod m20261205_000401_task_events;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000103_username_nocase::Migration),
             Box::new(m20261203_000201_instance_model::Migration),
             Box::new(m20261204_000301_cluster::Migration),
+            Box::new(m20261205_000401_task_events::Migration),
         ]
     }
 }

@@ -1,9 +1,11 @@
 //! Listener: the wake-ups other gateways on the same PostgreSQL database send with
 //! `NOTIFY`, passed to the actor each concerns: work queued (the Dispatcher claims), a
 //! task cancelled (its Dispatcher aborts it if it runs here), instances changed and a
-//! call slot freed (the InstanceRegistry). Notifications sent while its connection is
-//! down are lost, so every (re)connection is followed by a resync of all three; the
-//! Dispatcher's and the registry's polls are the backstop in between.
+//! call slot freed (the InstanceRegistry); and every gateway's task events, this one's
+//! included, in commit order, for the event hub. Notifications sent while its
+//! connection is down are lost, so every (re)connection is followed by a resync of all
+//! of them (streams read the event log); the Dispatcher's and the registry's polls are
+//! the backstop in between.
 
 use std::time::Duration;
 
@@ -14,7 +16,9 @@ use sqlx::postgres::PgListener;
 use super::messages::{ReloadInstances, SlotFreed, TaskCancelled, Wake};
 use super::{Dispatcher, InstanceRegistry};
 use crate::domain::TaskId;
+use crate::events::EventHub;
 use crate::store::cluster::CHANNEL;
+use crate::store::events::{from_notification, EVENTS_CHANNEL};
 
 /// Pause before connecting again after the listening connection failed.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -23,6 +27,7 @@ pub struct Listener {
     db: DatabaseConnection,
     dispatcher: Addr<Dispatcher>,
     registry: Addr<InstanceRegistry>,
+    hub: EventHub,
 }
 
 impl Listener {
@@ -30,18 +35,55 @@ impl Listener {
         db: DatabaseConnection,
         dispatcher: Addr<Dispatcher>,
         registry: Addr<InstanceRegistry>,
+        hub: EventHub,
     ) -> Listener {
         Listener {
             db,
             dispatcher,
             registry,
+            hub,
         }
     }
+}
 
-    fn resync(dispatcher: &Addr<Dispatcher>, registry: &Addr<InstanceRegistry>) {
-        dispatcher.do_send(Wake);
-        registry.do_send(ReloadInstances);
-        registry.do_send(SlotFreed);
+/// The actors and the hub a notification goes to.
+#[derive(Clone)]
+struct Routes {
+    dispatcher: Addr<Dispatcher>,
+    registry: Addr<InstanceRegistry>,
+    hub: EventHub,
+}
+
+impl Routes {
+    /// Whatever was said while nobody listened is lost: everyone looks for it.
+    fn resync(&self) {
+        self.dispatcher.do_send(Wake);
+        self.registry.do_send(ReloadInstances);
+        self.registry.do_send(SlotFreed);
+        self.hub.catch_up_all();
+    }
+
+    /// Passes one notification on.
+    fn route(&self, channel: &str, payload: &str) {
+        if channel == EVENTS_CHANNEL {
+            match from_notification(payload) {
+                Some(event) => self.hub.publish(vec![event]),
+                None => tracing::debug!(payload, "unreadable event notification"),
+            }
+            return;
+        }
+        match payload.split_once(':') {
+            Some(("c", task_id)) => self.dispatcher.do_send(TaskCancelled {
+                task_id: TaskId::from(task_id.to_string()),
+                user_id: None,
+            }),
+            _ => match payload {
+                "q" => self.dispatcher.do_send(Wake),
+                "i" => self.registry.do_send(ReloadInstances),
+                "s" => self.registry.do_send(SlotFreed),
+                other => tracing::debug!(payload = other, "unknown notification"),
+            },
+        }
     }
 }
 
@@ -50,7 +92,11 @@ impl Actor for Listener {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let pool = self.db.get_postgres_connection_pool().clone();
-        let (dispatcher, registry) = (self.dispatcher.clone(), self.registry.clone());
+        let routes = Routes {
+            dispatcher: self.dispatcher.clone(),
+            registry: self.registry.clone(),
+            hub: self.hub.clone(),
+        };
         let listen = async move {
             loop {
                 let mut listener = match PgListener::connect_with(&pool).await {
@@ -61,22 +107,21 @@ impl Actor for Listener {
                         continue;
                     }
                 };
-                if let Err(e) = listener.listen(CHANNEL).await {
+                if let Err(e) = listener.listen_all([CHANNEL, EVENTS_CHANNEL]).await {
                     tracing::warn!(error = %e, "cannot listen for other gateways; trying again");
                     tokio::time::sleep(RECONNECT_AFTER).await;
                     continue;
                 }
-                // Whatever was said while nobody listened is lost: look for it.
-                Self::resync(&dispatcher, &registry);
+                routes.resync();
                 loop {
                     match listener.try_recv().await {
                         Ok(Some(notification)) => {
-                            route(notification.payload(), &dispatcher, &registry)
+                            routes.route(notification.channel(), notification.payload())
                         }
                         // The connection dropped and came back: notifications were lost.
                         Ok(None) => {
                             tracing::info!("listening connection re-established; resyncing");
-                            Self::resync(&dispatcher, &registry);
+                            routes.resync();
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "listening connection lost; reconnecting");
@@ -91,19 +136,3 @@ impl Actor for Listener {
 }
 
 impl Supervised for Listener {}
-
-/// Passes one notification on.
-fn route(payload: &str, dispatcher: &Addr<Dispatcher>, registry: &Addr<InstanceRegistry>) {
-    match payload.split_once(':') {
-        Some(("c", task_id)) => dispatcher.do_send(TaskCancelled {
-            task_id: TaskId::from(task_id.to_string()),
-            user_id: None,
-        }),
-        _ => match payload {
-            "q" => dispatcher.do_send(Wake),
-            "i" => registry.do_send(ReloadInstances),
-            "s" => registry.do_send(SlotFreed),
-            other => tracing::debug!(payload = other, "unknown notification"),
-        },
-    }
-}

@@ -16,6 +16,7 @@ pub mod dispatcher;
 pub mod instance_registry;
 pub mod listener;
 pub mod messages;
+pub mod progress;
 pub mod task_store;
 pub mod worker;
 pub mod worker_pool;

@@ -200,8 +200,10 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         &deps.store,
         MarkRunning {
             task_id: task.task_id.clone(),
+            user_id: task.user_id,
             attempt,
             instance: lease.shown_url.clone(),
+            instance_id: lease.instance_id(),
         },
     );
     // The backend call starts while RUNNING is being committed, so the GPU does not idle

@@ -7,6 +7,7 @@ pub mod api_keys;
 mod jwt;
 mod password;
 mod standing;
+pub mod tickets;
 
 pub use api_keys::API_KEY_HEADER;
 pub use jwt::{load_or_create_secret, Claims, JwtKeys};
@@ -36,6 +37,10 @@ pub enum AuthError {
     Disabled,
     #[error("this needs the admin role")]
     NotAdmin,
+    #[error(
+        "invalid, expired or already used ticket; get a new one from POST /api/v1/events/ticket"
+    )]
+    InvalidTicket,
     #[error(transparent)]
     Store(#[from] StoreError),
 }

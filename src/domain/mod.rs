@@ -3,6 +3,7 @@
 //! (the stored enums are the entity crate's, re-exported here as the one vocabulary).
 
 mod error;
+mod event;
 mod idempotency;
 mod ids;
 mod image_job;
@@ -10,9 +11,11 @@ mod instance;
 mod new_user;
 mod openai;
 mod task;
+mod webhook;
 
 pub use entity::user::Role;
 pub use error::ValidationError;
+pub use event::{event_error, ChangeKind, EventType, TaskEvent, MAX_EVENT_ERROR_CHARS};
 pub use idempotency::Idempotency;
 pub use ids::{ImageId, InstanceId, NodeId, TaskId, UserId};
 pub use image_job::{ImageJob, ImageLimits, ImageRequest};
@@ -26,3 +29,4 @@ pub use openai::{
     ImageFormat, ImageGeneration, ImageGenerationRequest, TranscriptionRequest, MAX_IMAGES,
 };
 pub use task::{NewTask, Priority, QueuedTask, TaskStatus, TraceContext};
+pub use webhook::{WebhookEvent, WebhookEvents};

@@ -1,6 +1,6 @@
 //! Who is calling, as extractors: `AuthUser` (a login token), `AdminUser` (the token of a
-//! user the database says is an admin now) and `DeviceOrUser` (a device API key or a
-//! login token). What they check is `crate::auth`'s; here it becomes a request's caller.
+//! user the database says is an admin now), `DeviceOrUser` (a device API key or a login
+//! token) and `Streamer` (either of those, or a stream ticket). What they check is `crate::auth`'s; here it becomes a request's caller.
 //! Every one of them also checks that the user still exists and is not disabled
 //! (`UserStanding`), so a removed or disabled user's token or key gets 401 everywhere.
 
@@ -14,7 +14,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt;
 use sea_orm::DatabaseConnection;
 
-use crate::auth::{api_keys, AuthError, JwtKeys, UserStanding};
+use crate::auth::{api_keys, tickets, AuthError, JwtKeys, UserStanding};
 use crate::domain::{Role, UserId};
 use crate::error::ApiError;
 use crate::store::users;
@@ -219,6 +219,53 @@ impl FromRequest for DeviceOrUser {
                 key_id: Some(found.id),
                 role,
             })
+        }
+        .boxed_local()
+    }
+}
+
+/// A caller of the event streams: a device key or login token as for `DeviceOrUser`,
+/// or a single-use `?ticket=` (browsers' `EventSource` and `WebSocket` cannot send
+/// headers).
+#[derive(Debug, Clone)]
+pub struct Streamer {
+    pub user_id: UserId,
+}
+
+#[derive(serde::Deserialize)]
+struct TicketQuery {
+    ticket: Option<String>,
+}
+
+impl FromRequest for Streamer {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Streamer, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let ticket = web::Query::<TicketQuery>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.into_inner().ticket);
+        let Some(ticket) = ticket else {
+            let caller = DeviceOrUser::from_request(req, payload);
+            return async move {
+                Ok(Streamer {
+                    user_id: caller.await?.user_id,
+                })
+            }
+            .boxed_local();
+        };
+        let db = req
+            .app_data::<web::Data<DatabaseConnection>>()
+            .cloned()
+            .expect("startup registers the database");
+        let standing = standing(req);
+        async move {
+            let user_id = tickets::redeem(&db, &ticket)
+                .await
+                .map_err(AuthError::from)?
+                .ok_or(AuthError::InvalidTicket)?;
+            standing.check(user_id).await?;
+            Ok(Streamer { user_id })
         }
         .boxed_local()
     }

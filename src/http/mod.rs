@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod admin;
 pub mod caller;
 pub mod docs;
+pub mod events;
 pub mod extract;
 pub mod image;
 pub mod keys;
@@ -42,6 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(accounts::configure)
         .configure(image::configure)
         .configure(tasks::configure)
+        .configure(events::configure)
         .configure(speech::configure)
         .configure(keys::configure)
         .configure(admin::configure)

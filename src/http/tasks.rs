@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::actors::messages::{CancelOutcome, CancelTask, QueuePositions, TaskCancelled};
 use crate::actors::{Dispatcher, TaskStore};
-use crate::domain::{TaskId, TaskStatus, UserId};
+use crate::domain::{ImageId, TaskId, TaskStatus, UserId};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
 use crate::http::caller::AuthUser;
@@ -63,7 +63,7 @@ pub struct TaskView {
 impl From<task::Model> for TaskView {
     fn from(task: task::Model) -> Self {
         TaskView {
-            result_url: task.image_id.map(|id| format!("/api/images/{id}")),
+            result_url: task.image_id.map(|id| ImageId(id).result_url()),
             task_id: task.task_id,
             user_id: task.user_id,
             prompt: task.prompt,
@@ -121,7 +121,7 @@ pub async fn get_tasks(
 }
 
 /// Task views, with the queue position of those still QUEUED.
-async fn with_positions(
+pub(crate) async fn with_positions(
     dispatcher: &Addr<Dispatcher>,
     user_id: UserId,
     tasks: Vec<task::Model>,

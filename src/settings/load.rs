@@ -238,6 +238,27 @@ impl Settings {
                 "must not be empty",
             ),
             ("openai.wait_secs", openai.wait_secs >= 1, at_least_1),
+            (
+                "events.retention_hours",
+                self.events.retention_hours >= 1,
+                at_least_1,
+            ),
+            ("events.buffer", self.events.buffer >= 1, at_least_1),
+            (
+                "events.keepalive_secs",
+                self.events.keepalive_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "webhooks.timeout_secs",
+                self.webhooks.timeout_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "webhooks.max_attempts",
+                self.webhooks.max_attempts >= 1,
+                at_least_1,
+            ),
         ]
     }
 }

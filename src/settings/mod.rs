@@ -37,6 +37,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub openai: OpenAiSettings,
     pub cluster: ClusterSettings,
+    pub events: EventSettings,
+    pub webhooks: WebhookSettings,
     pub instances: Vec<InstanceSpec>,
 }
 
@@ -224,6 +226,57 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// Task events and the streams that push them (SSE, WebSocket).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// How long stored events are kept for replay.
+    pub retention_hours: u64,
+    /// Open streams per user on one gateway; more get 429 (0: no limit).
+    pub max_streams_per_user: usize,
+    /// Events a stream may have waiting for a slow client before it is closed (the
+    /// client resumes from its last `seq`).
+    pub buffer: usize,
+    /// Seconds between keep-alive comments on an idle SSE stream (and WebSocket pings).
+    pub keepalive_secs: u64,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            retention_hours: 24,
+            max_streams_per_user: 16,
+            buffer: 256,
+            keepalive_secs: 15,
+        }
+    }
+}
+
+/// Webhook deliveries, from their durable outbox.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// A delivery that has no 2xx answer within this is a failed attempt.
+    pub timeout_secs: u64,
+    /// The first retry's pause; it doubles with each attempt, with jitter.
+    pub retry_base_ms: u64,
+    /// Attempts per delivery, the first included.
+    pub max_attempts: u32,
+    /// Deliver to private, loopback and link-local addresses too (tests, a LAN).
+    pub allow_private_networks: bool,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            timeout_secs: 10,
+            retry_base_ms: 1000,
+            max_attempts: 8,
+            allow_private_networks: false,
+        }
+    }
+}
+
 /// Several gateways on one PostgreSQL database (a SQLite file has one gateway).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -261,6 +314,8 @@ impl Default for Settings {
             log: LogSettings::default(),
             telemetry: TelemetrySettings::default(),
             openai: OpenAiSettings::default(),
+            events: EventSettings::default(),
+            webhooks: WebhookSettings::default(),
             cluster: ClusterSettings::default(),
             instances: vec![InstanceSpec {
                 protocol: Some(Protocol::Qwen),

@@ -17,8 +17,9 @@ use sea_orm::{
     QueryResult, Statement, Value,
 };
 
+use super::events::NewEvent;
 use super::StoreError;
-use crate::domain::{NodeId, Priority, QueuedTask, TaskId, UserId};
+use crate::domain::{ChangeKind, NodeId, Priority, QueuedTask, TaskId, TaskStatus, UserId};
 
 /// The channel every gateway listens on. Payloads: `q` (work queued), `c:<task_id>` (a
 /// task cancelled), `i` (instances changed), `s` (a call slot freed).
@@ -112,7 +113,9 @@ pub async fn rescue(
     db: &DatabaseConnection,
     max_attempts: i32,
 ) -> Result<Vec<Rescued>, StoreError> {
-    let rows = db
+    use sea_orm::TransactionTrait;
+    let txn = db.begin().await?;
+    let rows = txn
         .query_all(statement(
             "UPDATE tasks SET \
                status = CASE WHEN attempts >= $1 THEN 'FAILED' ELSE 'QUEUED' END, \
@@ -121,20 +124,36 @@ pub async fn rescue(
                  ELSE error END, \
                holder = NULL, lease_until = NULL, updated_at = now() \
              WHERE status = 'RUNNING' AND lease_until < now() \
-             RETURNING task_id, user_id, status",
+             RETURNING task_id, user_id, status, attempts, error",
             vec![max_attempts.into()],
         ))
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Rescued {
-                task_id: TaskId::from(row.try_get::<String>("", "task_id")?),
-                user_id: UserId(row.try_get("", "user_id")?),
-                failed: row.try_get::<String>("", "status")? == "FAILED",
-            })
-        })
-        .collect::<Result<_, sea_orm::DbErr>>()
-        .map_err(Into::into)
+    let mut rescued = Vec::with_capacity(rows.len());
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let task = Rescued {
+            task_id: TaskId::from(row.try_get::<String>("", "task_id")?),
+            user_id: UserId(row.try_get("", "user_id")?),
+            failed: row.try_get::<String>("", "status")? == "FAILED",
+        };
+        let (kind, status) = if task.failed {
+            (ChangeKind::Failed, TaskStatus::Failed)
+        } else {
+            (ChangeKind::Queued, TaskStatus::Queued)
+        };
+        let mut change = NewEvent::new(task.user_id, task.task_id.clone(), kind, status);
+        if task.failed {
+            let error: Option<String> = row.try_get("", "error")?;
+            change = change
+                .attempt(row.try_get("", "attempts")?)
+                .error(&error.unwrap_or_default());
+        }
+        changes.push(change);
+        rescued.push(task);
+    }
+    super::events::append(&txn, changes).await?;
+    txn.commit().await?;
+    Ok(rescued)
 }
 
 /// The claimed-but-not-started tasks of this process go back to the others at once.

@@ -6,10 +6,12 @@
 pub mod api_keys;
 pub mod cluster;
 mod error;
+pub mod events;
 pub mod instances;
 mod lock;
 pub mod meta;
 pub mod tasks;
+pub mod tickets;
 pub mod users;
 
 pub use error::StoreError;

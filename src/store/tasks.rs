@@ -84,6 +84,25 @@ pub async fn queued_ids(db: &DatabaseConnection) -> Result<Vec<TaskId>, StoreErr
     Ok(ids.into_iter().map(TaskId::from).collect())
 }
 
+/// The ids of the user's oldest QUEUED tasks, at most `limit`.
+pub async fn queued_ids_of(
+    db: &DatabaseConnection,
+    user_id: UserId,
+    limit: u64,
+) -> Result<Vec<TaskId>, StoreError> {
+    let ids: Vec<String> = Task::find()
+        .select_only()
+        .column(task::Column::TaskId)
+        .filter(task::Column::UserId.eq(user_id.0))
+        .filter(task::Column::Status.eq(TaskStatus::Queued))
+        .order_by_asc(task::Column::Id)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(ids.into_iter().map(TaskId::from).collect())
+}
+
 /// Those of these tasks still QUEUED, in submission order.
 pub async fn queued_among(
     db: &DatabaseConnection,

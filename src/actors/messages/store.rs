@@ -5,7 +5,7 @@ use entity::task;
 
 pub use crate::store::cluster::Refusal;
 
-use crate::domain::{NewTask, TaskId, UserId};
+use crate::domain::{InstanceId, NewTask, TaskId, UserId};
 use crate::store::StoreError;
 
 /// Insert a new QUEUED task; the reply comes once the transaction holding it commits.
@@ -35,9 +35,12 @@ pub enum Inserted {
 #[rtype(result = "Result<bool, StoreError>")]
 pub struct MarkRunning {
     pub task_id: TaskId,
+    pub user_id: UserId,
     pub attempt: i32,
     /// The instance's URL without userinfo, shown as the task's `instance`.
     pub instance: String,
+    /// Its id, as the `running` event names it.
+    pub instance_id: InstanceId,
 }
 
 /// The status a change expects to find; anything else means the task moved on and the

@@ -27,9 +27,11 @@ use tokio::sync::oneshot;
 
 use super::messages::*;
 use crate::cluster::Cluster;
-use crate::domain::TaskStatus;
+use crate::domain::{ChangeKind, TaskEvent, TaskStatus};
+use crate::events::EventHub;
+use crate::store::events::{self, NewEvent};
 use crate::store::StoreError;
-use writes::{requeue_running, Ending, Write};
+use writes::{changed, requeue_running, Ending, Write};
 
 /// Writes per group commit; keeps one insert statement well under SQLite's variable limit.
 const MAX_BATCH: usize = 512;
@@ -49,6 +51,10 @@ pub struct TaskStore {
     /// With several gateways: this node, whose claims every change is conditional on,
     /// and the global limits admission checks.
     cluster: Option<Arc<Cluster>>,
+    /// Where committed events go. Alone on SQLite, straight from here; with several
+    /// gateways the listener publishes every gateway's, this one's included, in commit
+    /// order.
+    hub: EventHub,
 }
 
 impl TaskStore {
@@ -56,6 +62,7 @@ impl TaskStore {
         db: DatabaseConnection,
         hold_results: Duration,
         cluster: Option<Cluster>,
+        hub: EventHub,
     ) -> TaskStore {
         TaskStore {
             db,
@@ -63,6 +70,13 @@ impl TaskStore {
             committing: false,
             hold_results,
             cluster: cluster.map(Arc::new),
+            hub,
+        }
+    }
+
+    fn publish(&self, events: Vec<TaskEvent>) {
+        if self.cluster.is_none() {
+            self.hub.publish(events);
         }
     }
 
@@ -106,10 +120,11 @@ impl TaskStore {
         ctx.spawn(commit.into_actor(self).map(move |committed, store, ctx| {
             store.committing = false;
             let error = match committed {
-                Ok(Ok(applied)) => {
-                    for (ending, applied) in endings.into_iter().zip(applied) {
+                Ok(Ok(committed)) => {
+                    for (ending, applied) in endings.into_iter().zip(committed.applied) {
                         let _ = ending.reply.send(Ok(applied));
                     }
+                    store.publish(committed.events);
                     return store.flush(ctx);
                 }
                 Ok(Err(error)) => error.to_string(),
@@ -255,55 +270,81 @@ impl Handler<Ping> for TaskStore {
 
 /// RUNNING tasks of a dead process: FAILED when out of attempts, else QUEUED.
 impl Handler<RecoverOrphans> for TaskStore {
-    type Result = ResponseFuture<Result<(u64, u64), StoreError>>;
+    type Result = ResponseActFuture<Self, Result<(u64, u64), StoreError>>;
 
     fn handle(&mut self, msg: RecoverOrphans, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
-        Box::pin(async move {
+        let recover = async move {
             let now = Utc::now();
             let txn = db.begin().await?;
-            let failed = Task::update_many()
+            let error = format!(
+                "the gateway stopped during the last of {} attempts",
+                msg.max_attempts
+            );
+            let update = Task::update_many()
                 .set(task::ActiveModel {
                     status: Set(TaskStatus::Failed),
-                    error: Set(Some(format!(
-                        "the gateway stopped during the last of {} attempts",
-                        msg.max_attempts
-                    ))),
+                    error: Set(Some(error.clone())),
                     updated_at: Set(now),
                     ..Default::default()
                 })
                 .filter(task::Column::Status.eq(TaskStatus::Running))
-                .filter(task::Column::Attempts.gte(msg.max_attempts))
-                .exec(&txn)
+                .filter(task::Column::Attempts.gte(msg.max_attempts));
+            let failed: Vec<NewEvent> = changed(&txn, update)
                 .await?
-                .rows_affected;
+                .into_iter()
+                .map(|t| {
+                    NewEvent::new(t.user_id, t.task_id, ChangeKind::Failed, TaskStatus::Failed)
+                        .attempt(t.attempts)
+                        .error(&error)
+                })
+                .collect();
+            let failed_count = failed.len() as u64;
+            let mut logged = events::append(&txn, failed).await?;
             let requeued = requeue_running(&txn, None, None).await?;
+            let requeued_count = requeued.len() as u64;
+            logged.extend(requeued);
             txn.commit().await?;
-            Ok((requeued, failed))
-        })
+            Ok::<_, StoreError>(((requeued_count, failed_count), logged))
+        };
+        Box::pin(recover.into_actor(self).map(|recovered, store, _| {
+            let (counts, logged) = recovered?;
+            store.publish(logged);
+            Ok(counts)
+        }))
     }
 }
 
 /// RUNNING → QUEUED for the given tasks.
 impl Handler<RequeueRunning> for TaskStore {
-    type Result = ResponseFuture<Result<u64, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<u64, StoreError>>;
 
     fn handle(&mut self, msg: RequeueRunning, _: &mut Context<Self>) -> Self::Result {
-        let db = self.db.clone();
-        let cluster = self.cluster.clone();
-        Box::pin(async move { Ok(requeue_running(&db, cluster.as_deref(), Some(msg.0)).await?) })
+        let (db, cluster) = (self.db.clone(), self.cluster.clone());
+        let requeue = async move {
+            let txn = db.begin().await?;
+            let logged = requeue_running(&txn, cluster.as_deref(), Some(msg.0)).await?;
+            txn.commit().await?;
+            Ok::<_, StoreError>(logged)
+        };
+        Box::pin(requeue.into_actor(self).map(|requeued, store, _| {
+            let logged = requeued?;
+            let count = logged.len() as u64;
+            store.publish(logged);
+            Ok(count)
+        }))
     }
 }
 
 /// The owner's cancel: conditional QUEUED/RUNNING → CANCELLED, then what the task is now.
 impl Handler<CancelTask> for TaskStore {
-    type Result = ResponseFuture<Result<CancelOutcome, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<CancelOutcome, StoreError>>;
 
     fn handle(&mut self, msg: CancelTask, _: &mut Context<Self>) -> Self::Result {
         let (db, clustered) = (self.db.clone(), self.cluster.is_some());
-        Box::pin(async move {
+        let cancel = async move {
             let txn = db.begin().await?;
-            let changed = Task::update_many()
+            let update = Task::update_many()
                 .set(task::ActiveModel {
                     status: Set(TaskStatus::Cancelled),
                     updated_at: Set(Utc::now()),
@@ -311,24 +352,40 @@ impl Handler<CancelTask> for TaskStore {
                 })
                 .filter(task::Column::TaskId.eq(msg.task_id.as_str()))
                 .filter(task::Column::UserId.eq(msg.user_id.0))
-                .filter(task::Column::Status.is_in([TaskStatus::Queued, TaskStatus::Running]))
-                .exec(&txn)
+                .filter(task::Column::Status.is_in([TaskStatus::Queued, TaskStatus::Running]));
+            let cancelled: Vec<NewEvent> = changed(&txn, update)
                 .await?
-                .rows_affected
-                == 1;
+                .into_iter()
+                .map(|t| {
+                    NewEvent::new(
+                        t.user_id,
+                        t.task_id,
+                        ChangeKind::Cancelled,
+                        TaskStatus::Cancelled,
+                    )
+                })
+                .collect();
+            let changed = !cancelled.is_empty();
+            let logged = events::append(&txn, cancelled).await?;
             // The gateway running it may be another: it hears of the cancel at commit.
             if changed && clustered {
                 crate::store::cluster::notify(&txn, &format!("c:{}", msg.task_id)).await?;
             }
             txn.commit().await?;
             let found = crate::store::tasks::get(&db, msg.user_id, &msg.task_id).await?;
-            Ok(match found {
+            let outcome = match found {
                 None => CancelOutcome::NotFound,
                 Some(task) if task.status == TaskStatus::Cancelled => {
                     CancelOutcome::Cancelled { task, changed }
                 }
                 Some(task) => CancelOutcome::Finished(task),
-            })
-        })
+            };
+            Ok::<_, StoreError>((outcome, logged))
+        };
+        Box::pin(cancel.into_actor(self).map(|cancelled, store, _| {
+            let (outcome, logged) = cancelled?;
+            store.publish(logged);
+            Ok(outcome)
+        }))
     }
 }

@@ -16,8 +16,9 @@ use tokio::sync::oneshot;
 
 use crate::actors::messages::{Expect, FinishTask, Inserted, MarkRunning, TaskOutcome};
 use crate::cluster::Cluster;
-use crate::domain::{TaskId, TaskStatus};
+use crate::domain::{ChangeKind, ImageId, TaskEvent, TaskId, TaskStatus, UserId};
 use crate::store::cluster::{self as shared, Admitting};
+use crate::store::events::{self, NewEvent};
 use crate::store::StoreError;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -58,6 +59,12 @@ enum Update<'a> {
     Finish(&'a FinishTask),
 }
 
+/// What a commit did: whether each ending applied, and the events it logged.
+pub struct Committed {
+    pub applied: Vec<bool>,
+    pub events: Vec<TaskEvent>,
+}
+
 /// Applies the batch and the endings in one transaction, then answers every writer of
 /// the batch: each its own outcome once committed, or the error if anything failed.
 /// The endings are the caller's to answer: this says whether each applied.
@@ -66,7 +73,7 @@ pub async fn commit(
     cluster: Option<Arc<Cluster>>,
     batch: Vec<Write>,
     endings: Vec<Arc<FinishTask>>,
-) -> Result<Vec<bool>, StoreError> {
+) -> Result<Committed, StoreError> {
     let cluster = cluster.as_deref();
     let mut inserts = Vec::new();
     let mut insert_replies = Vec::new();
@@ -102,7 +109,7 @@ pub async fn commit(
     }
     .await;
     match result {
-        Ok((inserted, applied)) => {
+        Ok((inserted, applied, events)) => {
             for (reply, outcome) in insert_replies.into_iter().zip(inserted) {
                 let _ = reply.send(Ok(outcome));
             }
@@ -113,7 +120,10 @@ pub async fn commit(
             for reply in flushes {
                 let _ = reply.send(Ok(()));
             }
-            Ok(applied.collect())
+            Ok(Committed {
+                applied: applied.collect(),
+                events,
+            })
         }
         Err(e) => {
             let size = insert_replies.len() + marks.len() + endings.len();
@@ -133,7 +143,8 @@ pub async fn commit(
     }
 }
 
-/// One try of the batch's transaction.
+/// One try of the batch's transaction: the writes, and the events of those that
+/// applied, logged with them.
 async fn apply(
     db: &DatabaseConnection,
     cluster: Option<&Cluster>,
@@ -141,23 +152,39 @@ async fn apply(
     existing: &HashSet<i64>,
     marks: &[(MarkRunning, Reply<bool>)],
     endings: &[Arc<FinishTask>],
-) -> Result<(Vec<Inserted>, Vec<bool>), StoreError> {
+) -> Result<(Vec<Inserted>, Vec<bool>, Vec<TaskEvent>), StoreError> {
     let updates = marks
         .iter()
         .map(|(msg, _)| Update::MarkRunning(msg))
         .chain(endings.iter().map(|msg| Update::Finish(msg)));
     let txn = db.begin().await?;
     let inserted = insert_rows(&txn, cluster, inserts, existing).await?;
+    let mut changes: Vec<NewEvent> = inserts
+        .iter()
+        .zip(&inserted)
+        .filter(|(_, inserted)| **inserted == Inserted::New)
+        .filter_map(|(row, _)| {
+            Some(NewEvent::new(
+                UserId(row.user_id.clone().take()?),
+                TaskId::from(row.task_id.clone().take()?),
+                ChangeKind::Queued,
+                TaskStatus::Queued,
+            ))
+        })
+        .collect();
     let mut applied = Vec::with_capacity(marks.len() + endings.len());
     for update in updates {
-        applied.push(match update {
+        let change = match update {
             Update::MarkRunning(msg) => mark_running(&txn, cluster, msg).await?,
             Update::Finish(msg) => finish(&txn, cluster, msg).await?,
-        });
+        };
+        applied.push(change.is_some());
+        changes.extend(change);
     }
+    let events = events::append(&txn, changes).await?;
     crate::faults::hit(crate::faults::Site::StoreCommit);
     txn.commit().await?;
-    Ok((inserted, applied))
+    Ok((inserted, applied, events))
 }
 
 fn is_foreign_key(e: &DbErr) -> bool {
@@ -325,12 +352,12 @@ async fn insert_admitted(
 }
 
 /// QUEUED → RUNNING as attempt `msg.attempt`, if still QUEUED after `attempt - 1` (and,
-/// with several gateways, still claimed by this one).
+/// with several gateways, still claimed by this one): its event if it applied.
 async fn mark_running(
     txn: &DatabaseTransaction,
     cluster: Option<&Cluster>,
     msg: &MarkRunning,
-) -> Result<bool, DbErr> {
+) -> Result<Option<NewEvent>, DbErr> {
     let now = Utc::now();
     let mut update = task::ActiveModel {
         status: Set(TaskStatus::Running),
@@ -350,7 +377,16 @@ async fn mark_running(
         .filter(task::Column::Status.eq(TaskStatus::Queued))
         .filter(task::Column::Attempts.eq(msg.attempt - 1));
     let result = held(query, cluster).exec(txn).await?;
-    Ok(result.rows_affected == 1)
+    Ok((result.rows_affected == 1).then(|| NewEvent {
+        instance: Some(msg.instance_id),
+        ..NewEvent::new(
+            msg.user_id,
+            msg.task_id.clone(),
+            ChangeKind::Running,
+            TaskStatus::Running,
+        )
+        .attempt(msg.attempt)
+    }))
 }
 
 /// With several gateways, a change applies only to a task this gateway holds.
@@ -361,14 +397,14 @@ fn held(query: sea_orm::UpdateMany<Task>, cluster: Option<&Cluster>) -> sea_orm:
     }
 }
 
-/// The outcome, if the task is still as expected. A DONE's image is inserted first (its
-/// id goes into the same conditional update) and removed again if the update did not
-/// apply, so a losing race leaves nothing behind.
+/// The outcome, if the task is still as expected: its event if it applied. A DONE's
+/// image is inserted first (its id goes into the same conditional update) and removed
+/// again if the update did not apply, so a losing race leaves nothing behind.
 async fn finish(
     txn: &DatabaseTransaction,
     cluster: Option<&Cluster>,
     msg: &FinishTask,
-) -> Result<bool, DbErr> {
+) -> Result<Option<NewEvent>, DbErr> {
     let now = Utc::now();
     // Ended or back in the queue: nobody holds it.
     let mut update = task::ActiveModel {
@@ -378,6 +414,7 @@ async fn finish(
         ..Default::default()
     };
     let mut image_id = None;
+    let mut retry_at = None;
     match &msg.outcome {
         TaskOutcome::Done {
             content_type,
@@ -402,11 +439,10 @@ async fn finish(
             update.error = Set(Some(error.clone()));
         }
         TaskOutcome::Retry { error, after } => {
+            retry_at = Some(now + chrono::Duration::from_std(*after).unwrap_or_default());
             update.status = Set(TaskStatus::Queued);
             update.error = Set(Some(error.clone()));
-            update.run_after = Set(Some(
-                now + chrono::Duration::from_std(*after).unwrap_or_default(),
-            ));
+            update.run_after = Set(retry_at);
         }
     }
     let query = Task::update_many()
@@ -428,16 +464,67 @@ async fn finish(
         if let Some(id) = image_id {
             Image::delete_by_id(id).exec(txn).await?;
         }
+        return Ok(None);
     }
-    Ok(applied)
+    let (kind, status, error) = match &msg.outcome {
+        TaskOutcome::Done { .. } => (ChangeKind::Done, TaskStatus::Done, None),
+        TaskOutcome::Failed { error } => (ChangeKind::Failed, TaskStatus::Failed, Some(error)),
+        TaskOutcome::Retry { error, .. } => (ChangeKind::Retrying, TaskStatus::Queued, Some(error)),
+    };
+    let mut event = NewEvent::new(msg.user_id, msg.task_id.clone(), kind, status);
+    if let Expect::Running { attempt } = msg.expect {
+        event = event.attempt(attempt);
+    }
+    if let Some(error) = error {
+        event = event.error(error);
+    }
+    event.image_id = image_id.map(ImageId);
+    event.retry_at = retry_at;
+    Ok(Some(event))
 }
 
-/// RUNNING → QUEUED for `only` these tasks (held by this gateway), or for all.
+/// A task a bulk update changed.
+pub struct Changed {
+    pub task_id: TaskId,
+    pub user_id: UserId,
+    pub attempts: i32,
+}
+
+/// Runs the update and answers the tasks it changed (`UPDATE … RETURNING`), so their
+/// events can be logged in the same transaction.
+pub async fn changed(
+    db: &impl ConnectionTrait,
+    query: sea_orm::UpdateMany<Task>,
+) -> Result<Vec<Changed>, DbErr> {
+    use sea_orm::sea_query::Query;
+    use sea_orm::QueryTrait;
+    let mut statement = query.into_query();
+    statement.returning(Query::returning().columns([
+        task::Column::TaskId,
+        task::Column::UserId,
+        task::Column::Attempts,
+    ]));
+    let rows = db
+        .query_all(db.get_database_backend().build(&statement))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Changed {
+                task_id: TaskId::from(row.try_get::<String>("", "task_id")?),
+                user_id: UserId(row.try_get("", "user_id")?),
+                attempts: row.try_get("", "attempts")?,
+            })
+        })
+        .collect()
+}
+
+/// RUNNING → QUEUED for `only` these tasks (held by this gateway), or for all, each
+/// with its `queued` event.
 pub async fn requeue_running(
     db: &impl ConnectionTrait,
     cluster: Option<&Cluster>,
     only: Option<Vec<TaskId>>,
-) -> Result<u64, DbErr> {
+) -> Result<Vec<TaskEvent>, DbErr> {
     let mut query = Task::update_many()
         .set(task::ActiveModel {
             status: Set(TaskStatus::Queued),
@@ -450,5 +537,10 @@ pub async fn requeue_running(
     if let Some(ids) = only {
         query = query.filter(task::Column::TaskId.is_in(ids.into_iter().map(TaskId::into_string)));
     }
-    Ok(held(query, cluster).exec(db).await?.rows_affected)
+    let requeued = changed(db, held(query, cluster)).await?;
+    let changes = requeued
+        .into_iter()
+        .map(|t| NewEvent::new(t.user_id, t.task_id, ChangeKind::Queued, TaskStatus::Queued))
+        .collect();
+    events::append(db, changes).await
 }

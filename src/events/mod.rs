@@ -1,0 +1,265 @@
+//! The event hub: every stream (SSE, WebSocket) subscribes here for one user's events,
+//! or one task's, and every logged change is published here once committed: by the
+//! TaskStore on SQLite, or, on PostgreSQL, by the listener that hears every gateway's
+//! events (this one's too) in commit order. A subscriber's buffer is bounded: one that
+//! falls behind is dropped, its stream ends, and its client resumes from its last `seq`
+//! out of the stored log. So the hub never holds more than the buffers, and a stream
+//! never misses an event silently: what the hub could not hand over, the log has.
+
+pub mod feed;
+pub mod rate;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::domain::{TaskEvent, TaskId, UserId};
+use rate::CompletionRate;
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum Pushed {
+    Event(Arc<TaskEvent>),
+    /// Events may have been lost on the way (the listener reconnected): read the log
+    /// after the last one seen.
+    CatchUp,
+}
+
+struct Subscriber {
+    id: u64,
+    /// Only this task's events; all the user's when `None`.
+    task: Option<TaskId>,
+    tx: mpsc::Sender<Pushed>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyStreams {
+    pub limit: usize,
+}
+
+#[derive(Clone)]
+pub struct EventHub(Arc<Inner>);
+
+struct Inner {
+    users: Mutex<HashMap<UserId, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+    /// Events a subscriber may have waiting before it is dropped.
+    buffer: usize,
+    max_streams_per_user: usize,
+    rate: Mutex<CompletionRate>,
+}
+
+/// One stream's subscription; dropping it unsubscribes.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Pushed>,
+    hub: EventHub,
+    user_id: UserId,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.user_id, self.id);
+    }
+}
+
+impl EventHub {
+    pub fn new(buffer: usize, max_streams_per_user: usize) -> EventHub {
+        EventHub(Arc::new(Inner {
+            users: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            buffer: buffer.max(1),
+            max_streams_per_user,
+            rate: Mutex::new(CompletionRate::default()),
+        }))
+    }
+
+    /// Subscribes to the user's events (only `task`'s when given). Refused beyond
+    /// `events.max_streams_per_user` open streams of this user on this gateway.
+    pub fn subscribe(
+        &self,
+        user_id: UserId,
+        task: Option<TaskId>,
+    ) -> Result<Subscription, TooManyStreams> {
+        let (tx, rx) = mpsc::channel(self.0.buffer);
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut users = self.0.users.lock().unwrap();
+        let subscribers = users.entry(user_id).or_default();
+        let limit = self.0.max_streams_per_user;
+        if limit > 0 && subscribers.len() >= limit {
+            return Err(TooManyStreams { limit });
+        }
+        subscribers.push(Subscriber { id, task, tx });
+        Ok(Subscription {
+            rx,
+            hub: self.clone(),
+            user_id,
+            id,
+        })
+    }
+
+    fn unsubscribe(&self, user_id: UserId, id: u64) {
+        let mut users = self.0.users.lock().unwrap();
+        if let Some(subscribers) = users.get_mut(&user_id) {
+            subscribers.retain(|s| s.id != id);
+            if subscribers.is_empty() {
+                users.remove(&user_id);
+            }
+        }
+    }
+
+    /// Hands committed changes (or progress) to their subscribers. A subscriber whose
+    /// buffer is full is dropped: its stream ends and its client resumes from the log.
+    pub fn publish(&self, events: Vec<TaskEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let mut rate = self.0.rate.lock().unwrap();
+            for event in events.iter().filter(|e| e.seq.is_some()) {
+                rate.observe(event.kind);
+            }
+        }
+        let mut users = self.0.users.lock().unwrap();
+        for event in events {
+            let Some(subscribers) = users.get_mut(&event.user_id) else {
+                continue;
+            };
+            let event = Arc::new(event);
+            subscribers.retain(|s| {
+                if s.task.as_ref().is_some_and(|t| *t != event.task_id) {
+                    return true;
+                }
+                match s.tx.try_send(Pushed::Event(event.clone())) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::debug!(user_id = %event.user_id, "event stream fell behind; closing it");
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+            if subscribers.is_empty() {
+                users.remove(&event.user_id);
+            }
+        }
+    }
+
+    /// Every subscriber reads the log: events may have been lost on the way.
+    pub fn catch_up_all(&self) {
+        let mut users = self.0.users.lock().unwrap();
+        for subscribers in users.values_mut() {
+            // A full buffer will read the log anyway once it is dropped.
+            subscribers.retain(|s| s.tx.try_send(Pushed::CatchUp).is_ok());
+        }
+        users.retain(|_, subscribers| !subscribers.is_empty());
+    }
+
+    /// Ends every stream (at shutdown): their clients resume elsewhere or later.
+    pub fn close_all(&self) {
+        self.0.users.lock().unwrap().clear();
+    }
+
+    /// Users with an open stream, and the tasks their streams are about (`None`: all
+    /// of the user's).
+    pub fn watched(&self) -> Vec<(UserId, Option<Vec<TaskId>>)> {
+        let users = self.0.users.lock().unwrap();
+        users
+            .iter()
+            .map(|(user_id, subscribers)| {
+                let tasks: Option<Vec<TaskId>> =
+                    subscribers.iter().map(|s| s.task.clone()).collect();
+                (*user_id, tasks)
+            })
+            .collect()
+    }
+
+    /// Open streams on this gateway.
+    pub fn streams(&self) -> usize {
+        self.0.users.lock().unwrap().values().map(Vec::len).sum()
+    }
+
+    /// Seconds until `position` more tasks have ended at the recent rate, if any.
+    pub fn eta_secs(&self, position: usize) -> Option<u64> {
+        self.0.rate.lock().unwrap().eta_secs(position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EventType, TaskStatus};
+
+    fn event(user: i64, task: &str, seq: i64) -> TaskEvent {
+        TaskEvent {
+            seq: Some(seq),
+            kind: EventType::Running,
+            task_id: TaskId::from(task.to_string()),
+            status: TaskStatus::Running,
+            at: chrono::Utc::now(),
+            attempt: None,
+            instance: None,
+            result_url: None,
+            error: None,
+            retry_at: None,
+            queue_position: None,
+            eta_secs: None,
+            user_id: UserId(user),
+        }
+    }
+
+    fn seq_of(pushed: Pushed) -> i64 {
+        match pushed {
+            Pushed::Event(e) => e.seq.unwrap(),
+            Pushed::CatchUp => -1,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_stream_gets_its_users_events_and_its_tasks_only() {
+        let hub = EventHub::new(8, 0);
+        let mut all = hub.subscribe(UserId(1), None).unwrap();
+        let mut one = hub
+            .subscribe(UserId(1), Some(TaskId::from("b".to_string())))
+            .unwrap();
+        let mut other = hub.subscribe(UserId(2), None).unwrap();
+        hub.publish(vec![event(1, "a", 1), event(1, "b", 2), event(3, "c", 1)]);
+        assert_eq!(seq_of(all.rx.recv().await.unwrap()), 1);
+        assert_eq!(seq_of(all.rx.recv().await.unwrap()), 2);
+        assert_eq!(seq_of(one.rx.recv().await.unwrap()), 2);
+        assert!(other.rx.try_recv().is_err());
+        assert!(one.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_is_dropped_and_the_rest_go_on() {
+        let hub = EventHub::new(2, 0);
+        let mut slow = hub.subscribe(UserId(1), None).unwrap();
+        let mut fast = hub.subscribe(UserId(1), None).unwrap();
+        for seq in 1..=3 {
+            hub.publish(vec![event(1, "a", seq)]);
+            assert_eq!(seq_of(fast.rx.recv().await.unwrap()), seq);
+        }
+        // The slow one got what fit, then its channel closed.
+        assert_eq!(seq_of(slow.rx.recv().await.unwrap()), 1);
+        assert_eq!(seq_of(slow.rx.recv().await.unwrap()), 2);
+        assert!(slow.rx.recv().await.is_none());
+        assert_eq!(hub.streams(), 1);
+    }
+
+    #[test]
+    fn streams_per_user_are_bounded_and_freed_on_drop() {
+        let hub = EventHub::new(2, 2);
+        let a = hub.subscribe(UserId(1), None).unwrap();
+        let _b = hub.subscribe(UserId(1), None).unwrap();
+        assert_eq!(
+            hub.subscribe(UserId(1), None).err(),
+            Some(TooManyStreams { limit: 2 })
+        );
+        assert!(hub.subscribe(UserId(2), None).is_ok());
+        drop(a);
+        assert!(hub.subscribe(UserId(1), None).is_ok());
+    }
+}
