@@ -11,7 +11,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::settings::Settings;
 
-use super::{accounts, admin, events, image, keys, openai, speech, system, tasks};
+use super::{accounts, admin, events, image, keys, openai, speech, system, tasks, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +20,7 @@ use super::{accounts, admin, events, image, keys, openai, speech, system, tasks}
         accounts::register, accounts::login,
         image::submit, image::get_image,
         tasks::get_tasks, tasks::cancel_task,
-        events::user_events, events::task_events, events::ticket,
+        events::user_events, events::task_events, events::ticket, ws::connect,
         speech::transcribe, speech::pcm,
         keys::create_key, keys::list_keys, keys::delete_key,
         system::health, system::ready, system::stats,

@@ -46,7 +46,7 @@ pub struct StreamQuery {
 }
 
 /// Where the client resumes: `Last-Event-ID`, else `?after=`; `None`: from now on.
-pub struct Resume(Option<i64>);
+pub struct Resume(pub Option<i64>);
 
 impl actix_web::FromRequest for Resume {
     type Error = ApiError;

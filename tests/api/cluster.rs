@@ -443,3 +443,72 @@ async fn a_listening_connection_killed_by_the_server_does_not_strand_work() {
     drop((a, b));
     database.drop().await;
 }
+
+#[actix_web::test]
+async fn a_stream_on_one_gateway_sees_the_events_of_work_another_runs_even_across_a_lost_listener()
+{
+    let Some(database) = TempDatabase::create().await else {
+        return;
+    };
+    let sims = start_sims(vec![gpu(200)]);
+    let dir = tempfile::tempdir().unwrap();
+    // A has no instance: everything submitted runs on B.
+    let none = cluster_config(dir.path(), &[], "");
+    let with_gpu = cluster_config(dir.path(), &[&sims[0]], "");
+    let a = gateway(dir.path(), &none, &database).await;
+    let b = gateway(dir.path(), &with_gpu, &database).await;
+    let (_, token) = sign_up(&a.base, "watcher").await;
+    let client = reqwest::Client::new();
+    let open = |base: &str, after: Option<i64>| {
+        let mut request = client
+            .get(format!("{base}/api/v1/events"))
+            .bearer_auth(&token);
+        if let Some(after) = after {
+            request = request.header("Last-Event-ID", after.to_string());
+        }
+        crate::sse::Sse::open(request)
+    };
+    let wait = Duration::from_secs(20);
+    let mut on_a = open(&a.base, None).await;
+    let first: Value = submit(&b.base, &token, "run on B")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first = first["task_id"].as_str().unwrap().to_string();
+    let frames = on_a.changes_until(wait, |f| f.data["type"] == "done").await;
+    assert_eq!(crate::sse::types(&frames), ["queued", "running", "done"]);
+    assert!(frames.iter().all(|f| f.data["task_id"] == first.as_str()));
+    let ids: Vec<i64> = frames.iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(ids, [ids[0], ids[0] + 1, ids[0] + 2]);
+
+    // A's listening connection is cut: what it missed comes from the log.
+    let admin = Database::connect(&database.url).await.unwrap();
+    count(
+        &admin,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{}' AND query ILIKE 'LISTEN%'",
+            database.name
+        ),
+    )
+    .await;
+    let second: Value = submit(&a.base, &token, "after the cut")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second = second["task_id"].as_str().unwrap().to_string();
+    let frames = on_a.changes_until(wait, |f| f.data["type"] == "done").await;
+    assert_eq!(crate::sse::types(&frames), ["queued", "running", "done"]);
+    assert!(frames.iter().all(|f| f.data["task_id"] == second.as_str()));
+    assert_eq!(frames[0].id, Some(ids[2] + 1), "no gap, no duplicate");
+
+    // Any gateway replays the same log.
+    let mut on_b = open(&b.base, Some(ids[0])).await;
+    let replayed = on_b.changes_until(wait, |f| f.id == frames[2].id).await;
+    assert_eq!(replayed.len(), 5);
+    assert_eq!(replayed[0].id, Some(ids[0] + 1));
+    drop((on_a, on_b, a, b));
+    database.drop().await;
+}

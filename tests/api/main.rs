@@ -34,3 +34,4 @@ mod slow_clients;
 mod speech;
 mod sse;
 mod users;
+mod ws;
