@@ -16,8 +16,10 @@ use crate::events::EventHub;
 use crate::store::{tasks, StoreError};
 
 const EVERY: Duration = Duration::from_secs(1);
-/// A user-wide stream's progress covers the user's oldest queued tasks up to this many.
-pub const MAX_PROGRESS_PER_USER: u64 = 200;
+/// A user-wide stream's progress covers the user's oldest queued tasks up to this many
+/// (a page of a list; the rest are further back and change little). A task's own
+/// stream always gets its task's.
+pub const MAX_PROGRESS_PER_USER: u64 = 20;
 
 pub struct Progress {
     hub: EventHub,

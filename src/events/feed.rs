@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
 
-use super::{EventHub, Pushed, Subscription, TooManyStreams};
-use crate::domain::{TaskEvent, TaskId, UserId};
+use super::{EventHub, Published, Pushed, Subscription, TooManyStreams};
+use crate::domain::{TaskId, UserId};
 use crate::store::{events, StoreError};
 
 /// Stored events read per query while replaying.
@@ -24,9 +24,11 @@ pub struct Feed {
     task: Option<TaskId>,
     /// The last stored event handed out.
     last: i64,
-    backlog: VecDeque<Arc<TaskEvent>>,
+    backlog: VecDeque<Arc<Published>>,
     /// The log has more after the backlog.
     more: bool,
+    /// Something `ready` took from the hub that needs `next` (a catch-up, a gap).
+    held: Option<Pushed>,
 }
 
 /// Why a feed has nothing more.
@@ -54,6 +56,7 @@ impl Feed {
             last: i64::MAX,
             backlog: VecDeque::new(),
             more: false,
+            held: None,
         })
     }
 
@@ -71,29 +74,47 @@ impl Feed {
     }
 
     /// The next event: stored ones in order, progress as it comes.
-    pub async fn next(&mut self) -> Result<Arc<TaskEvent>, FeedEnd> {
+    pub async fn next(&mut self) -> Result<Arc<Published>, FeedEnd> {
+        loop {
+            if let Some(event) = self.ready() {
+                return Ok(event);
+            }
+            if self.more || matches!(self.held.take(), Some(Pushed::CatchUp)) {
+                self.fill().await.map_err(FeedEnd::Store)?;
+                continue;
+            }
+            let pushed = self.subscription.rx.recv().await.ok_or(FeedEnd::Closed)?;
+            self.held = Some(pushed);
+        }
+    }
+
+    /// The next event if one is at hand, without waiting or reading the log: a stream
+    /// under load sends what has piled up in one write.
+    pub fn ready(&mut self) -> Option<Arc<Published>> {
         loop {
             if let Some(event) = self.backlog.pop_front() {
                 self.last = event.seq.unwrap_or(self.last);
                 if self.backlog.is_empty() && self.backlog.capacity() > PAGE as usize {
                     self.backlog.shrink_to_fit();
                 }
-                return Ok(event);
+                return Some(event);
             }
             if self.more {
-                self.fill().await.map_err(FeedEnd::Store)?;
-                continue;
+                return None;
             }
-            let pushed = self.subscription.rx.recv().await.ok_or(FeedEnd::Closed)?;
+            let pushed = match self.held.take() {
+                Some(pushed) => pushed,
+                None => self.subscription.rx.try_recv().ok()?,
+            };
             let event = match pushed {
                 Pushed::CatchUp => {
-                    self.fill().await.map_err(FeedEnd::Store)?;
-                    continue;
+                    self.held = Some(Pushed::CatchUp);
+                    return None;
                 }
                 Pushed::Event(event) => event,
             };
             let Some(seq) = event.seq else {
-                return Ok(event);
+                return Some(event);
             };
             if seq <= self.last {
                 continue; // replayed already
@@ -102,9 +123,11 @@ impl Feed {
             // hub hands a task's stream only that task's.
             if self.task.is_some() || seq == self.last + 1 {
                 self.last = seq;
-                return Ok(event);
+                return Some(event);
             }
-            self.fill().await.map_err(FeedEnd::Store)?;
+            // A gap: the log has what is missing, and this event after it.
+            self.held = Some(Pushed::CatchUp);
+            return None;
         }
     }
 
@@ -114,7 +137,7 @@ impl Feed {
         let page =
             events::after(&self.db, self.user_id, self.last, self.task.as_ref(), PAGE).await?;
         self.more = page.len() as u64 == PAGE;
-        self.backlog.extend(page.into_iter().map(Arc::new));
+        self.backlog.extend(page.into_iter().map(Published::new));
         Ok(())
     }
 }

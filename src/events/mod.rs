@@ -11,17 +11,47 @@ pub mod rate;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
 use crate::domain::{TaskEvent, TaskId, UserId};
 use rate::CompletionRate;
 
+/// An event on its way to every stream that wants it, its JSON written once for all.
+#[derive(Debug)]
+pub struct Published {
+    pub event: TaskEvent,
+    json: OnceLock<String>,
+}
+
+impl Published {
+    pub fn new(event: TaskEvent) -> Arc<Published> {
+        Arc::new(Published {
+            event,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The event as every channel sends it.
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string(&self.event).expect("an event serializes"))
+    }
+}
+
+impl std::ops::Deref for Published {
+    type Target = TaskEvent;
+
+    fn deref(&self) -> &TaskEvent {
+        &self.event
+    }
+}
+
 /// What a subscriber receives.
 #[derive(Debug, Clone)]
 pub enum Pushed {
-    Event(Arc<TaskEvent>),
+    Event(Arc<Published>),
     /// Events may have been lost on the way (the listener reconnected): read the log
     /// after the last one seen.
     CatchUp,
@@ -127,7 +157,7 @@ impl EventHub {
             let Some(subscribers) = users.get_mut(&event.user_id) else {
                 continue;
             };
-            let event = Arc::new(event);
+            let event = Published::new(event);
             subscribers.retain(|s| {
                 if s.task.as_ref().is_some_and(|t| *t != event.task_id) {
                     return true;

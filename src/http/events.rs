@@ -23,7 +23,7 @@ use crate::auth::tickets::{self, TICKET_TTL};
 use crate::domain::{TaskEvent, TaskId};
 use crate::error::{ApiError, ErrorBody};
 use crate::events::feed::{Feed, FeedEnd};
-use crate::events::EventHub;
+use crate::events::{EventHub, Published};
 use crate::http::caller::{DeviceOrUser, Streamer};
 use crate::http::tasks::{with_positions, TaskView};
 use crate::settings::Settings;
@@ -76,8 +76,8 @@ fn resume_point(req: &HttpRequest) -> Result<Resume, ApiError> {
 }
 
 /// One SSE frame.
-fn frame(event: &TaskEvent) -> Bytes {
-    let json = serde_json::to_string(event).expect("an event serializes");
+fn frame(event: &Published) -> Bytes {
+    let json = event.json();
     Bytes::from(match event.seq {
         Some(seq) => format!("id: {seq}\ndata: {json}\n\n"),
         None => format!("data: {json}\n\n"),
@@ -95,7 +95,7 @@ fn snapshot_frame(task: &TaskView, last: i64) -> Bytes {
 
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
-/// The stream's state between frames.
+/// The stream's state between writes.
 struct Streaming {
     feed: Feed,
     /// Frames to send before reading the feed (the snapshot).
@@ -106,26 +106,47 @@ struct Streaming {
     ended: bool,
 }
 
+/// Frames written at most in one go when events pile up.
+const MAX_BATCH_BYTES: usize = 32 * 1024;
+
 fn sse(state: Streaming) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
-    stream::unfold(state, |mut state| async move {
+    let idle = Box::pin(tokio::time::sleep(state.keepalive));
+    stream::unfold((state, idle), |(mut state, mut idle)| async move {
         if let Some(first) = state.first.take() {
-            return Some((Ok(first), state));
+            return Some((Ok(first), (state, idle)));
         }
         if state.ended {
             return None;
         }
-        match tokio::time::timeout(state.keepalive, state.feed.next()).await {
-            Err(_) => Some((Ok(Bytes::from_static(KEEPALIVE)), state)),
-            Ok(Ok(event)) => {
-                state.ended = state.until_terminal && event.kind.is_terminal();
-                Some((Ok(frame(&event)), state))
+        let event = tokio::select! {
+            event = state.feed.next() => event,
+            _ = idle.as_mut() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + state.keepalive);
+                return Some((Ok(Bytes::from_static(KEEPALIVE)), (state, idle)));
             }
-            Ok(Err(FeedEnd::Closed)) => None,
-            Ok(Err(FeedEnd::Store(e))) => {
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(FeedEnd::Closed) => return None,
+            Err(FeedEnd::Store(e)) => {
                 tracing::warn!(error = %e, "event stream cannot read the log; closing it");
-                None
+                return None;
             }
+        };
+        // This one, and whatever else is at hand, in one write.
+        let mut batch = Vec::with_capacity(512);
+        let mut next = Some(event);
+        while let Some(event) = next.take() {
+            batch.extend_from_slice(&frame(&event));
+            state.ended = state.until_terminal && event.kind.is_terminal();
+            if state.ended || batch.len() >= MAX_BATCH_BYTES {
+                break;
+            }
+            next = state.feed.ready();
         }
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + state.keepalive);
+        Some((Ok(Bytes::from(batch)), (state, idle)))
     })
 }
 
@@ -217,7 +238,8 @@ pub async fn task_events(
                 if missed.is_empty() {
                     HttpResponse::NoContent().finish()
                 } else {
-                    event_stream_body(missed.iter().flat_map(|e| frame(e).to_vec()).collect())
+                    let frames = missed.into_iter().map(|e| frame(&Published::new(e)));
+                    event_stream_body(frames.flat_map(|f| f.to_vec()).collect())
                 }
             }
         });

@@ -94,8 +94,7 @@ async fn serve(
         tokio::select! {
             event = feed.next() => match event {
                 Ok(event) => {
-                    let json = serde_json::to_string(&*event).expect("an event serializes");
-                    if session.text(json).await.is_err() {
+                    if session.text(event.json().to_string()).await.is_err() {
                         return;
                     }
                 }
