@@ -67,6 +67,9 @@ pub enum ApiError {
     AudioTooLong { max_secs: u64 },
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A known route asked with a method it does not take; `allow` lists those it does.
+    #[error("this route takes {allow}")]
+    MethodNotAllowed { allow: String },
     #[error("you already have {max} API keys; revoke one first")]
     TooManyKeys { max: usize },
     #[error("an instance of this kind with this url already exists (or is still draining)")]
@@ -133,6 +136,7 @@ impl ApiError {
             BadCredentials => (S::UNAUTHORIZED, "invalid_credentials", None, Client),
             Forbidden(_) => (S::FORBIDDEN, "forbidden", None, Client),
             NotFound(_) => (S::NOT_FOUND, "not_found", None, Client),
+            MethodNotAllowed { .. } => (S::METHOD_NOT_ALLOWED, "method_not_allowed", None, Client),
             UploadTimeout(_) => (S::REQUEST_TIMEOUT, "upload_timeout", None, Client),
             UsernameTaken => (S::CONFLICT, "username_taken", None, Client),
             TaskFinished(_) => (S::CONFLICT, "task_finished", None, Client),
@@ -401,6 +405,9 @@ impl ApiError {
             // Asking again would make more tasks, not finish these; the OpenAI SDKs obey this.
             ApiError::StillRunning { .. } => {
                 response.insert_header(("x-should-retry", "false"));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, allow.as_str()));
             }
             _ => {}
         }

@@ -2,6 +2,9 @@
 //! running server's limits filled in, and Swagger UI at `/docs`. `.ci/schemathesis` checks
 //! that the server answers what the document says.
 
+use std::sync::LazyLock;
+
+use actix_web::dev::ResourceDef;
 use actix_web::{web, HttpResponse};
 use utoipa::openapi::schema::{AdditionalProperties, Schema};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -19,7 +22,7 @@ use super::{accounts, admin, events, image, keys, openai, speech, system, tasks,
     paths(
         accounts::register, accounts::login,
         image::submit, image::get_image,
-        tasks::get_tasks, tasks::cancel_task,
+        tasks::get_tasks, tasks::cancel_task, tasks::delete_task,
         events::user_events, events::task_events, events::ticket, ws::connect,
         speech::transcribe, speech::pcm,
         keys::create_key, keys::list_keys, keys::delete_key,
@@ -165,6 +168,36 @@ impl ApiDocument {
         let json = openapi.to_json().expect("the OpenAPI document serializes");
         ApiDocument(json)
     }
+}
+
+/// Every documented path with the methods it takes: a wrong method on a known path is a
+/// 405 naming them, and a route missing from the document is caught by a test.
+static ROUTES: LazyLock<Vec<(ResourceDef, String)>> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .paths
+        .paths
+        .into_iter()
+        .map(|(path, item)| {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("HEAD", item.head.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            let allow: Vec<&str> = methods.iter().filter(|m| m.1).map(|m| m.0).collect();
+            (ResourceDef::new(path), allow.join(", "))
+        })
+        .collect()
+});
+
+/// The methods a documented path takes (`Allow`'s value), or `None` for an unknown path.
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    ROUTES
+        .iter()
+        .find(|(route, _)| route.is_match(path))
+        .map(|(_, allow)| allow.as_str())
 }
 
 async fn document(doc: web::Data<ApiDocument>) -> HttpResponse {

@@ -11,7 +11,7 @@ use crate::actors::Dispatcher;
 use crate::domain::{Idempotency, ImageId, ImageJob, ImageRequest, Priority, Role, TaskId};
 use crate::error::{insert_rate_headers, ApiError, ErrorBody};
 use crate::http::ask;
-use crate::http::caller::{AuthUser, DeviceOrUser};
+use crate::http::caller::DeviceOrUser;
 use crate::limits::{Limits, RateInfo};
 use crate::settings::Settings;
 use crate::store::tasks;
@@ -19,7 +19,8 @@ use crate::telemetry;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/image/async", web::post().to(submit))
-        .route("/api/images/{id}", web::get().to(get_image));
+        .route("/api/images/{id}", web::get().to(get_image))
+        .route("/api/images/{id}", web::head().to(get_image));
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -34,7 +35,7 @@ pub struct SubmitResponse {
 
 /// Queue a text-to-image task. The 202 means the task is committed to the database.
 #[utoipa::path(post, path = "/api/v1/image/async", tag = "image", request_body = ImageRequest,
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 202, description = "Queued", body = SubmitResponse),
         (status = 400, description = "Invalid or malformed body", body = ErrorBody),
@@ -48,9 +49,9 @@ pub struct SubmitResponse {
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
         pattern = "^[!-~]{1,255}$",
         description = "Retry-safe submission (1 to 255 visible ASCII characters): the same key and request answer the same task_id and create nothing")))]
-#[tracing::instrument(skip_all, fields(user_id = %user.id, task_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id, task_id))]
 pub async fn submit(
-    user: AuthUser,
+    user: DeviceOrUser,
     req: HttpRequest,
     settings: web::Data<Settings>,
     dispatcher: web::Data<Addr<Dispatcher>>,
@@ -60,7 +61,7 @@ pub async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let job = ImageJob::parse(body.into_inner(), &settings.image)?;
     let rate = match &limits.submit {
-        Some(limit) => Some(limit.check(&user.id).map_err(ApiError::RateLimited)?),
+        Some(limit) => Some(limit.check(&user.user_id).map_err(ApiError::RateLimited)?),
         None => None,
     };
     let idempotency = match req.headers().get(IDEMPOTENCY_KEY) {
@@ -74,7 +75,7 @@ pub async fn submit(
     };
     // A replay answers even when the queue is full, so check before admission.
     if let Some(idempotency) = &idempotency {
-        if let Some(task) = tasks::by_idempotency_key(&db, user.id, &idempotency.key).await? {
+        if let Some(task) = tasks::by_idempotency_key(&db, user.user_id, &idempotency.key).await? {
             if task.request_hash.as_deref() != Some(idempotency.request_hash.as_str()) {
                 return Err(ApiError::IdempotencyKeyReused);
             }
@@ -82,7 +83,7 @@ pub async fn submit(
         }
     }
     let submit = Submit {
-        user_id: user.id,
+        user_id: user.user_id,
         priority: priority_of(user.role),
         job,
         idempotency,
@@ -123,7 +124,7 @@ fn accepted(task_id: TaskId, replayed: bool, rate: Option<RateInfo>) -> HttpResp
 
 /// The image a task produced, with its Content-Type. Device keys may fetch it too: the
 /// OpenAI-compatible route answers links to it.
-#[utoipa::path(get, path = "/api/images/{id}", tag = "image",
+#[utoipa::path(method(get, head), path = "/api/images/{id}", tag = "image",
     params(("id" = i64, Path, description = "Image id from a task's result_url")),
     security(("bearer" = []), ("api_key" = [])),
     responses(

@@ -53,8 +53,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(docs::configure);
 }
 
-/// JSON 404 for paths no route matches.
+/// What a request no route takes gets: 405 with `Allow` on a documented path, else a
+/// JSON 404.
 pub async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    tracing::debug!(path = req.path(), "no route");
-    Err(ApiError::NotFound("route"))
+    tracing::debug!(method = %req.method(), path = req.path(), "no route");
+    match docs::allowed_methods(req.path()) {
+        Some(allow) => Err(ApiError::MethodNotAllowed {
+            allow: allow.to_string(),
+        }),
+        None => Err(ApiError::NotFound("route")),
+    }
 }

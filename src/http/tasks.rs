@@ -12,7 +12,7 @@ use crate::actors::{Dispatcher, TaskStore};
 use crate::domain::{ImageId, TaskId, TaskStatus, UserId};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
-use crate::http::caller::AuthUser;
+use crate::http::caller::DeviceOrUser;
 use crate::store::tasks;
 
 pub const DEFAULT_LIMIT: i64 = 20;
@@ -24,7 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/api/v1/tasks/{task_id}/cancel",
             web::post().to(cancel_task),
         )
-        .route("/api/v1/tasks/{task_id}", web::delete().to(cancel_task));
+        .route("/api/v1/tasks/{task_id}", web::delete().to(delete_task));
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -87,16 +87,16 @@ pub enum TasksAnswer {
 
 /// With `task_id`: that task (if it is yours). Without: your newest tasks first.
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", params(TasksQuery),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "With task_id: that task. Without: a list of your tasks, newest first", body = TasksAnswer),
         (status = 400, description = "Invalid limit", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 404, description = "No such task of yours", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = %user.id, task_id = query.task_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id, task_id = query.task_id))]
 pub async fn get_tasks(
-    user: AuthUser,
+    user: DeviceOrUser,
     db: web::Data<DatabaseConnection>,
     dispatcher: web::Data<Addr<Dispatcher>>,
     query: web::Query<TasksQuery>,
@@ -110,14 +110,14 @@ pub async fn get_tasks(
         )));
     }
     if let Some(task_id) = task_id {
-        let task = tasks::get(&db, user.id, &TaskId::from(task_id))
+        let task = tasks::get(&db, user.user_id, &TaskId::from(task_id))
             .await?
             .ok_or(ApiError::NotFound("task"))?;
-        let views = with_positions(&dispatcher, user.id, vec![task]).await?;
+        let views = with_positions(&dispatcher, user.user_id, vec![task]).await?;
         return Ok(HttpResponse::Ok().json(&views[0]));
     }
-    let newest = tasks::newest(&db, user.id, limit as u64).await?;
-    Ok(HttpResponse::Ok().json(with_positions(&dispatcher, user.id, newest).await?))
+    let newest = tasks::newest(&db, user.user_id, limit as u64).await?;
+    Ok(HttpResponse::Ok().json(with_positions(&dispatcher, user.user_id, newest).await?))
 }
 
 /// Task views, with the queue position of those still QUEUED.
@@ -147,16 +147,16 @@ pub(crate) async fn with_positions(
 /// call is dropped. Repeating it is harmless; a task that already ended answers 409.
 #[utoipa::path(post, path = "/api/v1/tasks/{task_id}/cancel", tag = "tasks",
     params(("task_id" = String, Path, description = "The task to cancel")),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "The task, now CANCELLED", body = TaskView),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 404, description = "No such task of yours", body = ErrorBody),
         (status = 409, description = "The task already ended DONE or FAILED", body = ErrorBody),
     ))]
-#[tracing::instrument(skip_all, fields(user_id = %user.id, task_id = %task_id))]
+#[tracing::instrument(skip_all, fields(user_id = %user.user_id, task_id = %task_id))]
 pub async fn cancel_task(
-    user: AuthUser,
+    user: DeviceOrUser,
     store: web::Data<Addr<TaskStore>>,
     dispatcher: web::Data<Addr<Dispatcher>>,
     task_id: web::Path<String>,
@@ -164,7 +164,7 @@ pub async fn cancel_task(
     let task_id = TaskId::from(task_id.into_inner());
     let cancel = CancelTask {
         task_id: task_id.clone(),
-        user_id: user.id,
+        user_id: user.user_id,
     };
     let outcome = ask(&store, cancel).await??;
     match outcome {
@@ -175,10 +175,30 @@ pub async fn cancel_task(
                 tracing::debug!("task cancelled");
                 dispatcher.do_send(TaskCancelled {
                     task_id,
-                    user_id: Some(user.id),
+                    user_id: Some(user.user_id),
                 });
             }
             Ok(HttpResponse::Ok().json(TaskView::from(task)))
         }
     }
+}
+
+/// Cancel one of your tasks, as `POST /api/v1/tasks/{task_id}/cancel` does (the task and
+/// its image stay readable).
+#[utoipa::path(delete, path = "/api/v1/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "The task to cancel")),
+    security(("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The task, now CANCELLED", body = TaskView),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 404, description = "No such task of yours", body = ErrorBody),
+        (status = 409, description = "The task already ended DONE or FAILED", body = ErrorBody),
+    ))]
+pub async fn delete_task(
+    user: DeviceOrUser,
+    store: web::Data<Addr<TaskStore>>,
+    dispatcher: web::Data<Addr<Dispatcher>>,
+    task_id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    cancel_task(user, store, dispatcher, task_id).await
 }

@@ -128,13 +128,51 @@ async fn demo_mode_completes_a_task_with_no_gpu() {
     .await;
 }
 
+#[actix_web::test]
+async fn demo_mode_runs_only_its_simulators_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    add_user_with(
+        dir.path(),
+        &["user", "add", "root", "--admin", "--password-stdin"],
+    );
+    // The shipped settings.toml, with its `localhost:8000` image instance.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("settings.toml");
+    let gateway = Gateway::start(dir.path(), Some(&shipped), free_port(), &["--demo"]).await;
+    let (_, token) = sign_up(&gateway.base, "root").await;
+    let instances: Vec<Value> = reqwest::Client::new()
+        .get(format!("{}/api/v1/admin/instances", gateway.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // settings.toml's `localhost:8000` instance is not loaded: only the two simulators.
+    let mut kinds: Vec<&str> = instances
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["image", "speech"], "{instances:?}");
+    for instance in &instances {
+        let url = instance["url"].as_str().unwrap();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        assert!(!url.ends_with(":8000"), "{url}");
+    }
+}
+
 fn run(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     infergate(dir).args(args).output().unwrap()
 }
 
 fn add_user(dir: &std::path::Path, name: &str) {
+    add_user_with(dir, &["user", "add", name, "--password-stdin"]);
+}
+
+fn add_user_with(dir: &std::path::Path, args: &[&str]) {
     let mut child = infergate(dir)
-        .args(["user", "add", name, "--password-stdin"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

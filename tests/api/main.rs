@@ -30,6 +30,7 @@ mod process;
 mod queue;
 mod readiness;
 mod recovery;
+mod routes;
 mod slow_clients;
 mod speech;
 mod sse;
