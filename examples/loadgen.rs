@@ -13,6 +13,7 @@
 //!     target/release/examples/loadgen halffail   # one GPU failing half its calls
 //!     target/release/examples/loadgen register   # registration flood: peak RSS, RSS 30 s later
 //!     target/release/examples/loadgen events     # 1,000 SSE subscribers: push latency, RSS, tasks/s
+//!     target/release/examples/loadgen cluster    # PostgreSQL, 1–3 gateways: tasks/s, rescue, makespan
 //!     target/release/examples/loadgen all
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+#[path = "loadgen/cluster.rs"]
+mod cluster;
 
 /// Pings every second, so the rigs find their simulators healthy soon.
 const FAST_PINGS: &str = "[health]\ninterval_secs = 1\n";
@@ -913,6 +917,7 @@ async fn main() {
         "halffail" => halffail_scenario().await,
         "register" => register_scenario().await,
         "events" => events_scenario().await,
+        "cluster" => cluster::cluster_scenario().await,
         "all" => {
             submit_scenario().await;
             e2e_scenario().await;
@@ -922,10 +927,11 @@ async fn main() {
             halffail_scenario().await;
             register_scenario().await;
             events_scenario().await;
+            cluster::cluster_scenario().await;
         }
         other => {
             eprintln!(
-                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | register | events | all"
+                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | register | events | cluster | all"
             );
             std::process::exit(2);
         }

@@ -19,23 +19,11 @@ use crate::domain::{InstanceId, Protocol};
 
 /// Each interval is the configured one, give or take this fraction.
 const INTERVAL_JITTER: f64 = 0.2;
-/// A slow start raises the usable capacity in this many steps.
-pub(super) const SLOW_START_STEPS: u32 = 10;
 
 /// When to ping again after a ping ended.
 fn next_ping_delay(interval: Duration) -> Duration {
     let spread = 1.0 - INTERVAL_JITTER..=1.0 + INTERVAL_JITTER;
     interval.mul_f64(rand::thread_rng().gen_range(spread))
-}
-
-/// Capacity usable `elapsed` into a slow start of length `window`: one call at first,
-/// then a tenth more of `full` at each step.
-pub(super) fn ramp(full: u32, elapsed: Duration, window: Duration) -> u32 {
-    if elapsed >= window {
-        return full;
-    }
-    let steps = (elapsed.as_secs_f64() / window.as_secs_f64() * SLOW_START_STEPS as f64) as u32;
-    (full * steps).div_ceil(SLOW_START_STEPS).max(1)
 }
 
 impl InstanceRegistry {
@@ -170,23 +158,5 @@ mod tests {
             .all(|d| (24.0..=36.0).contains(&d.as_secs_f64())));
         // Spread, not in step: the delays differ from each other.
         assert!(nexts.iter().filter(|d| **d != nexts[0]).count() > 150);
-    }
-
-    #[test]
-    fn slow_start_ramps_from_one_call_to_full_capacity() {
-        let window = Duration::from_secs(10);
-        let at = |secs: f64| ramp(8, Duration::from_secs_f64(secs), window);
-        assert_eq!(at(0.0), 1);
-        assert_eq!(at(0.9), 1);
-        assert_eq!(at(5.0), 4);
-        assert_eq!(at(9.9), 8, "the last step rounds up to full");
-        assert_eq!(at(10.0), 8);
-        let mut last = 0;
-        for tenth in 0..=100 {
-            let now = at(tenth as f64 / 10.0);
-            assert!(now >= last && now >= 1, "never down, never zero");
-            last = now;
-        }
-        assert_eq!(ramp(1, Duration::ZERO, window), 1);
     }
 }

@@ -117,7 +117,7 @@ impl Instance {
             return 1;
         }
         match self.back_since {
-            Some(since) => super::health::ramp(self.spec.capacity, since.elapsed(), slow_start),
+            Some(since) => ramp(self.spec.capacity, since.elapsed(), slow_start),
             None => self.spec.capacity,
         }
     }
@@ -160,5 +160,41 @@ impl Instance {
             last_error: self.last_error.clone(),
             last_check: self.last_check,
         }
+    }
+}
+
+/// A slow start raises the usable capacity in this many steps.
+pub(super) const SLOW_START_STEPS: u32 = 10;
+
+/// Capacity usable `elapsed` into a slow start of length `window`: one call at first,
+/// then a tenth more of `full` at each step.
+fn ramp(full: u32, elapsed: Duration, window: Duration) -> u32 {
+    if elapsed >= window {
+        return full;
+    }
+    let steps = (elapsed.as_secs_f64() / window.as_secs_f64() * SLOW_START_STEPS as f64) as u32;
+    (full * steps).div_ceil(SLOW_START_STEPS).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_start_ramps_from_one_call_to_full_capacity() {
+        let window = Duration::from_secs(10);
+        let at = |secs: f64| ramp(8, Duration::from_secs_f64(secs), window);
+        assert_eq!(at(0.0), 1);
+        assert_eq!(at(0.9), 1);
+        assert_eq!(at(5.0), 4);
+        assert_eq!(at(9.9), 8, "the last step rounds up to full");
+        assert_eq!(at(10.0), 8);
+        let mut last = 0;
+        for tenth in 0..=100 {
+            let now = at(tenth as f64 / 10.0);
+            assert!(now >= last && now >= 1, "never down, never zero");
+            last = now;
+        }
+        assert_eq!(ramp(1, Duration::ZERO, window), 1);
     }
 }

@@ -469,8 +469,8 @@ impl InstanceRegistry {
             return;
         }
         self.instances[index].back_since = Some(Instant::now());
-        for step in 1..=health::SLOW_START_STEPS {
-            let at = slow_start * step / health::SLOW_START_STEPS;
+        for step in 1..=instance::SLOW_START_STEPS {
+            let at = slow_start * step / instance::SLOW_START_STEPS;
             ctx.run_later(at, |registry, ctx| registry.serve_waiters(ctx));
         }
     }
