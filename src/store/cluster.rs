@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use entity::prelude::Node;
 use entity::{node, task};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult, QueryFilter,
-    QueryResult, Statement, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    FromQueryResult, QueryFilter, QueryResult, Statement, TransactionTrait, Value,
 };
 
 use super::events::NewEvent;
@@ -35,6 +35,18 @@ fn statement(sql: &str, values: Vec<Value>) -> Statement {
 
 fn millis(d: Duration) -> Value {
     (d.as_millis() as i64).into()
+}
+
+/// A transaction that commits without waiting for the disk, for call slots only: they
+/// are leases on a GPU, not data, and each take and release sits between two backend
+/// calls, where a flush (milliseconds) would leave the GPU idle. What a crash of
+/// PostgreSQL itself may lose is its last fraction of a second of slot changes (see
+/// README).
+async fn lease_transaction(db: &DatabaseConnection) -> Result<DatabaseTransaction, StoreError> {
+    let txn = db.begin().await?;
+    txn.execute_unprepared("SET LOCAL synchronous_commit = off")
+        .await?;
+    Ok(txn)
 }
 
 /// `NOTIFY` on the gateways' channel; delivered when the transaction commits.
@@ -89,8 +101,12 @@ pub async fn heartbeat(
     .await?;
     if !ids.is_empty() {
         db.execute(statement(
+            // A row another transaction holds (its ending being written) is skipped, not
+            // waited for: waiting on rows locked in another order is how deadlocks start,
+            // and the next beat renews it if it still needs it.
             "UPDATE tasks SET lease_until = now() + $3 * interval '1 millisecond' \
-             WHERE holder = $1 AND task_id = ANY($2) AND status IN ('QUEUED', 'RUNNING')",
+             WHERE id IN (SELECT id FROM tasks WHERE holder = $1 AND task_id = ANY($2) \
+               AND status IN ('QUEUED', 'RUNNING') FOR UPDATE SKIP LOCKED)",
             vec![node.as_str().into(), ids.into(), millis(lease)],
         ))
         .await?;
@@ -508,7 +524,8 @@ pub async fn take_slot(
     }
     let keys: Vec<String> = candidates.iter().map(|(k, _)| k.clone()).collect();
     let caps: Vec<i32> = candidates.iter().map(|(_, c)| *c as i32).collect();
-    let row = db
+    let txn = lease_transaction(db).await?;
+    let row = txn
         .query_one(statement(
             "UPDATE slots SET holder = $1, held_until = now() + $4 * interval '1 millisecond' \
              WHERE (instance_key, slot) = ( \
@@ -526,6 +543,7 @@ pub async fn take_slot(
             ],
         ))
         .await?;
+    txn.commit().await?;
     row.map(|row| {
         Ok((
             row.try_get::<String>("", "instance_key")?,
@@ -543,7 +561,8 @@ pub async fn release_slot(
     instance: &str,
     slot: u32,
 ) -> Result<(), StoreError> {
-    db.execute(statement(
+    let txn = lease_transaction(db).await?;
+    txn.execute(statement(
         "WITH freed AS (UPDATE slots SET holder = NULL, held_until = NULL \
            WHERE instance_key = $1 AND slot = $2 AND holder = $3 RETURNING 1) \
          SELECT pg_notify($4, 's') FROM freed",
@@ -555,6 +574,7 @@ pub async fn release_slot(
         ],
     ))
     .await?;
+    txn.commit().await?;
     Ok(())
 }
 
