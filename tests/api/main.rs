@@ -20,6 +20,7 @@ mod helpers;
 mod idempotency;
 mod image_flow;
 mod keys;
+mod metrics;
 mod migrations;
 mod openai_front;
 mod openai_sdk;
