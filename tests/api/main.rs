@@ -34,5 +34,6 @@ mod recovery;
 mod slow_clients;
 mod speech;
 mod sse;
+mod traces;
 mod users;
 mod ws;
