@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::actors::messages::InstanceState;
 use crate::actors::{Dispatcher, InstanceRegistry};
 use crate::error::{ApiError, ErrorBody};
+use crate::events::EventHub;
 use crate::http::system::SystemFigures;
 use crate::settings::Settings;
 use crate::telemetry::metrics::{InstanceFigures, Snapshot};
@@ -64,6 +65,7 @@ pub async fn metrics(
     settings: web::Data<Settings>,
     dispatcher: web::Data<Addr<Dispatcher>>,
     registry: web::Data<Addr<InstanceRegistry>>,
+    hub: web::Data<EventHub>,
 ) -> Result<HttpResponse, ApiError> {
     let token = &settings.telemetry.metrics_token;
     if !token.is_empty() && !bearer_matches(&req, token) {
@@ -78,6 +80,7 @@ pub async fn metrics(
         running: figures.queue.busy_workers,
         waiting,
         capacity: figures.queue.queue_capacity,
+        streams: hub.streams(),
         instances: figures
             .instances
             .iter()

@@ -147,6 +147,8 @@ pub struct Metrics {
     speech_audio: HashMap<&'static str, Counter<f64, AtomicU64>>,
     db_commit: Histogram,
     db_batch: Histogram,
+    stream_events: Counter,
+    streams_behind: Counter,
     backend_requests: Family<BackendLabels, Counter>,
     backend_seconds: Family<InstanceLabels, Histogram, fn() -> Histogram>,
     http_requests: Family<HttpLabels, Counter>,
@@ -160,6 +162,7 @@ pub struct Metrics {
 struct Gauges {
     queue_depth: Family<StateLabels, Gauge>,
     queue_capacity: Gauge,
+    streams: Gauge,
     instance_up: Family<InstanceLabels, Gauge>,
     instance_in_flight: Family<InstanceLabels, Gauge>,
     instance_capacity: Family<InstanceLabels, Gauge>,
@@ -185,6 +188,8 @@ pub struct Snapshot {
     /// Requests waiting for an instance with room.
     pub waiting: usize,
     pub capacity: usize,
+    /// Open event streams.
+    pub streams: usize,
     pub instances: Vec<InstanceFigures>,
     pub queue_usage: f64,
     pub failure_rate: f64,
@@ -305,6 +310,18 @@ impl Metrics {
             "Writes per group commit",
             db_batch.clone(),
         );
+        let stream_events = Counter::default();
+        registry.register(
+            "infergate_stream_events",
+            "Task events pushed to SSE and WebSocket streams",
+            stream_events.clone(),
+        );
+        let streams_behind = Counter::default();
+        registry.register(
+            "infergate_streams_fell_behind",
+            "Streams closed because their client fell behind (it resumes from the log)",
+            streams_behind.clone(),
+        );
         let gauges = Gauges::register(&mut registry);
         let finished_of = |status| {
             let labels = KindStatusLabels {
@@ -353,6 +370,8 @@ impl Metrics {
                 .collect(),
             db_commit,
             db_batch,
+            stream_events,
+            streams_behind,
             backend_requests,
             backend_seconds,
             http_requests,
@@ -407,6 +426,14 @@ impl Metrics {
     pub fn db_commit(&self, took: Duration, writes: usize) {
         self.db_commit.observe(took.as_secs_f64());
         self.db_batch.observe(writes as f64);
+    }
+
+    pub fn stream_event(&self) {
+        self.stream_events.inc();
+    }
+
+    pub fn stream_fell_behind(&self) {
+        self.streams_behind.inc();
     }
 
     /// One backend call; `outcome` is `ok` or the error's kind.
@@ -515,6 +542,7 @@ impl Gauges {
         let gauges = Gauges {
             queue_depth: Family::default(),
             queue_capacity: Gauge::default(),
+            streams: Gauge::default(),
             instance_up: Family::default(),
             instance_in_flight: Family::default(),
             instance_capacity: Family::default(),
@@ -533,6 +561,11 @@ impl Gauges {
             "infergate_queue_capacity",
             "Tasks the queue holds at most",
             g.queue_capacity.clone(),
+        );
+        registry.register(
+            "infergate_event_streams",
+            "SSE and WebSocket streams open on this gateway",
+            g.streams.clone(),
         );
         registry.register(
             "infergate_instance_up",
@@ -583,6 +616,7 @@ impl Gauges {
                 .set(n as i64);
         }
         self.queue_capacity.set(s.capacity as i64);
+        self.streams.set(s.streams as i64);
         // Removed instances leave the scrape.
         self.instance_up.clear();
         self.instance_in_flight.clear();

@@ -13,6 +13,7 @@ use crate::helpers::{
     assert_error, fast_sim, pcm, spawn_app_with, spawn_app_with_speech, start_sims, Auth, TestApp,
 };
 use crate::poll::eventually;
+use crate::sse::Sse;
 
 /// One scrape: each series (name and labels, as written) and its value.
 struct Scrape(HashMap<String, f64>);
@@ -385,4 +386,46 @@ async fn a_failing_backend_raises_the_failure_rate_alert() {
     let scrape = app.scrape().await;
     assert_eq!(scrape.get("infergate_failure_rate_percent"), 20.0);
     assert_eq!(scrape.get("infergate_avg_processing_seconds"), avg);
+}
+
+#[actix_web::test]
+async fn event_streams_and_their_events_are_counted() {
+    let app = spawn_app_with(vec![fast_sim()], |_| {}).await;
+    let user = app.new_user("alice").await;
+    app.wait_for_healthy(1).await;
+    let before = app.scrape().await;
+    assert_eq!(before.get("infergate_event_streams"), 0.0);
+    let mut stream = Sse::open(
+        app.client
+            .get(app.url("/api/v1/events"))
+            .bearer_auth(&user.token),
+    )
+    .await;
+    assert_eq!(stream.status, StatusCode::OK);
+    eventually("the stream counted", Duration::from_secs(10), || async {
+        let streams = app.scrape().await.get("infergate_event_streams");
+        if streams == 1.0 {
+            Ok(())
+        } else {
+            Err(streams)
+        }
+    })
+    .await;
+    let task = app.submit_ok(&user.token, "a streamed cat").await;
+    let mut frames = 0;
+    loop {
+        let frame = stream
+            .next_within(Duration::from_secs(10))
+            .await
+            .expect("a frame");
+        frames += 1;
+        if frame.data["task_id"] == task.as_str() && frame.data["type"] == "done" {
+            break;
+        }
+    }
+    let after = app.scrape().await;
+    let pushed =
+        after.get("infergate_stream_events_total") - before.get("infergate_stream_events_total");
+    assert_eq!(pushed, f64::from(frames));
+    assert_eq!(after.get("infergate_streams_fell_behind_total"), 0.0);
 }
