@@ -12,7 +12,11 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
 
-use crate::helpers::{fast_sim, spawn_app_with};
+use std::time::Duration;
+
+use crate::helpers::{fast_sim, spawn_app_with, start_sims};
+use crate::poll::eventually;
+use crate::process::{free_port, infergate, sign_up, task, write_config};
 
 type Received = Arc<Mutex<Vec<Span>>>;
 
@@ -118,4 +122,80 @@ async fn a_submission_traceparent_reaches_the_backend_through_every_span() {
         format!("00-{trace_id}-{}-01", hex(&client.span_id)),
         "the backend's context is its client span's"
     );
+}
+
+/// A child process killed when dropped, however the test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[actix_web::test]
+async fn log_lines_inside_a_traced_task_carry_its_trace_id() {
+    let (receiver, _) = start_receiver();
+    let sims = start_sims(vec![fast_sim()]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &[(sims[0].url(), 1)],
+        "[health]\ninterval_secs = 1\n",
+    );
+    let log_path = dir.path().join("gateway.log");
+    let port = free_port();
+    let child = infergate(dir.path())
+        .env("INFERGATE__SERVER__HOST", "127.0.0.1")
+        .env("INFERGATE__SERVER__PORT", port.to_string())
+        .env("INFERGATE__LOG__LEVEL", "info,infergate=debug")
+        .env("INFERGATE__TELEMETRY__OTLP_ENDPOINT", receiver)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("spawn infergate");
+    let gateway = Killed(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let health = format!("{base}/health");
+    eventually("the gateway answering", Duration::from_secs(20), || {
+        reqwest::get(&health)
+    })
+    .await;
+    let (_, token) = sign_up(&base, "alice").await;
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/image/async"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&json!({"prompt": "a logged cat"}))
+        .send()
+        .await
+        .unwrap();
+    let task_id = response.json::<serde_json::Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually("the task done", Duration::from_secs(20), || async {
+        let task = task(&base, &token, &task_id).await;
+        if task["status"] == "DONE" {
+            Ok(())
+        } else {
+            Err(task)
+        }
+    })
+    .await;
+    drop(gateway);
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let traced = format!("trace_id=\"{trace_id}\"");
+    let line = log
+        .lines()
+        .find(|l| l.contains("calling backend"))
+        .unwrap_or_else(|| panic!("no backend call logged in {log}"));
+    assert!(line.contains(&traced), "{line}");
+    assert!(line.contains(&format!("task_id={task_id}")), "{line}");
 }
