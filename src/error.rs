@@ -436,6 +436,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let (status, code, _, blame) = self.row();
         let status = status.as_u16();
+        crate::telemetry::METRICS.rejected(code);
         match blame {
             Blame::Server => tracing::error!(error = ?self, status, code, "request failed"),
             Blame::Backend => tracing::warn!(error = %self, status, code, "request failed"),

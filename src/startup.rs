@@ -241,6 +241,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(slow_clients::guard_connection))
+                .wrap(from_fn(http::metrics::record))
                 .wrap(TracingLogger::<HttpSpan>::new())
                 .app_data(body_deadline.clone())
                 .app_data(api_doc.clone())

@@ -21,6 +21,7 @@ use super::task_store::write;
 use super::task_store::TaskStore;
 use crate::backends;
 use crate::domain::{InstanceKind, QueuedTask, TaskId};
+use crate::telemetry::METRICS;
 use crate::{faults, telemetry};
 
 /// Longest pause between two attempts of one task.
@@ -145,7 +146,7 @@ impl Worker {
                 }
             };
             let expect = Expect::Running { attempt };
-            if finish(&deps, &task, expect, outcome).await {
+            if finish(&deps, &task, expect, outcome, None).await {
                 if !last {
                     let mut task = task;
                     task.attempts = attempt;
@@ -238,7 +239,13 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         }
     };
     match marked {
-        Ok(true) => faults::hit(faults::Site::WorkerAttempt),
+        Ok(true) => {
+            if attempt == 1 {
+                let waited = (chrono::Utc::now() - task.created_at).to_std();
+                METRICS.task_started(waited.unwrap_or_default());
+            }
+            faults::hit(faults::Site::WorkerAttempt)
+        }
         Ok(false) => {
             tracing::debug!("task is no longer queued; skipping it");
             return lease.release(CallOutcome::Neutral);
@@ -249,6 +256,14 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         Some(result) => result,
         None => call.await,
     };
+    let ran = Some(started.elapsed());
+    let outcome = result.as_ref().map_or_else(|e| e.kind(), |_| "ok");
+    METRICS.backend_call(
+        InstanceKind::Image,
+        lease.instance_id(),
+        outcome,
+        started.elapsed(),
+    );
     let expect = Expect::Running { attempt };
     let error = match result {
         Ok(image) => {
@@ -264,7 +279,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
                 content_type: image.content_type,
                 bytes: image.bytes,
             };
-            return hand_over(&deps, &task, expect, outcome);
+            return hand_over(&deps, &task, expect, outcome, ran);
         }
         Err(error) => error,
     };
@@ -278,7 +293,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
             error: error.to_string(),
             after: delay,
         };
-        if finish(&deps, &task, expect, outcome).await {
+        if finish(&deps, &task, expect, outcome, ran).await {
             task.attempts = attempt;
             task.avoid = Some(instance_id);
             deps.dispatcher.do_send(RetryLater { task, delay });
@@ -291,7 +306,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     } else {
         error.to_string()
     };
-    hand_over(&deps, &task, expect, TaskOutcome::Failed { error });
+    hand_over(&deps, &task, expect, TaskOutcome::Failed { error }, ran);
 }
 
 /// A lease on an instance with room, or `None` once the task has been failed for want
@@ -319,7 +334,7 @@ async fn acquire(deps: &WorkerDeps, task: &QueuedTask) -> Option<Lease> {
     };
     tracing::warn!(%error, "task failed before reaching a backend");
     let outcome = TaskOutcome::Failed { error };
-    finish(deps, task, Expect::Queued, outcome).await;
+    finish(deps, task, Expect::Queued, outcome, None).await;
     None
 }
 
@@ -348,16 +363,30 @@ fn backoff(base: Duration, attempt: i32) -> Duration {
 /// before the commit, the task is still RUNNING and the start-up recovery runs it again.
 /// Endings cannot pile up: the worker's next answer counts only after its RUNNING has
 /// committed, which is after this ending's commit.
-fn hand_over(deps: &WorkerDeps, task: &QueuedTask, expect: Expect, outcome: TaskOutcome) {
-    deps.store.do_send(finish_message(task, expect, outcome));
+fn hand_over(
+    deps: &WorkerDeps,
+    task: &QueuedTask,
+    expect: Expect,
+    outcome: TaskOutcome,
+    ran: Option<Duration>,
+) {
+    deps.store
+        .do_send(finish_message(task, expect, outcome, ran));
 }
 
-fn finish_message(task: &QueuedTask, expect: Expect, outcome: TaskOutcome) -> FinishTask {
+fn finish_message(
+    task: &QueuedTask,
+    expect: Expect,
+    outcome: TaskOutcome,
+    ran: Option<Duration>,
+) -> FinishTask {
     FinishTask {
         task_id: task.task_id.clone(),
         user_id: task.user_id,
         expect,
         outcome,
+        created_at: task.created_at,
+        ran,
     }
 }
 
@@ -368,8 +397,9 @@ async fn finish(
     task: &QueuedTask,
     expect: Expect,
     outcome: TaskOutcome,
+    ran: Option<Duration>,
 ) -> bool {
-    match write(&deps.store, finish_message(task, expect, outcome)).await {
+    match write(&deps.store, finish_message(task, expect, outcome, ran)).await {
         Ok(applied) => applied,
         // The task stays as stored; the start-up recovery pass picks it up again.
         Err(e) => {

@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+
 use super::{Idempotency, ImageJob, InstanceId, TaskId, UserId};
 
 pub use entity::task::{Priority, Status as TaskStatus};
@@ -39,6 +41,8 @@ pub struct QueuedTask {
     pub avoid: Option<InstanceId>,
     /// When this process queued it; the queue's max wait counts from here.
     pub enqueued_at: Instant,
+    /// When it was admitted: its queue wait and total time count from here.
+    pub created_at: DateTime<Utc>,
     pub trace: Option<TraceContext>,
 }
 
@@ -53,6 +57,7 @@ impl QueuedTask {
             attempts: 0,
             avoid: None,
             enqueued_at: Instant::now(),
+            created_at: Utc::now(),
             trace: task.trace,
         }
     }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::mpsc;
 
 use crate::domain::{TaskEvent, TaskId, UserId};
+use crate::telemetry::METRICS;
 use rate::CompletionRate;
 
 /// An event on its way to every stream that wants it, its JSON written once for all.
@@ -163,9 +164,13 @@ impl EventHub {
                     return true;
                 }
                 match s.tx.try_send(Pushed::Event(event.clone())) {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        METRICS.stream_event();
+                        true
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         tracing::debug!(user_id = %event.user_id, "event stream fell behind; closing it");
+                        METRICS.stream_fell_behind();
                         false
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -14,7 +14,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::settings::Settings;
 
-use super::{accounts, admin, events, image, keys, openai, speech, system, tasks, ws};
+use super::{accounts, admin, events, image, keys, metrics, openai, speech, system, tasks, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,7 +26,7 @@ use super::{accounts, admin, events, image, keys, openai, speech, system, tasks,
         events::user_events, events::task_events, events::ticket, ws::connect,
         speech::transcribe, speech::pcm,
         keys::create_key, keys::list_keys, keys::delete_key,
-        system::health, system::ready, system::stats,
+        system::health, system::ready, system::stats, metrics::metrics,
         admin::list_instances, admin::add_instance, admin::update_instance, admin::remove_instance,
         admin::list_nodes,
         openai::images::generations, openai::transcriptions::transcriptions, openai::models::list_models,
@@ -40,7 +40,7 @@ use super::{accounts, admin, events, image, keys, openai, speech, system, tasks,
         (name = "events", description = "Task events pushed as Server-Sent Events, with replay (JWT, device API key, or a single-use ticket)"),
         (name = "speech", description = "Synchronous speech to text (JWT or device API key)"),
         (name = "keys", description = "Device API keys"),
-        (name = "system", description = "Health and queue figures"),
+        (name = "system", description = "Health, readiness, queue figures and Prometheus metrics"),
         (name = "admin", description = "Backend instances at run time (admin role)"),
         (name = "openai", description = "OpenAI-compatible routes under /v1 (device API key or JWT as Bearer; errors in OpenAI's shape)"),
     )
@@ -60,6 +60,11 @@ impl Modify for SecuritySchemes {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        // `telemetry.metrics_token`, when set.
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         // Devices: the speech, image download and /v1 endpoints also take
         // `Authorization: Bearer igk_…`.

@@ -9,6 +9,7 @@ pub mod events;
 pub mod extract;
 pub mod image;
 pub mod keys;
+pub mod metrics;
 pub mod openai;
 pub mod slow_clients;
 pub mod speech;
@@ -41,6 +42,7 @@ where
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(system::configure)
+        .configure(metrics::configure)
         .configure(accounts::configure)
         .configure(image::configure)
         .configure(tasks::configure)

@@ -9,11 +9,15 @@ use actix_web::{web, HttpResponse};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
 
-use crate::actors::messages::{CountWaiting, GetQueueStats, InstanceState, ListInstances, Ping};
+use crate::actors::messages::{
+    CountWaiting, GetQueueStats, InstanceState, InstanceView, ListInstances, Ping, QueueStats,
+};
 use crate::actors::{Dispatcher, InstanceRegistry, TaskStore};
 use crate::domain::InstanceKind;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
+use crate::settings::{Settings, StatsSettings};
+use crate::telemetry::{Figures, METRICS};
 
 /// How long `/ready` waits for each part.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -104,12 +108,21 @@ pub struct StatsResponse {
     /// Tasks waiting for a worker.
     pub queue_length: usize,
     pub queue_capacity: usize,
-    /// queue_length as a percentage of queue_capacity (alert above 80).
+    /// queue_length as a percentage of queue_capacity.
     pub queue_usage: f64,
     pub workers: usize,
     pub busy_workers: usize,
     pub image_instances: InstanceCounts,
     pub speech_instances: InstanceCounts,
+    /// Percent of the tasks this process ended (DONE or FAILED) in the last
+    /// `stats.window_minutes` that failed.
+    pub failure_rate: f64,
+    /// Mean backend time, in seconds, of the last attempts of those tasks.
+    pub avg_processing_secs: f64,
+    /// Those tasks per minute.
+    pub throughput_per_min: f64,
+    /// The thresholds crossed (`stats.alert_*`).
+    pub alerts: Vec<Alert>,
 }
 
 #[derive(Serialize, utoipa::ToSchema, Default)]
@@ -122,19 +135,78 @@ pub struct InstanceCounts {
     pub waiting: usize,
 }
 
-/// Queue and instance figures.
-#[utoipa::path(get, path = "/api/v1/system/stats", tag = "system",
-    responses((status = 200, body = StatsResponse), (status = 503, body = ErrorBody)))]
-pub async fn stats(
-    dispatcher: web::Data<Addr<Dispatcher>>,
-    registry: web::Data<Addr<InstanceRegistry>>,
-) -> Result<HttpResponse, ApiError> {
-    let queue = ask(&dispatcher, GetQueueStats).await??;
-    let instances = ask(&registry, ListInstances).await?;
-    let waiting_image = ask(&registry, CountWaiting(InstanceKind::Image)).await?;
-    let waiting_speech = ask(&registry, CountWaiting(InstanceKind::Speech)).await?;
-    let counts = |kind: InstanceKind, waiting: usize| {
-        instances.iter().filter(|i| i.kind == kind).fold(
+/// A figure above its threshold.
+#[derive(Serialize, utoipa::ToSchema, Debug, PartialEq)]
+pub struct Alert {
+    /// `queue_usage`, `failure_rate` or `avg_processing_secs`.
+    #[schema(example = "failure_rate")]
+    pub name: &'static str,
+    pub value: f64,
+    pub threshold: f64,
+}
+
+/// What the actors and the window say now: the stats, and the gauges of a scrape.
+pub struct SystemFigures {
+    pub queue: QueueStats,
+    pub instances: Vec<InstanceView>,
+    pub waiting_image: usize,
+    pub waiting_speech: usize,
+    pub queue_usage: f64,
+    pub window: Figures,
+}
+
+impl SystemFigures {
+    pub async fn gather(
+        dispatcher: &Addr<Dispatcher>,
+        registry: &Addr<InstanceRegistry>,
+        settings: &StatsSettings,
+    ) -> Result<SystemFigures, ApiError> {
+        let queue = ask(dispatcher, GetQueueStats).await??;
+        let instances = ask(registry, ListInstances).await?;
+        let waiting_image = ask(registry, CountWaiting(InstanceKind::Image)).await?;
+        let waiting_speech = ask(registry, CountWaiting(InstanceKind::Speech)).await?;
+        let usage = queue.queue_length as f64 * 100.0 / queue.queue_capacity as f64;
+        Ok(SystemFigures {
+            queue,
+            instances,
+            waiting_image,
+            waiting_speech,
+            queue_usage: (usage * 100.0).round() / 100.0,
+            window: METRICS.window.figures(settings.window_minutes),
+        })
+    }
+
+    /// The figures above their thresholds.
+    pub fn alerts(&self, settings: &StatsSettings) -> Vec<Alert> {
+        [
+            ("queue_usage", self.queue_usage, settings.alert_queue_usage),
+            (
+                "failure_rate",
+                self.window.failure_rate,
+                settings.alert_failure_rate,
+            ),
+            (
+                "avg_processing_secs",
+                self.window.avg_processing_secs,
+                settings.alert_avg_processing_secs,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, value, threshold)| value > threshold)
+        .map(|(name, value, threshold)| Alert {
+            name,
+            value,
+            threshold,
+        })
+        .collect()
+    }
+
+    fn counts(&self, kind: InstanceKind) -> InstanceCounts {
+        let waiting = match kind {
+            InstanceKind::Image => self.waiting_image,
+            InstanceKind::Speech => self.waiting_speech,
+        };
+        self.instances.iter().filter(|i| i.kind == kind).fold(
             InstanceCounts {
                 waiting,
                 ..Default::default()
@@ -146,15 +218,29 @@ pub async fn stats(
                 c
             },
         )
-    };
-    let usage = queue.queue_length as f64 * 100.0 / queue.queue_capacity as f64;
+    }
+}
+
+/// Queue and instance figures, and the alert figures over the stats window.
+#[utoipa::path(get, path = "/api/v1/system/stats", tag = "system",
+    responses((status = 200, body = StatsResponse), (status = 503, body = ErrorBody)))]
+pub async fn stats(
+    dispatcher: web::Data<Addr<Dispatcher>>,
+    registry: web::Data<Addr<InstanceRegistry>>,
+    settings: web::Data<Settings>,
+) -> Result<HttpResponse, ApiError> {
+    let figures = SystemFigures::gather(&dispatcher, &registry, &settings.stats).await?;
     Ok(HttpResponse::Ok().json(StatsResponse {
-        queue_length: queue.queue_length,
-        queue_capacity: queue.queue_capacity,
-        queue_usage: (usage * 100.0).round() / 100.0,
-        workers: queue.workers,
-        busy_workers: queue.busy_workers,
-        image_instances: counts(InstanceKind::Image, waiting_image),
-        speech_instances: counts(InstanceKind::Speech, waiting_speech),
+        queue_length: figures.queue.queue_length,
+        queue_capacity: figures.queue.queue_capacity,
+        queue_usage: figures.queue_usage,
+        workers: figures.queue.workers,
+        busy_workers: figures.queue.busy_workers,
+        image_instances: figures.counts(InstanceKind::Image),
+        speech_instances: figures.counts(InstanceKind::Speech),
+        failure_rate: figures.window.failure_rate,
+        avg_processing_secs: figures.window.avg_processing_secs,
+        throughput_per_min: figures.window.throughput_per_min,
+        alerts: figures.alerts(&settings.stats),
     }))
 }

@@ -237,6 +237,26 @@ impl Settings {
                 !telemetry.service_name.is_empty(),
                 "must not be empty",
             ),
+            (
+                "stats.window_minutes",
+                (1..=crate::telemetry::MAX_WINDOW_MINUTES).contains(&self.stats.window_minutes),
+                "must be between 1 and 60",
+            ),
+            (
+                "stats.alert_queue_usage",
+                (0.0..=100.0).contains(&self.stats.alert_queue_usage),
+                "must be a percentage, 0 to 100",
+            ),
+            (
+                "stats.alert_failure_rate",
+                (0.0..=100.0).contains(&self.stats.alert_failure_rate),
+                "must be a percentage, 0 to 100",
+            ),
+            (
+                "stats.alert_avg_processing_secs",
+                self.stats.alert_avg_processing_secs >= 0.0,
+                "must not be negative",
+            ),
             ("openai.wait_secs", openai.wait_secs >= 1, at_least_1),
             (
                 "events.retention_hours",

@@ -35,6 +35,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
+    pub stats: StatsSettings,
     pub openai: OpenAiSettings,
     pub cluster: ClusterSettings,
     pub events: EventSettings,
@@ -201,6 +202,34 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: String,
     /// `service.name` of the exported spans.
     pub service_name: String,
+    /// When set, `GET /metrics` wants `Authorization: Bearer <token>`; empty: open.
+    pub metrics_token: String,
+}
+
+/// The alert figures of `/api/v1/system/stats` and `/metrics`: over which window, and
+/// above which thresholds an alert is named.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsSettings {
+    /// Failure rate, processing time and throughput count tasks ended this recently.
+    pub window_minutes: u32,
+    /// Queue usage (percent of its capacity) above which `queue_usage` alerts.
+    pub alert_queue_usage: f64,
+    /// Failed tasks (percent of those ended in the window) above which `failure_rate` alerts.
+    pub alert_failure_rate: f64,
+    /// Mean backend time of the window's tasks above which `avg_processing_secs` alerts.
+    pub alert_avg_processing_secs: f64,
+}
+
+impl Default for StatsSettings {
+    fn default() -> Self {
+        StatsSettings {
+            window_minutes: 10,
+            alert_queue_usage: 80.0,
+            alert_failure_rate: 10.0,
+            alert_avg_processing_secs: 20.0,
+        }
+    }
 }
 
 /// The OpenAI-compatible routes under `/v1`.
@@ -222,6 +251,7 @@ impl Default for TelemetrySettings {
         TelemetrySettings {
             otlp_endpoint: String::new(),
             service_name: "infergate".into(),
+            metrics_token: String::new(),
         }
     }
 }
@@ -313,6 +343,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             log: LogSettings::default(),
             telemetry: TelemetrySettings::default(),
+            stats: StatsSettings::default(),
             openai: OpenAiSettings::default(),
             events: EventSettings::default(),
             webhooks: WebhookSettings::default(),

@@ -31,7 +31,7 @@ use crate::backends::fastwhisper::{self, SpeechToTextResponse};
 use crate::backends::{self, BackendError, Upload};
 use crate::domain::{InstanceKind, UserId};
 use crate::settings::SpeechSettings;
-use crate::telemetry;
+use crate::telemetry::{self, METRICS};
 use tracing::Instrument;
 
 thread_local! {
@@ -227,9 +227,23 @@ impl SpeechService {
             }
             Ok(body.finish().await?)
         };
-        self.relay(lease, framed.call, pump, deadline)
+        let answer = self
+            .relay(lease, framed.call, pump, deadline)
             .instrument(call_span)
-            .await
+            .await?;
+        // PCM is as long as it is; of a file, what the backend heard.
+        let (endpoint, seconds) = match kind {
+            Upload::Pcm => (
+                "pcm",
+                received as f64 / crate::settings::PCM_BYTES_PER_SEC as f64,
+            ),
+            Upload::File { .. } => {
+                let last = answer.segments.as_ref().and_then(|s| s.last());
+                ("transcribe", last.map_or(0.0, |s| s.end))
+            }
+        };
+        METRICS.speech_audio(endpoint, seconds);
+        Ok(answer)
     }
 
     /// A lease on a free healthy speech instance: refused at once when none is healthy or
@@ -265,6 +279,7 @@ impl SpeechService {
         deadline: tokio::time::Instant,
     ) -> Result<SpeechToTextResponse, SpeechError> {
         let limits = &self.limits;
+        let (instance, started) = (lease.instance_id(), Instant::now());
         let pump = tokio::time::timeout_at(deadline, pump);
         tokio::pin!(call, pump);
         let mut uploaded_at = Instant::now();
@@ -285,6 +300,15 @@ impl SpeechService {
             },
         };
         let span = tracing::Span::current();
+        let outcome = match &result {
+            Ok(_) => Some("ok"),
+            Err(SpeechError::Backend(error)) => Some(error.kind()),
+            // The client's fault or the gateway's: the backend had no say.
+            Err(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            METRICS.backend_call(InstanceKind::Speech, instance, outcome, started.elapsed());
+        }
         match result {
             Ok(answer) => {
                 telemetry::record_backend_outcome(&span, None);

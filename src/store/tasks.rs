@@ -137,6 +137,7 @@ pub(super) fn queued_task(row: task::Model) -> QueuedTask {
     });
     QueuedTask {
         attempts: row.attempts,
+        created_at: row.created_at,
         ..QueuedTask::fresh(NewTask {
             task_id: TaskId::from(row.task_id),
             user_id: UserId(row.user_id),

@@ -9,6 +9,8 @@
 //! of its own client span.
 
 mod http_span;
+pub mod metrics;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub use http_span::HttpSpan;
+pub use metrics::METRICS;
+pub use window::{Figures, MAX_WINDOW_MINUTES};
 
 use crate::backends::BackendError;
 use crate::domain::TraceContext;

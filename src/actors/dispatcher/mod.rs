@@ -327,6 +327,7 @@ impl Handler<Submit> for Dispatcher {
                     })
                 }
                 Inserted::New => {
+                    crate::telemetry::METRICS.task_submitted();
                     let task_id = task.task_id.clone();
                     if dispatcher.shared.is_none() {
                         dispatcher.queue.push_back(QueuedTask::fresh(task));

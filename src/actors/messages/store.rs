@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use actix::prelude::*;
 use entity::task;
 
@@ -76,6 +78,10 @@ pub struct FinishTask {
     pub user_id: UserId,
     pub expect: Expect,
     pub outcome: TaskOutcome,
+    /// When the task was admitted, and how long this attempt's backend call took (none
+    /// when it made none): what the metrics of its end count.
+    pub created_at: DateTime<Utc>,
+    pub ran: Option<Duration>,
 }
 
 /// At start: tasks a dead process left RUNNING go back to QUEUED, or FAILED once they

@@ -31,6 +31,8 @@ use crate::domain::{ChangeKind, TaskEvent, TaskStatus};
 use crate::events::EventHub;
 use crate::store::events::{self, NewEvent};
 use crate::store::StoreError;
+use crate::telemetry::metrics::AttemptOutcome;
+use crate::telemetry::METRICS;
 use writes::{changed, requeue_running, Ending, Write};
 
 /// Writes per group commit; keeps one insert statement well under SQLite's variable limit.
@@ -107,6 +109,7 @@ impl TaskStore {
             }
         }
         let messages = endings.iter().map(|e| e.msg.clone()).collect();
+        let started = Instant::now();
         // A panic inside the commit is contained: its transaction is dropped (rolled
         // back), the writers waiting on it hear that the store restarted, and the
         // endings, kept here, are tried again.
@@ -121,7 +124,11 @@ impl TaskStore {
             store.committing = false;
             let error = match committed {
                 Ok(Ok(committed)) => {
+                    METRICS.db_commit(started.elapsed(), take);
                     for (ending, applied) in endings.into_iter().zip(committed.applied) {
+                        if applied {
+                            count_ending(&ending.msg);
+                        }
                         let _ = ending.reply.send(Ok(applied));
                     }
                     store.publish(committed.events);
@@ -161,6 +168,8 @@ impl TaskStore {
                 outcome: TaskOutcome::Failed {
                     error: format!("the result could not be stored: {error}"),
                 },
+                created_at: ending.msg.created_at,
+                ran: ending.msg.ran,
             });
         }
         let delay = ENDING_RETRY_BASE
@@ -248,6 +257,26 @@ impl Handler<FinishTask> for TaskStore {
     }
 }
 
+/// The metrics of an ending that applied: the attempt's outcome, and the task's end.
+fn count_ending(msg: &FinishTask) {
+    let status = match msg.outcome {
+        TaskOutcome::Done { .. } => TaskStatus::Done,
+        TaskOutcome::Failed { .. } => TaskStatus::Failed,
+        TaskOutcome::Retry { .. } => TaskStatus::Queued,
+    };
+    if matches!(msg.expect, Expect::Running { .. }) {
+        METRICS.attempt_ended(match status {
+            TaskStatus::Done => AttemptOutcome::Done,
+            TaskStatus::Failed => AttemptOutcome::Failed,
+            _ => AttemptOutcome::Retried,
+        });
+    }
+    if status.is_terminal() {
+        let total = (Utc::now() - msg.created_at).to_std().unwrap_or_default();
+        METRICS.task_ended(status, Some(total), msg.ran);
+    }
+}
+
 /// Answers after the commit that follows every write queued so far.
 impl Handler<Flush> for TaskStore {
     type Result = ResponseFuture<Result<(), StoreError>>;
@@ -309,6 +338,9 @@ impl Handler<RecoverOrphans> for TaskStore {
         };
         Box::pin(recover.into_actor(self).map(|recovered, store, _| {
             let (counts, logged) = recovered?;
+            for _ in 0..counts.1 {
+                METRICS.task_ended(TaskStatus::Failed, None, None);
+            }
             store.publish(logged);
             Ok(counts)
         }))
@@ -384,6 +416,14 @@ impl Handler<CancelTask> for TaskStore {
         };
         Box::pin(cancel.into_actor(self).map(|cancelled, store, _| {
             let (outcome, logged) = cancelled?;
+            if let CancelOutcome::Cancelled {
+                task,
+                changed: true,
+            } = &outcome
+            {
+                let total = (Utc::now() - task.created_at).to_std().unwrap_or_default();
+                METRICS.task_ended(TaskStatus::Cancelled, Some(total), None);
+            }
             store.publish(logged);
             Ok(outcome)
         }))
