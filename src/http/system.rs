@@ -14,6 +14,7 @@ use crate::actors::{Dispatcher, InstanceRegistry, TaskStore};
 use crate::domain::InstanceKind;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
+use crate::store::space::{self, Size};
 
 /// How long `/ready` waits for each part.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -108,6 +109,10 @@ pub struct StatsResponse {
     pub queue_usage: f64,
     pub workers: usize,
     pub busy_workers: usize,
+    /// An admin paused dispatching: tasks are admitted but wait.
+    pub paused: bool,
+    /// The database's size (SQLite: the main file's pages, and how many are free).
+    pub database: Size,
     pub image_instances: InstanceCounts,
     pub speech_instances: InstanceCounts,
 }
@@ -126,10 +131,12 @@ pub struct InstanceCounts {
 #[utoipa::path(get, path = "/api/v1/system/stats", tag = "system",
     responses((status = 200, body = StatsResponse), (status = 503, body = ErrorBody)))]
 pub async fn stats(
+    db: web::Data<DatabaseConnection>,
     dispatcher: web::Data<Addr<Dispatcher>>,
     registry: web::Data<Addr<InstanceRegistry>>,
 ) -> Result<HttpResponse, ApiError> {
     let queue = ask(&dispatcher, GetQueueStats).await??;
+    let database = space::size(&db).await?;
     let instances = ask(&registry, ListInstances).await?;
     let waiting_image = ask(&registry, CountWaiting(InstanceKind::Image)).await?;
     let waiting_speech = ask(&registry, CountWaiting(InstanceKind::Speech)).await?;
@@ -154,6 +161,8 @@ pub async fn stats(
         queue_usage: (usage * 100.0).round() / 100.0,
         workers: queue.workers,
         busy_workers: queue.busy_workers,
+        paused: queue.paused,
+        database,
         image_instances: counts(InstanceKind::Image, waiting_image),
         speech_instances: counts(InstanceKind::Speech, waiting_speech),
     }))

@@ -24,6 +24,7 @@ mod migrations;
 mod openai_front;
 mod openai_sdk;
 mod openapi;
+mod operators;
 mod poll;
 mod postgres;
 mod process;
