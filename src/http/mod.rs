@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod caller;
+pub mod console;
 pub mod docs;
 pub mod events;
 pub mod extract;
@@ -50,7 +51,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(keys::configure)
         .configure(admin::configure)
         .configure(openai::configure)
-        .configure(docs::configure);
+        .configure(docs::configure)
+        .configure(console::configure);
 }
 
 /// JSON 404 for paths no route matches.

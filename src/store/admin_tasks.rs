@@ -112,6 +112,11 @@ pub async fn get(
         .await?)
 }
 
+/// Any image, by its id.
+pub async fn image(db: &DatabaseConnection, id: i64) -> Result<Option<image::Model>, StoreError> {
+    Ok(Image::find_by_id(id).one(db).await?)
+}
+
 /// A batch of matching tasks in one of `statuses`, oldest first, after row `after`: a
 /// bulk action walks them this way, so each of its steps is short.
 pub async fn batch(

@@ -9,6 +9,7 @@ mod balancing;
 mod cancel;
 mod cli;
 mod cluster;
+mod console;
 mod database_faults;
 mod disk_full;
 mod events;

@@ -34,7 +34,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/tasks", web::delete().to(delete_tasks))
         .route("/tasks/cancel", web::post().to(cancel_tasks))
         .route("/tasks/retry", web::post().to(retry_tasks))
-        .route("/tasks/{task_id}", web::get().to(get_task));
+        .route("/tasks/{task_id}", web::get().to(get_task))
+        .route("/images/{id}", web::get().to(get_image));
 }
 
 /// The listing's page, beside the filter.
@@ -356,4 +357,32 @@ async fn finish(
     record(db, admin, action, None, Some(filter.to_json()), Some(count)).await;
     walked?;
     Ok(HttpResponse::Ok().json(BulkResult { count, skipped }))
+}
+
+/// Any user's image, for a task's detail.
+#[utoipa::path(get, path = "/api/v1/admin/images/{id}", tag = "admin",
+    params(("id" = i64, Path, description = "Image id from a task's image_id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Image bytes", content_type = "image/png"),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such image", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, image_id = *id))]
+pub async fn get_image(
+    admin: AdminUser,
+    db: web::Data<DatabaseConnection>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let image = admin_tasks::image(&db, id.into_inner())
+        .await?
+        .ok_or(ApiError::NotFound("image"))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CONTENT_TYPE, image.content_type))
+        .insert_header((
+            actix_web::http::header::CACHE_CONTROL,
+            "private, max-age=86400, immutable",
+        ))
+        .body(image.data))
 }
