@@ -2,18 +2,18 @@
 // the Authorization header (never in a URL). Event streams open with a single-use
 // ticket, since EventSource cannot send a header.
 
-const KEY = 'infergate.session';
-let session = JSON.parse(sessionStorage.getItem(KEY) || 'null');
+const KEY = 'infergate.account';
+let account = JSON.parse(sessionStorage.getItem(KEY) || 'null');
 
-export function current() { return session; }
+export function current() { return account; }
 
 export function signIn(login) {
-  session = { token: login.token, user: login.user };
-  sessionStorage.setItem(KEY, JSON.stringify(session));
+  account = { token: login.token, user: login.user };
+  sessionStorage.setItem(KEY, JSON.stringify(account));
 }
 
 export function signOut() {
-  session = null;
+  account = null;
   sessionStorage.removeItem(KEY);
   for (const url of images.values()) URL.revokeObjectURL(url);
   images.clear();
@@ -30,7 +30,7 @@ export class ApiError extends Error {
 /** Calls the API: `body` is sent as JSON, or as it is when it is FormData. */
 export async function api(method, path, body) {
   const headers = {};
-  if (session) headers.Authorization = `Bearer ${session.token}`;
+  if (account) headers.Authorization = `Bearer ${account.token}`;
   let payload;
   if (body instanceof FormData) {
     payload = body;
@@ -43,7 +43,7 @@ export async function api(method, path, body) {
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch { json = null; }
   if (!response.ok) {
-    if (response.status === 401 && session) {
+    if (response.status === 401 && account) {
       signOut();
       window.dispatchEvent(new Event('signed-out'));
     }
@@ -64,10 +64,10 @@ export function query(params) {
 
 const images = new Map();
 
-/** An image the API serves behind the token, as a blob: URL (kept for the session). */
+/** An image the API serves behind the token, as a blob: URL (kept until sign-out). */
 export async function imageUrl(path) {
   if (images.has(path)) return images.get(path);
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${session.token}` } });
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${account.token}` } });
   if (!response.ok) throw new ApiError(response.status, null);
   const url = URL.createObjectURL(await response.blob());
   images.set(path, url);
@@ -85,7 +85,7 @@ export function follow(onEvent) {
   let stopped = false;
   let retry = null;
   const open = async () => {
-    if (stopped || !session) return;
+    if (stopped || !account) return;
     try {
       const { ticket } = await api('POST', '/api/v1/events/ticket');
       if (stopped) return;

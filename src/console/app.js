@@ -28,12 +28,12 @@ function route() {
 
 async function render() {
   if (leave) { leave(); leave = null; }
-  const session = current();
-  renderNav(session);
-  if (!session) return loginPage();
+  const account = current();
+  renderNav(account);
+  if (!account) return loginPage();
   let { name, params } = route();
   let page = pages[name];
-  if (!page || (page.admin && session.user.role !== 'admin')) {
+  if (!page || (page.admin && account.user.role !== 'admin')) {
     name = 'submit';
     page = pages.submit;
   }
@@ -52,20 +52,20 @@ async function render() {
   }
 }
 
-function renderNav(session) {
+function renderNav(account) {
   const nav = document.getElementById('nav');
   const who = document.getElementById('who');
-  if (!session) {
+  if (!account) {
     fill(nav);
     fill(who);
     return;
   }
-  const isAdmin = session.user.role === 'admin';
+  const isAdmin = account.user.role === 'admin';
   const links = Object.entries(pages)
     .filter(([, page]) => !page.hidden && (!page.admin || isAdmin))
     .map(([name, page]) => h('a', { href: `#/${name}`, 'data-page': name }, page.title));
   fill(nav, links);
-  fill(who, h('span', { class: 'muted' }, `${session.user.username} (${session.user.role})`), ' ',
+  fill(who, h('span', { class: 'muted' }, `${account.user.username} (${account.user.role})`), ' ',
     h('button', { type: 'button', class: 'secondary small', onclick: () => { signOut(); render(); } }, 'Sign out'));
 }
 
