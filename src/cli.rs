@@ -219,12 +219,19 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), CliError> 
                 "created user {} (id {}, role {})",
                 created.username, created.id, created.role
             );
-            Ok(())
+            let change = serde_json::json!({ "role": created.role });
+            audit(&db, "user.add", created.username, change).await
         }
         UserCommand::Promote { name, role } => {
             if users::set_role(&db, &name, role).await? {
                 println!("{name} is now {role}");
-                Ok(())
+                audit(
+                    &db,
+                    "user.update",
+                    name,
+                    serde_json::json!({ "role": role }),
+                )
+                .await
             } else {
                 Err(CliError::NoSuchUser(name))
             }
@@ -237,7 +244,8 @@ async fn user(settings: Settings, command: UserCommand) -> Result<(), CliError> 
                 "removed user {name} (id {}) with {} tasks, {} images and {} device keys",
                 removed.user_id, removed.tasks, removed.images, removed.keys
             );
-            Ok(())
+            let what = serde_json::json!({ "tasks": removed.tasks, "images": removed.images });
+            audit(&db, "user.remove", name, what).await
         }
         UserCommand::Disable { name } => set_disabled(&db, name, true).await,
         UserCommand::Enable { name } => set_disabled(&db, name, false).await,
@@ -254,5 +262,25 @@ async fn set_disabled(
         .ok_or(CliError::NoSuchUser(name))?;
     let state = if disabled { "disabled" } else { "enabled" };
     println!("{} is now {state}", user.username);
+    let change = serde_json::json!({ "disabled": disabled });
+    audit(db, "user.update", user.username, change).await
+}
+
+/// The audit log's entry for a change made from the command line (actor `cli`, id 0).
+async fn audit(
+    db: &sea_orm::DatabaseConnection,
+    action: &'static str,
+    target: String,
+    change: serde_json::Value,
+) -> Result<(), CliError> {
+    let entry = store::audit::Entry {
+        actor_id: 0,
+        actor_name: "cli".into(),
+        action,
+        target: Some(target),
+        filter: Some(change.to_string()),
+        count: None,
+    };
+    store::audit::append(db, entry).await?;
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod faults;
 pub mod generation;
 pub mod http;
 pub mod limits;
+pub mod retention;
 pub mod settings;
 pub mod simulator;
 pub mod speech;

@@ -29,6 +29,7 @@ use crate::generation::GenerationService;
 use crate::http;
 use crate::http::slow_clients::{self, BodyDeadline, ConnectionCounts};
 use crate::limits::Limits;
+use crate::retention::{self, Clock};
 use crate::settings::Settings;
 use crate::speech::SpeechService;
 use crate::store::{self, DatabaseLock, LockError, StoreError};
@@ -65,6 +66,8 @@ pub struct Application {
     _lock: Option<DatabaseLock>,
     /// Asks for the same graceful shutdown as a signal (tests restart in one process).
     stop: Arc<tokio::sync::Notify>,
+    /// The retention job's time.
+    clock: Clock,
 }
 
 /// Stops a running gateway as SIGTERM would.
@@ -190,6 +193,12 @@ impl Application {
             db.clone(),
             Duration::from_secs(settings.events.retention_hours * 3600),
         ));
+        let clock = Clock::default();
+        actix_web::rt::spawn(retention::run(
+            db.clone(),
+            settings.retention.clone(),
+            clock.clone(),
+        ));
 
         let max_json = settings.server.max_json_bytes;
         let shutdown_grace = settings.shutdown_grace();
@@ -283,6 +292,7 @@ impl Application {
             store_thread,
             _lock: lock,
             stop: Arc::new(tokio::sync::Notify::new()),
+            clock,
         })
     }
 
@@ -292,6 +302,11 @@ impl Application {
 
     pub fn stopper(&self) -> Stopper {
         Stopper(self.stop.clone())
+    }
+
+    /// The clock retention judges age by (tests move it).
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully: submissions get 503,

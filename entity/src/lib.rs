@@ -1,6 +1,7 @@
 //! sea-orm entities of the infergate database.
 
 pub mod api_key;
+pub mod audit;
 pub mod event_ticket;
 pub mod image;
 pub mod instance;

@@ -1,4 +1,5 @@
 pub use super::api_key::Entity as ApiKey;
+pub use super::audit::Entity as Audit;
 pub use super::event_ticket::Entity as EventTicket;
 pub use super::image::Entity as Image;
 pub use super::instance::Entity as Instance;

@@ -109,6 +109,8 @@ pub struct Model {
     /// Where the task's events are delivered, and which (`completed`, …, comma-separated).
     pub webhook_url: Option<String>,
     pub webhook_events: Option<String>,
+    /// When its latest attempt started.
+    pub started_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -13,6 +13,7 @@ mod m20261202_000103_username_nocase;
 mod m20261203_000201_instance_model;
 mod m20261204_000301_cluster;
 mod m20261205_000401_task_events;
+mod m20261206_000501_operators;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000201_instance_model::Migration),
             Box::new(m20261204_000301_cluster::Migration),
             Box::new(m20261205_000401_task_events::Migration),
+            Box::new(m20261206_000501_operators::Migration),
         ]
     }
 }

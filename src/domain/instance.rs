@@ -2,7 +2,7 @@
 //! admin's request), the rules its URL follows, how the balancing strategies are named,
 //! and the changes admins may make.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
 
@@ -258,7 +258,7 @@ impl TryFrom<NewInstanceRequest> for InstanceSpec {
 }
 
 /// Body of `PATCH /api/v1/admin/instances/{id}`: at least one field.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceChangeRequest {
     /// 1 to 1024; lowering it below the calls in flight lets them finish.

@@ -11,6 +11,7 @@ mod instance;
 mod new_user;
 mod openai;
 mod task;
+mod task_filter;
 mod webhook;
 
 pub use entity::user::Role;
@@ -29,4 +30,5 @@ pub use openai::{
     ImageFormat, ImageGeneration, ImageGenerationRequest, TranscriptionRequest, MAX_IMAGES,
 };
 pub use task::{NewTask, Priority, QueuedTask, TaskStatus, TraceContext};
+pub use task_filter::{TaskFilter, TaskFilterQuery, Window, MAX_FILTER_VALUES, MAX_QUERY_CHARS};
 pub use webhook::{WebhookEvent, WebhookEvents};

@@ -29,6 +29,10 @@ use super::{accounts, admin, events, image, keys, metrics, openai, speech, syste
         system::health, system::ready, system::stats, metrics::metrics,
         admin::list_instances, admin::add_instance, admin::update_instance, admin::remove_instance,
         admin::list_nodes,
+        admin::tasks::list_tasks, admin::tasks::get_task, admin::tasks::cancel_tasks,
+        admin::tasks::retry_tasks, admin::tasks::delete_tasks, admin::tasks::get_image,
+        admin::users::list_users, admin::users::update_user,
+        admin::queue::pause, admin::queue::resume, admin::audit::list_audit,
         openai::images::generations, openai::transcriptions::transcriptions, openai::models::list_models,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::OpenAiErrorBody)),
@@ -41,7 +45,7 @@ use super::{accounts, admin, events, image, keys, metrics, openai, speech, syste
         (name = "speech", description = "Synchronous speech to text (JWT or device API key)"),
         (name = "keys", description = "Device API keys"),
         (name = "system", description = "Health, readiness, queue figures and Prometheus metrics"),
-        (name = "admin", description = "Backend instances at run time (admin role)"),
+        (name = "admin", description = "Backend instances, every task, users, the queue's pause and the audit log (admin role)"),
         (name = "openai", description = "OpenAI-compatible routes under /v1 (device API key or JWT as Bearer; errors in OpenAI's shape)"),
     )
 )]
@@ -87,8 +91,10 @@ impl Modify for Shapes {
         if let Some(form) = object(openapi, "TranscribeForm") {
             form.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
         }
-        if let Some(change) = object(openapi, "InstanceChangeRequest") {
-            change.min_properties = Some(1);
+        for name in ["InstanceChangeRequest", "UserChangeRequest"] {
+            if let Some(change) = object(openapi, name) {
+                change.min_properties = Some(1);
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod caller;
+pub mod console;
 pub mod docs;
 pub mod events;
 pub mod extract;
@@ -52,7 +53,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(keys::configure)
         .configure(admin::configure)
         .configure(openai::configure)
-        .configure(docs::configure);
+        .configure(docs::configure)
+        .configure(console::configure);
 }
 
 /// What a request no route takes gets: 405 with `Allow` on a documented path, else a

@@ -17,6 +17,7 @@ use crate::domain::InstanceKind;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
 use crate::settings::{Settings, StatsSettings};
+use crate::store::space::{self, Size};
 use crate::telemetry::{Figures, METRICS};
 
 /// How long `/ready` waits for each part.
@@ -112,6 +113,10 @@ pub struct StatsResponse {
     pub queue_usage: f64,
     pub workers: usize,
     pub busy_workers: usize,
+    /// An admin paused dispatching: tasks are admitted but wait.
+    pub paused: bool,
+    /// The database's size (SQLite: the main file's pages, and how many are free).
+    pub database: Size,
     pub image_instances: InstanceCounts,
     pub speech_instances: InstanceCounts,
     /// Percent of the tasks this process ended (DONE or FAILED) in the last
@@ -225,17 +230,21 @@ impl SystemFigures {
 #[utoipa::path(get, path = "/api/v1/system/stats", tag = "system",
     responses((status = 200, body = StatsResponse), (status = 503, body = ErrorBody)))]
 pub async fn stats(
+    db: web::Data<DatabaseConnection>,
     dispatcher: web::Data<Addr<Dispatcher>>,
     registry: web::Data<Addr<InstanceRegistry>>,
     settings: web::Data<Settings>,
 ) -> Result<HttpResponse, ApiError> {
     let figures = SystemFigures::gather(&dispatcher, &registry, &settings.stats).await?;
+    let database = space::size(&db).await?;
     Ok(HttpResponse::Ok().json(StatsResponse {
         queue_length: figures.queue.queue_length,
         queue_capacity: figures.queue.queue_capacity,
         queue_usage: figures.queue_usage,
         workers: figures.queue.workers,
         busy_workers: figures.queue.busy_workers,
+        paused: figures.queue.paused,
+        database,
         image_instances: figures.counts(InstanceKind::Image),
         speech_instances: figures.counts(InstanceKind::Speech),
         failure_rate: figures.window.failure_rate,

@@ -265,6 +265,16 @@ impl Settings {
             ),
             ("events.buffer", self.events.buffer >= 1, at_least_1),
             (
+                "retention.interval_secs",
+                self.retention.interval_secs >= 1,
+                at_least_1,
+            ),
+            (
+                "retention.batch",
+                (1..=10_000).contains(&self.retention.batch),
+                "must be between 1 and 10000",
+            ),
+            (
                 "events.keepalive_secs",
                 self.events.keepalive_secs >= 1,
                 at_least_1,

@@ -40,6 +40,7 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub events: EventSettings,
     pub webhooks: WebhookSettings,
+    pub retention: RetentionSettings,
     pub instances: Vec<InstanceSpec>,
 }
 
@@ -307,6 +308,28 @@ impl Default for WebhookSettings {
     }
 }
 
+/// Finished tasks are deleted after a while, with their images and events.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days a finished task is kept after it ended (0: kept for good).
+    pub finished_days: u64,
+    /// How often the job looks for tasks past it.
+    pub interval_secs: u64,
+    /// Tasks deleted per transaction, so no write lock is held long.
+    pub batch: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            finished_days: 7,
+            interval_secs: 60,
+            batch: 200,
+        }
+    }
+}
+
 /// Several gateways on one PostgreSQL database (a SQLite file has one gateway).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -347,6 +370,7 @@ impl Default for Settings {
             openai: OpenAiSettings::default(),
             events: EventSettings::default(),
             webhooks: WebhookSettings::default(),
+            retention: RetentionSettings::default(),
             cluster: ClusterSettings::default(),
             instances: vec![InstanceSpec {
                 protocol: Some(Protocol::Qwen),

@@ -3,13 +3,16 @@
 //! writes no actor batches (users, keys, instances). Task writes are the TaskStore
 //! actor's own (`actors/task_store`), because they share its group commit.
 
+pub mod admin_tasks;
 pub mod api_keys;
+pub mod audit;
 pub mod cluster;
 mod error;
 pub mod events;
 pub mod instances;
 mod lock;
 pub mod meta;
+pub mod space;
 pub mod tasks;
 pub mod tickets;
 pub mod users;
@@ -22,18 +25,22 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlxSqliteConnector};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Connection;
 
 use crate::settings::DatabaseSettings;
 
-/// SQLite in WAL mode with FULL sync (a commit survives power loss) and a busy timeout;
-/// anything else (PostgreSQL) through sea-orm's own pool.
+/// SQLite in WAL mode with FULL sync (a commit survives power loss), a busy timeout and
+/// incremental auto-vacuum (which takes only on a new file, see `space`); anything else
+/// (PostgreSQL) through sea-orm's own pool.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
     if settings.url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(&settings.url)
             .map_err(|e| DbErr::Custom(format!("invalid database.url: {e}")))?
             .create_if_missing(true)
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))

@@ -6,11 +6,12 @@ use entity::{api_key, image, task, user};
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, Set, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
+use std::collections::HashMap;
 
 use super::StoreError;
-use crate::domain::{NewUser, Role};
+use crate::domain::{NewUser, Role, TaskStatus};
 
 /// Inserts the user with its password hash; `StoreError::Constraint` when the name is
 /// taken in any case.
@@ -124,4 +125,73 @@ pub async fn remove(
         images,
         keys,
     }))
+}
+
+/// A page of users in id order from `from` on, at most `limit`, with the total and the
+/// `from` of the next page.
+pub async fn page(
+    db: &DatabaseConnection,
+    limit: u64,
+    from: Option<i64>,
+) -> Result<(Vec<user::Model>, u64, Option<i64>), StoreError> {
+    let total = User::find().count(db).await?;
+    let mut query = User::find();
+    if let Some(from) = from {
+        query = query.filter(user::Column::Id.gte(from));
+    }
+    let mut rows = query
+        .order_by_asc(user::Column::Id)
+        .limit(limit + 1)
+        .all(db)
+        .await?;
+    let next = if rows.len() as u64 > limit {
+        rows.pop().map(|u| u.id)
+    } else {
+        None
+    };
+    Ok((rows, total, next))
+}
+
+/// Each of these users' tasks per status (on the user and status index).
+pub async fn task_counts(
+    db: &DatabaseConnection,
+    user_ids: &[i64],
+) -> Result<HashMap<i64, HashMap<TaskStatus, u64>>, StoreError> {
+    let rows: Vec<(i64, TaskStatus, i64)> = Task::find()
+        .select_only()
+        .column(task::Column::UserId)
+        .column(task::Column::Status)
+        .column_as(task::Column::Id.count(), "n")
+        .filter(task::Column::UserId.is_in(user_ids.iter().copied()))
+        .group_by(task::Column::UserId)
+        .group_by(task::Column::Status)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut counts: HashMap<i64, HashMap<TaskStatus, u64>> = HashMap::new();
+    for (user_id, status, n) in rows {
+        counts.entry(user_id).or_default().insert(status, n as u64);
+    }
+    Ok(counts)
+}
+
+/// Changes the user's role and whether they are disabled; `Ok(None)` when there is no
+/// such user.
+pub async fn update(
+    db: &DatabaseConnection,
+    id: i64,
+    role: Option<Role>,
+    disabled: Option<bool>,
+) -> Result<Option<user::Model>, StoreError> {
+    let Some(found) = find_by_id(db, id).await? else {
+        return Ok(None);
+    };
+    let mut row = found.into_active_model();
+    if let Some(role) = role {
+        row.role = Set(role);
+    }
+    if let Some(disabled) = disabled {
+        row.disabled = Set(disabled);
+    }
+    Ok(Some(row.update(db).await?))
 }

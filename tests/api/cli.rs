@@ -254,6 +254,24 @@ async fn user_disable_enable_and_remove_take_effect_on_a_running_gateway() {
         assert!(!missing.status.success());
         assert!(String::from_utf8_lossy(&missing.stderr).contains("no user named nobody"));
     }
+    // Each change is in the audit log, by `cli`.
+    let db = crate::helpers::open_database(&crate::process::database_url(dir.path())).await;
+    let (entries, _, _) = infergate::store::audit::list(&db, 10, None).await.unwrap();
+    let logged: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.actor_name.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            ("cli", "user.remove"),
+            ("cli", "user.update"),
+            ("cli", "user.update"),
+            ("cli", "user.add")
+        ]
+    );
+    assert_eq!(entries[2].filter.as_deref(), Some(r#"{"disabled":true}"#));
+    assert_eq!(entries[0].target.as_deref(), Some("alice"));
     drop(gateway);
 }
 

@@ -512,3 +512,99 @@ async fn a_stream_on_one_gateway_sees_the_events_of_work_another_runs_even_acros
     drop((on_a, on_b, a, b));
     database.drop().await;
 }
+
+#[actix_web::test]
+async fn a_pause_and_a_retry_through_one_gateway_hold_and_then_feed_another() {
+    let Some(database) = TempDatabase::create().await else {
+        return;
+    };
+    let failing = SimConfig {
+        latency_ms: 20,
+        failure_rate: 1.0,
+        ..SimConfig::default()
+    };
+    let sims = start_sims(vec![failing]);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[workers]\nmax_attempts = 1\n";
+    // A has no instance: what it retries, B runs.
+    let none = cluster_config(dir.path(), &[], extra);
+    let with_gpu = cluster_config(dir.path(), &[&sims[0]], extra);
+    let a = gateway(dir.path(), &none, &database).await;
+    let b = gateway(dir.path(), &with_gpu, &database).await;
+    let (_, token) = sign_up(&a.base, "alice").await;
+    let (_, admin) = sign_up(&a.base, "root").await;
+    let db = Database::connect(&database.url).await.unwrap();
+    db.execute(Statement::from_string(
+        db.get_database_backend(),
+        "UPDATE users SET role = 'admin' WHERE username = 'root'",
+    ))
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for prompt in ["one", "two"] {
+        let body: Value = submit(&a.base, &token, prompt).await.json().await.unwrap();
+        ids.push(body["task_id"].as_str().unwrap().to_string());
+    }
+    all_end(&db, 2).await;
+    sims[0].set_failure_rate(0.0);
+
+    let client = reqwest::Client::new();
+    let admin_post = |path: &'static str| {
+        let (client, base, admin) = (&client, &a.base, &admin);
+        async move {
+            let response = client
+                .post(format!("{base}{path}"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    admin_post("/api/v1/admin/queue/pause").await;
+    // B follows the pause at its next heartbeat.
+    eventually("B paused", Duration::from_secs(10), || async {
+        let stats: Value = client
+            .get(format!("{}/api/v1/system/stats", b.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["paused"] == true {
+            Ok(())
+        } else {
+            Err(stats)
+        }
+    })
+    .await;
+    let retried = admin_post("/api/v1/admin/tasks/retry?statuses=FAILED").await;
+    assert_eq!(retried, json!({"count": 2, "skipped": 0}));
+    let queued = count(
+        &db,
+        "SELECT count(*) FROM tasks WHERE status = 'QUEUED' AND attempts = 0",
+    )
+    .await;
+    assert_eq!(queued, 2);
+
+    admin_post("/api/v1/admin/queue/resume").await;
+    for id in &ids {
+        eventually(
+            "the retried task DONE on B",
+            Duration::from_secs(20),
+            || async {
+                let task = task(&a.base, &token, id).await;
+                if task["status"] == "DONE" {
+                    Ok(())
+                } else {
+                    Err(task)
+                }
+            },
+        )
+        .await;
+    }
+    drop((a, b));
+    database.drop().await;
+}

@@ -3,6 +3,7 @@ use std::time::Duration;
 use entity::prelude::{Image, Task};
 use entity::user::Role;
 use infergate::domain::{InstanceKind, InstanceSpec};
+use infergate::retention::Clock;
 use infergate::settings::Settings;
 use infergate::simulator::{SimBackend, SimConfig};
 use infergate::startup::{Application, Stopper};
@@ -27,6 +28,8 @@ pub struct TestApp {
     pub db_url: String,
     /// Keeps the database file alive for the test.
     pub dir: TempDir,
+    /// The clock retention judges age by.
+    pub clock: Clock,
     stopper: Stopper,
     running: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -118,7 +121,7 @@ pub async fn start(settings: Settings, sims: Vec<SimBackend>, dir: TempDir) -> T
         .await
         .expect("build application");
     let address = format!("http://127.0.0.1:{}", app.port());
-    let stopper = app.stopper();
+    let (stopper, clock) = (app.stopper(), app.clock());
     let running = actix_web::rt::spawn(app.run_until_stopped());
     let db = open_database(&db_url).await;
     TestApp {
@@ -129,6 +132,7 @@ pub async fn start(settings: Settings, sims: Vec<SimBackend>, dir: TempDir) -> T
         db,
         db_url,
         dir,
+        clock,
         stopper,
         running,
     }
@@ -256,6 +260,23 @@ impl TestApp {
         })
         .await;
         (seen.into_inner(), task)
+    }
+
+    /// Polls the task until it has `status`; returns it.
+    pub async fn wait_for_status(&self, token: &str, task_id: &str, status: &str) -> Value {
+        eventually(
+            &format!("task {task_id} {status}"),
+            Duration::from_secs(20),
+            || async {
+                let task: Value = self.get_task(token, task_id).await.json().await.unwrap();
+                if task["status"] == status {
+                    Ok(task)
+                } else {
+                    Err(task)
+                }
+            },
+        )
+        .await
     }
 
     pub async fn stats(&self) -> Value {

@@ -7,7 +7,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
 
 use crate::helpers::{
     assert_error, fast_sim, pcm, spawn_app_with, spawn_app_with_speech, start_sims, Auth, TestApp,
@@ -57,22 +56,6 @@ impl TestApp {
 
     async fn scrape(&self) -> Scrape {
         Scrape::parse(&self.scrape_text().await)
-    }
-
-    async fn wait_for_status(&self, token: &str, task_id: &str, status: &str) {
-        eventually(
-            &format!("task {status}"),
-            Duration::from_secs(10),
-            || async {
-                let task: Value = self.get_task(token, task_id).await.json().await.unwrap();
-                if task["status"] == status {
-                    Ok(())
-                } else {
-                    Err(task)
-                }
-            },
-        )
-        .await
     }
 }
 

@@ -151,8 +151,12 @@ async fn on_sqlite_the_migrations_keep_existing_rows_and_add_their_rules() {
     assert_eq!(
         indexes,
         [
+            "idx_tasks_created_at",
+            "idx_tasks_instance",
+            "idx_tasks_started_at",
             "idx_tasks_status_fair",
             "idx_tasks_status_id",
+            "idx_tasks_status_updated",
             "idx_tasks_user_id_id",
             "idx_tasks_user_id_idempotency_key",
             "idx_tasks_user_status"

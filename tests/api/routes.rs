@@ -72,8 +72,12 @@ fn registered() -> BTreeSet<String> {
                 .nth(1)
                 .and_then(|m| m.split("()").next())
                 .unwrap_or_default();
-            // The document and Swagger UI themselves are not operations of the API.
-            if path.starts_with("/api-docs") || path.starts_with("/docs") {
+            // The document, Swagger UI and the web console's pages are not operations of
+            // the API.
+            if ["/api-docs", "/docs", "/console"]
+                .iter()
+                .any(|page| path.starts_with(page))
+            {
                 continue;
             }
             routes.insert(format!("{} {prefix}{path}", method.to_uppercase()));

@@ -68,6 +68,8 @@ pub struct Dispatcher {
     retiring: usize,
     /// Set by `Drain`: nothing is admitted or dispatched any more.
     draining: bool,
+    /// Set by an admin: submissions are admitted, nothing is dispatched.
+    paused: bool,
     /// Told when the last running task ends during a drain.
     drained: Option<oneshot::Sender<()>>,
     /// With several gateways: the queue is the database's, claimed from.
@@ -103,6 +105,7 @@ impl Dispatcher {
             workers: 0,
             retiring: 0,
             draining: false,
+            paused: false,
             drained: None,
             started_at: chrono::Utc::now(),
         }
@@ -121,7 +124,7 @@ impl Dispatcher {
     }
 
     fn dispatch_now(&mut self) {
-        while !self.draining && !self.queue.is_empty() {
+        while !self.draining && !self.paused && !self.queue.is_empty() {
             let Some(worker) = self.idle.pop() else {
                 return;
             };
@@ -164,12 +167,19 @@ impl Actor for Dispatcher {
         }
         // Hold every other message until the queue is rebuilt, so older tasks stay ahead.
         let db = self.db.clone();
-        let reload = async move { store::tasks::queued(&db).await };
+        let reload = async move {
+            let paused = store::meta::paused(&db).await?;
+            Ok::<_, StoreError>((paused, store::tasks::queued(&db).await?))
+        };
         ctx.wait(
             reload
                 .into_actor(self)
                 .map(|result, dispatcher, ctx| match result {
-                    Ok(tasks) => {
+                    Ok((paused, tasks)) => {
+                        dispatcher.paused = paused;
+                        if paused {
+                            tracing::warn!("dispatching is paused by an admin");
+                        }
                         if !tasks.is_empty() {
                             tracing::info!(tasks = tasks.len(), "re-queued unfinished tasks");
                         }
@@ -543,6 +553,7 @@ impl Handler<GetQueueStats> for Dispatcher {
             queue_capacity: self.capacity,
             workers: self.workers,
             busy_workers: self.workers.saturating_sub(self.idle.len()),
+            paused: self.paused,
         };
         if self.shared.is_none() {
             return Box::pin(async move { Ok(stats) });
@@ -575,5 +586,90 @@ impl Handler<ListNodes> for Dispatcher {
         };
         let (db, alive) = (self.db.clone(), shared.cluster.lease);
         Box::pin(async move { store::cluster::live_nodes(&db, alive).await })
+    }
+}
+
+/// Persists the pause, then applies it: paused, running tasks finish and queued ones
+/// wait; resumed, the queue is served again.
+impl Handler<SetPaused> for Dispatcher {
+    type Result = ResponseActFuture<Self, Result<(), StoreError>>;
+
+    fn handle(&mut self, SetPaused(paused): SetPaused, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        let persist = async move { store::meta::set_paused(&db, paused).await };
+        Box::pin(
+            persist
+                .into_actor(self)
+                .map(move |persisted, dispatcher, ctx| {
+                    persisted?;
+                    dispatcher.paused = paused;
+                    tracing::info!(paused, "dispatching paused or resumed by an admin");
+                    dispatcher.dispatch(ctx);
+                    Ok(())
+                }),
+        )
+    }
+}
+
+/// Admits as many of the tasks as the queue has room for (and their users' quotas
+/// allow), reserving their places before the write, then queues those requeued.
+impl Handler<RetryTasks> for Dispatcher {
+    type Result = ResponseActFuture<Self, Result<u64, StoreError>>;
+
+    fn handle(&mut self, RetryTasks(tasks): RetryTasks, _: &mut Context<Self>) -> Self::Result {
+        if self.draining {
+            return Box::pin(fut::ready(Ok(0)));
+        }
+        if self.shared.is_some() {
+            // The queue is the database's: the store admits them as it writes.
+            let ids = tasks.into_iter().map(|(task_id, _)| task_id).collect();
+            let retry = self.store.send(RequeueFinished(ids));
+            return Box::pin(retry.into_actor(self).map(|retried, dispatcher, ctx| {
+                let retried = retried??;
+                dispatcher.claim(ctx);
+                Ok(retried.len() as u64)
+            }));
+        }
+        let mut room = self
+            .capacity
+            .saturating_sub(self.queue.len() + self.reserved);
+        let mut chosen = Vec::new();
+        for (task_id, user_id) in tasks {
+            if room == 0 {
+                break;
+            }
+            let unfinished = self.unfinished.get(&user_id).copied().unwrap_or(0);
+            if self.quota > 0 && unfinished >= self.quota {
+                continue;
+            }
+            room -= 1;
+            self.count_in(user_id);
+            self.inserting.insert(task_id.clone());
+            chosen.push((task_id, user_id));
+        }
+        self.reserved += chosen.len();
+        let ids = chosen.iter().map(|(task_id, _)| task_id.clone()).collect();
+        let retry = self.store.send(RequeueFinished(ids));
+        Box::pin(retry.into_actor(self).map(move |retried, dispatcher, ctx| {
+            dispatcher.reserved -= chosen.len();
+            let retried = retried.map_err(StoreError::from).and_then(|r| r);
+            let requeued: HashSet<TaskId> = match &retried {
+                Ok(tasks) => tasks.iter().map(|t| t.task_id.clone()).collect(),
+                Err(_) => HashSet::new(),
+            };
+            for (task_id, user_id) in &chosen {
+                dispatcher.inserting.remove(task_id);
+                if !requeued.contains(task_id) {
+                    dispatcher.count_out(*user_id);
+                }
+            }
+            let tasks = retried?;
+            let count = tasks.len() as u64;
+            for task in tasks {
+                dispatcher.queue.push_back(task);
+            }
+            dispatcher.dispatch(ctx);
+            Ok(count)
+        }))
     }
 }

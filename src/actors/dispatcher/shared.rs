@@ -48,11 +48,17 @@ impl Dispatcher {
     pub(super) fn start_shared(&mut self, ctx: &mut Context<Self>) {
         let shared = self.shared.as_ref().expect("shared mode");
         let (db, cluster) = (self.db.clone(), shared.cluster.clone());
-        let register = async move { shared::register_node(&db, &cluster.node, &hostname()).await };
-        ctx.wait(register.into_actor(self).map(|registered, _, ctx| {
-            if let Err(e) = registered {
-                tracing::error!(error = %e, "cannot record this gateway among the live ones; restarting");
-                ctx.stop();
+        let register = async move {
+            shared::register_node(&db, &cluster.node, &hostname()).await?;
+            crate::store::meta::paused(&db).await
+        };
+        ctx.wait(register.into_actor(self).map(|registered, dispatcher, ctx| {
+            match registered {
+                Ok(paused) => dispatcher.paused = paused,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record this gateway among the live ones; restarting");
+                    ctx.stop();
+                }
             }
         }));
         let cluster = &shared.cluster;
@@ -68,13 +74,13 @@ impl Dispatcher {
         let Some(shared) = self.shared.as_mut() else {
             return;
         };
-        while let Some(task) = (!self.idle.is_empty())
+        while let Some(task) = (!self.idle.is_empty() && !self.paused)
             .then(|| shared.claimed.pop_front())
             .flatten()
         {
             Self::start_claimed(&mut self.idle, &mut self.running, &mut shared.claimed, task);
         }
-        if self.draining || shared.claiming || self.idle.is_empty() {
+        if self.draining || self.paused || shared.claiming || self.idle.is_empty() {
             return;
         }
         shared.claiming = true;
@@ -157,12 +163,21 @@ impl Dispatcher {
             shared::heartbeat(&db, &cluster.node, &live, cluster.lease).await?;
             let rescued = shared::rescue(&db, max_attempts).await?;
             shared::forget_nodes(&db, cluster.lease * 20).await?;
-            Ok::<_, crate::store::StoreError>(rescued)
+            let paused = crate::store::meta::paused(&db).await?;
+            Ok::<_, crate::store::StoreError>((rescued, paused))
         };
         ctx.spawn(
             beat.into_actor(self)
                 .map(|beat, dispatcher, ctx| match beat {
-                    Ok(rescued) if !rescued.is_empty() => {
+                    Ok((rescued, paused)) => {
+                        // An admin of any gateway may have paused or resumed.
+                        if dispatcher.paused != paused {
+                            dispatcher.paused = paused;
+                            dispatcher.claim(ctx);
+                        }
+                        if rescued.is_empty() {
+                            return;
+                        }
                         let failed = rescued.iter().filter(|r| r.failed).count();
                         tracing::warn!(
                             requeued = rescued.len() - failed,
@@ -171,7 +186,6 @@ impl Dispatcher {
                         );
                         dispatcher.claim(ctx);
                     }
-                    Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "heartbeat failed; claims renew at the next")
                     }

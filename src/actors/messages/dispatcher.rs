@@ -116,4 +116,18 @@ pub struct QueueStats {
     pub queue_capacity: usize,
     pub workers: usize,
     pub busy_workers: usize,
+    /// An admin paused dispatching.
+    pub paused: bool,
 }
+
+/// Pause (`true`) or resume dispatching: kept in the database first, so a restart keeps
+/// it (and, with several gateways, every one follows at its next heartbeat).
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct SetPaused(pub bool);
+
+/// An admin's retry of these ended tasks, as far as the queue's capacity and the users'
+/// quotas allow: back to QUEUED and into the queue. Answers how many were.
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct RetryTasks(pub Vec<(TaskId, UserId)>);

@@ -7,7 +7,7 @@ use entity::task;
 
 pub use crate::store::cluster::Refusal;
 
-use crate::domain::{InstanceId, NewTask, TaskId, UserId};
+use crate::domain::{InstanceId, NewTask, QueuedTask, TaskId, UserId};
 use crate::store::StoreError;
 
 /// Insert a new QUEUED task; the reply comes once the transaction holding it commits.
@@ -122,3 +122,16 @@ pub enum CancelOutcome {
     /// It had already ended DONE or FAILED.
     Finished(task::Model),
 }
+
+/// An admin's bulk cancel of these tasks, each as its owner's cancel would: QUEUED or
+/// RUNNING → CANCELLED. Answers the tasks it changed, with their owners.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(TaskId, UserId)>, StoreError>")]
+pub struct CancelTasks(pub Vec<TaskId>);
+
+/// An admin's retry: FAILED or CANCELLED → QUEUED with attempts and error reset. With
+/// several gateways the global queue capacity and quotas are checked as it writes.
+/// Answers the tasks now QUEUED, ready for the queue.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<QueuedTask>, StoreError>")]
+pub struct RequeueFinished(pub Vec<TaskId>);

@@ -10,6 +10,7 @@
 //! does, so a passing database error leaves no task stuck RUNNING. Reads are not its
 //! business: they go to the pool directly (`crate::store::tasks`).
 
+mod admin;
 mod rows;
 mod writes;
 
@@ -22,7 +23,9 @@ use chrono::Utc;
 use entity::prelude::Task;
 use entity::task;
 use futures_util::FutureExt;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait,
+};
 use tokio::sync::oneshot;
 
 use super::messages::*;
@@ -376,33 +379,11 @@ impl Handler<CancelTask> for TaskStore {
         let (db, clustered) = (self.db.clone(), self.cluster.is_some());
         let cancel = async move {
             let txn = db.begin().await?;
-            let update = Task::update_many()
-                .set(task::ActiveModel {
-                    status: Set(TaskStatus::Cancelled),
-                    updated_at: Set(Utc::now()),
-                    ..Default::default()
-                })
-                .filter(task::Column::TaskId.eq(msg.task_id.as_str()))
-                .filter(task::Column::UserId.eq(msg.user_id.0))
-                .filter(task::Column::Status.is_in([TaskStatus::Queued, TaskStatus::Running]));
-            let cancelled: Vec<NewEvent> = changed(&txn, update)
-                .await?
-                .into_iter()
-                .map(|t| {
-                    NewEvent::new(
-                        t.user_id,
-                        t.task_id,
-                        ChangeKind::Cancelled,
-                        TaskStatus::Cancelled,
-                    )
-                })
-                .collect();
+            let which = Condition::all()
+                .add(task::Column::TaskId.eq(msg.task_id.as_str()))
+                .add(task::Column::UserId.eq(msg.user_id.0));
+            let (cancelled, logged) = admin::cancel_where(&txn, clustered, which).await?;
             let changed = !cancelled.is_empty();
-            let logged = events::append(&txn, cancelled).await?;
-            // The gateway running it may be another: it hears of the cancel at commit.
-            if changed && clustered {
-                crate::store::cluster::notify(&txn, &format!("c:{}", msg.task_id)).await?;
-            }
             txn.commit().await?;
             let found = crate::store::tasks::get(&db, msg.user_id, &msg.task_id).await?;
             let outcome = match found {

@@ -363,6 +363,7 @@ async fn mark_running(
         status: Set(TaskStatus::Running),
         instance: Set(Some(msg.instance.clone())),
         attempts: Set(msg.attempt),
+        started_at: Set(Some(now)),
         updated_at: Set(now),
         ..Default::default()
     };

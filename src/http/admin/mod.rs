@@ -1,5 +1,12 @@
-//! `/api/v1/admin/instances`: list, add, change, drain and remove backend instances while
-//! the gateway runs. Admins only (`AdminUser`: the role is checked in the database).
+//! The admin API under `/api/v1/admin/` (admins only: `AdminUser`, the role checked in
+//! the database): backend instances here (list, add, change, drain and remove while the
+//! gateway runs) and the nodes; tasks, users, the queue's pause and the audit log in
+//! their own files. Every change is written to the audit log.
+
+pub mod audit;
+pub mod queue;
+pub mod tasks;
+pub mod users;
 
 use actix::Addr;
 use actix_web::middleware::from_fn;
@@ -16,19 +23,24 @@ use crate::domain::{
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
 use crate::http::caller::{require_admin, AdminUser};
+use audit::record;
+use sea_orm::DatabaseConnection;
 
 /// Every admin route lives in this one scope, behind `require_admin`: the role is checked
 /// before any extractor runs.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api/v1/admin")
-            .wrap(from_fn(require_admin))
-            .route("/instances", web::get().to(list_instances))
-            .route("/instances", web::post().to(add_instance))
-            .route("/instances/{id}", web::patch().to(update_instance))
-            .route("/instances/{id}", web::delete().to(remove_instance))
-            .route("/nodes", web::get().to(list_nodes)),
-    );
+    let scope = web::scope("/api/v1/admin")
+        .wrap(from_fn(require_admin))
+        .route("/instances", web::get().to(list_instances))
+        .route("/instances", web::post().to(add_instance))
+        .route("/instances/{id}", web::patch().to(update_instance))
+        .route("/instances/{id}", web::delete().to(remove_instance))
+        .route("/nodes", web::get().to(list_nodes))
+        .configure(tasks::configure)
+        .configure(users::configure)
+        .configure(queue::configure)
+        .configure(audit::configure);
+    cfg.service(scope);
 }
 
 /// A gateway process, as `/api/v1/admin/nodes` shows it.
@@ -106,6 +118,7 @@ pub async fn list_instances(
 #[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id))]
 pub async fn add_instance(
     admin: AdminUser,
+    db: web::Data<DatabaseConnection>,
     registry: web::Data<Addr<InstanceRegistry>>,
     body: web::Json<NewInstanceRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -113,6 +126,18 @@ pub async fn add_instance(
     let added = ask(&registry, AddInstance(spec)).await??;
     tracing::Span::current().record("instance_id", added.id.0);
     tracing::info!(url = %added.url, "instance added by an admin");
+    let what =
+        serde_json::json!({"kind": added.kind, "url": added.url, "capacity": added.capacity});
+    let target = Some(added.id.to_string());
+    record(
+        &db,
+        &admin,
+        "instance.add",
+        target,
+        Some(what.to_string()),
+        None,
+    )
+    .await;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/admin/instances/{}", added.id)))
         .json(added))
@@ -138,14 +163,26 @@ pub async fn add_instance(
 #[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id = *id))]
 pub async fn update_instance(
     admin: AdminUser,
+    db: web::Data<DatabaseConnection>,
     registry: web::Data<Addr<InstanceRegistry>>,
     id: web::Path<u64>,
     body: web::Json<InstanceChangeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let change = InstanceChange::try_from(body.into_inner())?;
+    let request = body.into_inner();
+    let asked = serde_json::to_string(&request).ok();
+    let change = InstanceChange::try_from(request)?;
     tracing::info!(?change, "instance changed by an admin");
     let id = InstanceId(id.into_inner());
     let updated = ask(&registry, UpdateInstance { id, change }).await??;
+    record(
+        &db,
+        &admin,
+        "instance.update",
+        Some(id.to_string()),
+        asked,
+        None,
+    )
+    .await;
     Ok(HttpResponse::Ok().json(updated))
 }
 
@@ -165,10 +202,21 @@ pub async fn update_instance(
 #[tracing::instrument(skip_all, fields(admin_id = %admin.0.id, instance_id = *id))]
 pub async fn remove_instance(
     admin: AdminUser,
+    db: web::Data<DatabaseConnection>,
     registry: web::Data<Addr<InstanceRegistry>>,
     id: web::Path<u64>,
 ) -> Result<HttpResponse, ApiError> {
     let removed = ask(&registry, RemoveInstance(InstanceId(id.into_inner()))).await??;
     tracing::info!(url = %removed.url, in_flight = removed.in_flight, "instance removal requested by an admin");
+    let what = serde_json::json!({"url": removed.url}).to_string();
+    record(
+        &db,
+        &admin,
+        "instance.remove",
+        Some(removed.id.to_string()),
+        Some(what),
+        None,
+    )
+    .await;
     Ok(HttpResponse::Accepted().json(removed))
 }
