@@ -1023,6 +1023,9 @@ async fn events_scenario() {
 /// submission is measured in-process, apart.
 async fn telemetry_scenario() {
     let (clients, total, rounds) = (64, 6_000, 3);
+    // Spans are made at info level: the same filter for all three, so that only the
+    // export differs (the gateways inherit it; it overrides their `log.level`).
+    std::env::set_var("RUST_LOG", "warn,infergate=info");
     let receiver = start_otlp_sink();
     let traced = format!("{FAST_PINGS}[telemetry]\notlp_endpoint = \"{receiver}\"\n");
     let setups = [

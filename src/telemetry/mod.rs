@@ -22,6 +22,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -72,16 +73,18 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Telemetr
             .boxed(),
     };
     let provider = exporter(telemetry)?;
+    // Spans are exported down to info whatever `log.level` keeps for the log: a quiet
+    // log does not switch tracing off.
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("infergate"))
             .with_error_records_to_exceptions(true)
+            .with_filter(LevelFilter::INFO)
     });
     EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     // A second init in one process (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init();
     Ok(Telemetry { provider })

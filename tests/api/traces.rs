@@ -70,7 +70,12 @@ async fn a_submission_traceparent_reaches_the_backend_through_every_span() {
         otlp_endpoint: receiver,
         ..Default::default()
     };
-    let exporter = infergate::telemetry::init(&LogSettings::default(), &telemetry).unwrap();
+    // A quiet log keeps the traces.
+    let log = LogSettings {
+        level: "warn".into(),
+        ..Default::default()
+    };
+    let exporter = infergate::telemetry::init(&log, &telemetry).unwrap();
     let app = spawn_app_with(vec![fast_sim()], |_| {}).await;
     let user = app.new_user("alice").await;
     app.wait_for_healthy(1).await;
