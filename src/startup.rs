@@ -20,7 +20,7 @@ use crate::actors::messages::{Drain, RecoverOrphans};
 use crate::actors::progress::Progress;
 use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
-use crate::actors::{Dispatcher, InstanceRegistry, Listener, TaskStore, WorkerPool};
+use crate::actors::{Deliverer, Dispatcher, InstanceRegistry, Listener, TaskStore, WorkerPool};
 use crate::auth::{load_or_create_secret, HashPool, JwtKeys, UserStanding};
 use crate::cluster::Cluster;
 use crate::domain::InstanceKind;
@@ -186,6 +186,20 @@ impl Application {
         let (progress_hub, progress_db, progress_dispatcher) =
             (hub.clone(), db.clone(), dispatcher.clone());
         Supervisor::start(move |_| Progress::new(progress_hub, progress_db, progress_dispatcher));
+        // Alone on the database, no delivery is under way: those a stopped process had
+        // claimed are sent again now (with several gateways, once their claims run out).
+        if cluster.is_none() {
+            let released = store::webhooks::release_all(&db).await?;
+            if released > 0 {
+                tracing::warn!(
+                    released,
+                    "webhook deliveries cut short by the last stop go out again"
+                );
+            }
+        }
+        let (webhook_db, webhook_settings, webhook_hub) =
+            (db.clone(), settings.webhooks.clone(), hub.clone());
+        Supervisor::start(move |_| Deliverer::new(webhook_db, webhook_settings, webhook_hub));
         actix_web::rt::spawn(prune_events(
             db.clone(),
             Duration::from_secs(settings.events.retention_hours * 3600),

@@ -29,4 +29,4 @@ pub use openai::{
     ImageFormat, ImageGeneration, ImageGenerationRequest, TranscriptionRequest, MAX_IMAGES,
 };
 pub use task::{NewTask, Priority, QueuedTask, TaskStatus, TraceContext};
-pub use webhook::{WebhookEvent, WebhookEvents};
+pub use webhook::{Webhook, WebhookEvent, WebhookEvents, MAX_WEBHOOK_URL_CHARS};

@@ -11,7 +11,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::settings::Settings;
 
-use super::{accounts, admin, events, image, keys, openai, speech, system, tasks, ws};
+use super::{accounts, admin, events, image, keys, openai, speech, system, tasks, webhooks, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use super::{accounts, admin, events, image, keys, openai, speech, system, tasks,
         image::submit, image::get_image,
         tasks::get_tasks, tasks::cancel_task,
         events::user_events, events::task_events, events::ticket, ws::connect,
+        webhooks::rotate_secret,
         speech::transcribe, speech::pcm,
         keys::create_key, keys::list_keys, keys::delete_key,
         system::health, system::ready, system::stats,
@@ -35,6 +36,7 @@ use super::{accounts, admin, events, image, keys, openai, speech, system, tasks,
         (name = "image", description = "Asynchronous text-to-image"),
         (name = "tasks", description = "Task status"),
         (name = "events", description = "Task events pushed as Server-Sent Events, with replay (JWT, device API key, or a single-use ticket)"),
+        (name = "webhooks", description = "Signed deliveries of a task's events to its webhook_url (Standard Webhooks)"),
         (name = "speech", description = "Synchronous speech to text (JWT or device API key)"),
         (name = "keys", description = "Device API keys"),
         (name = "system", description = "Health and queue figures"),

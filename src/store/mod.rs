@@ -13,6 +13,7 @@ pub mod meta;
 pub mod tasks;
 pub mod tickets;
 pub mod users;
+pub mod webhooks;
 
 pub use error::StoreError;
 pub use lock::{lock, DatabaseLock, LockError};
