@@ -16,7 +16,7 @@ use tracing_actix_web::TracingLogger;
 use crate::telemetry::HttpSpan;
 
 use crate::actors::instance_registry::SharedSlots;
-use crate::actors::messages::{Drain, RecoverOrphans};
+use crate::actors::messages::{Drain, RecoverOrphans, StopDelivering};
 use crate::actors::progress::Progress;
 use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
@@ -58,6 +58,8 @@ pub struct Application {
     hub: EventHub,
     /// Told to drain on SIGTERM/SIGINT.
     dispatcher: Addr<Dispatcher>,
+    /// Told to stop sending then, too.
+    deliverer: Addr<Deliverer>,
     shutdown_grace: Duration,
     /// The TaskStore's thread, stopped last.
     store_thread: Arbiter,
@@ -199,7 +201,8 @@ impl Application {
         }
         let (webhook_db, webhook_settings, webhook_hub) =
             (db.clone(), settings.webhooks.clone(), hub.clone());
-        Supervisor::start(move |_| Deliverer::new(webhook_db, webhook_settings, webhook_hub));
+        let deliverer =
+            Supervisor::start(move |_| Deliverer::new(webhook_db, webhook_settings, webhook_hub));
         actix_web::rt::spawn(prune_events(
             db.clone(),
             Duration::from_secs(settings.events.retention_hours * 3600),
@@ -292,6 +295,7 @@ impl Application {
             server,
             hub,
             dispatcher: drain,
+            deliverer,
             shutdown_grace,
             store_thread,
             _lock: lock,
@@ -323,6 +327,10 @@ impl Application {
         };
         if let Err(e) = self.dispatcher.send(drain).await {
             tracing::error!(error = %e, "dispatcher did not drain");
+        }
+        // Deliveries still due stay in the outbox for the next start.
+        if let Err(e) = self.deliverer.send(StopDelivering).await {
+            tracing::error!(error = %e, "webhook deliverer did not stop");
         }
         // Open event streams would hold the HTTP server's stop: they end here, and
         // their clients resume from their last event elsewhere or after the restart.

@@ -15,6 +15,7 @@ use entity::webhook_delivery::State;
 use sea_orm::DatabaseConnection;
 use url::Url;
 
+use super::messages::StopDelivering;
 use crate::events::EventHub;
 use crate::settings::WebhookSettings;
 use crate::store::webhooks::{self, Attempted, Claimed};
@@ -44,6 +45,8 @@ pub struct Deliverer {
     /// A claim is under way; `again` asks for another as soon as it ends.
     claiming: bool,
     again: bool,
+    /// The gateway is stopping: nothing more is claimed or sent.
+    stopping: bool,
 }
 
 impl Deliverer {
@@ -57,11 +60,15 @@ impl Deliverer {
             in_flight: 0,
             claiming: false,
             again: false,
+            stopping: false,
         }
     }
 
     /// Claims what is due, as much as there is room for, and sends it.
     fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
         if self.claiming {
             self.again = true;
             return;
@@ -80,6 +87,9 @@ impl Deliverer {
         ctx.spawn(claim.into_actor(self).map(move |claimed, deliverer, ctx| {
             deliverer.claiming = false;
             match claimed {
+                // Claimed as the gateway stops: sent again at the next start (or once
+                // the claims run out, by another gateway).
+                Ok(_) if deliverer.stopping => {}
                 Ok(claimed) => {
                     let full = claimed.len() == room;
                     for delivery in claimed {
@@ -262,6 +272,14 @@ impl Actor for Deliverer {
 impl StreamHandler<()> for Deliverer {
     fn handle(&mut self, _: (), ctx: &mut Context<Self>) {
         self.poll(ctx);
+    }
+}
+
+impl Handler<StopDelivering> for Deliverer {
+    type Result = ();
+
+    fn handle(&mut self, _: StopDelivering, _: &mut Context<Self>) {
+        self.stopping = true;
     }
 }
 

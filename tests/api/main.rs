@@ -34,4 +34,5 @@ mod slow_clients;
 mod speech;
 mod sse;
 mod users;
+mod webhooks;
 mod ws;
