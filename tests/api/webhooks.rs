@@ -2,7 +2,8 @@
 //! answers what each test scripts. Signatures are checked with the Standard Webhooks
 //! reference library (`tests/sdk/verify_webhooks.py`, run with the interpreter named by
 //! `INFERGATE_TEST_OPENAI_PYTHON`, whose virtualenv `.ci/run` gives the pinned
-//! `standardwebhooks`); retries, restarts, redirects, 410 and private addresses here.
+//! `standardwebhooks`); retries, restarts, redirects, 410, private addresses, and two
+//! gateways sharing one PostgreSQL outbox here.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -21,8 +22,11 @@ use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, fast_sim, spawn_app_with, start, TestApp, TEST_SECRET};
+use crate::helpers::{
+    assert_error, fast_sim, spawn_app_on, spawn_app_with, start, start_sims, TestApp, TEST_SECRET,
+};
 use crate::poll::eventually;
+use crate::postgres::TempDatabase;
 
 const WAIT: Duration = Duration::from_secs(30);
 const PYTHON_VAR: &str = "INFERGATE_TEST_OPENAI_PYTHON";
@@ -447,4 +451,55 @@ async fn a_webhook_needs_a_secret_and_the_secret_is_new_each_time() {
         .await
         .unwrap();
     assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}
+
+#[actix_web::test]
+async fn two_gateways_on_postgresql_send_each_delivery_once() {
+    let Some(database) = TempDatabase::create().await else {
+        return;
+    };
+    let on = |url: String| {
+        move |settings: &mut Settings| {
+            test_settings(settings);
+            settings.database.url = url;
+        }
+    };
+    let a = spawn_app_on(start_sims(vec![fast_sim()]), on(database.url.clone())).await;
+    let b = spawn_app_on(start_sims(vec![fast_sim()]), on(database.url.clone())).await;
+    let receiver = Receiver::start(&[]);
+    let (token, _) = hooked_user(&a, "shared").await;
+    let every = json!(["queued", "running", "completed"]);
+    let mut task_ids = Vec::new();
+    for i in 0..10 {
+        let through = if i % 2 == 0 { &a } else { &b };
+        let body = json!({"prompt": format!("p{i}"), "webhook_url": receiver.url, "webhook_events": every});
+        task_ids.push(submit_hooked(through, &token, body).await);
+    }
+    // Once every delivery is stored as delivered, none can be sent again.
+    eventually("every delivery delivered", WAIT, || async {
+        let stored = WebhookDelivery::find().all(&a.db).await.unwrap();
+        let delivered = stored
+            .iter()
+            .filter(|d| d.state == webhook_delivery::State::Delivered)
+            .count();
+        match delivered == task_ids.len() * 3 {
+            true => Ok(()),
+            false => Err(delivered),
+        }
+    })
+    .await;
+    let got = receiver.got();
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        (got.len(), ids.len()),
+        (30, 30),
+        "a delivery was sent twice"
+    );
+    drop((a, b));
+    database.drop().await;
 }
