@@ -6,6 +6,7 @@
 //! by its own timer when a retry falls due, and once a second in case a wake-up went to
 //! another gateway or was lost.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use url::Url;
 
 use super::messages::StopDelivering;
 use crate::events::EventHub;
+use crate::faults;
 use crate::settings::WebhookSettings;
 use crate::store::webhooks::{self, Attempted, Claimed};
 use crate::webhooks::address::{check_literal, PublicResolver};
@@ -92,8 +94,17 @@ impl Deliverer {
                 Ok(_) if deliverer.stopping => {}
                 Ok(claimed) => {
                     let full = claimed.len() == room;
-                    for delivery in claimed {
-                        deliverer.send(delivery, ctx);
+                    // A panic in here is contained: the actor stops and its supervisor
+                    // starts it again; what it had claimed goes out once the claims
+                    // run out.
+                    let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        for delivery in claimed {
+                            deliverer.send(delivery, ctx);
+                        }
+                    }));
+                    if sent.is_err() {
+                        tracing::error!("the webhook deliverer failed; restarting it");
+                        return ctx.stop();
                     }
                     if full || deliverer.again {
                         deliverer.poll(ctx);
@@ -123,10 +134,12 @@ impl Deliverer {
     /// One attempt, on a task of its own: a panic on the way costs that attempt (sent
     /// again once its claim runs out), not the actor.
     fn send(&mut self, delivery: Claimed, ctx: &mut Context<Self>) {
+        faults::hit(faults::Site::DelivererSend);
         self.in_flight += 1;
         let client = self.client.clone();
         let (db, holder, settings) = (self.db.clone(), self.holder.clone(), self.settings.clone());
         let attempt = actix_web::rt::spawn(async move {
+            faults::hit(faults::Site::WebhookAttempt);
             let answer = attempt(&client, &delivery, settings.allow_private_networks).await;
             let attempts = delivery.attempts + 1;
             let retry_base = Duration::from_millis(settings.retry_base_ms);

@@ -17,6 +17,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use entity::prelude::WebhookDelivery;
 use entity::webhook_delivery;
 use infergate::domain::{InstanceKind, InstanceSpec};
+use infergate::faults::{self, Site};
 use infergate::settings::Settings;
 use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -502,4 +503,55 @@ async fn two_gateways_on_postgresql_send_each_delivery_once() {
     );
     drop((a, b));
     database.drop().await;
+}
+
+/// Claims run out a second after their attempt's timeout would, plus the margin.
+fn quick_claims(settings: &mut Settings) {
+    settings.webhooks.timeout_secs = 1;
+}
+
+#[actix_web::test]
+async fn a_panicking_deliverer_restarts_and_what_it_had_claimed_goes_out_later() {
+    let app = hooked_app(quick_claims).await;
+    let receiver = Receiver::start(&[]);
+    let (token, _) = hooked_user(&app, "healed").await;
+    faults::arm(Site::DelivererSend, 1);
+    let first = submit_hooked(
+        &app,
+        &token,
+        json!({"prompt": "one", "webhook_url": receiver.url}),
+    )
+    .await;
+    let delivered = |w: &Value| w["delivered"] == true;
+    let webhook = wait_for_webhook(&app, &token, &first, delivered).await;
+    assert_eq!(webhook["attempts"], 1, "the panic came before the attempt");
+    // The restarted deliverer goes on with new work.
+    let second = submit_hooked(
+        &app,
+        &token,
+        json!({"prompt": "two", "webhook_url": receiver.url}),
+    )
+    .await;
+    wait_for_webhook(&app, &token, &second, delivered).await;
+    assert_eq!(receiver.got().len(), 2);
+}
+
+#[actix_web::test]
+async fn a_panicking_attempt_costs_only_that_attempt() {
+    let app = hooked_app(quick_claims).await;
+    let receiver = Receiver::start(&[]);
+    let (token, _) = hooked_user(&app, "contained").await;
+    faults::arm(Site::WebhookAttempt, 1);
+    let task_id = submit_hooked(
+        &app,
+        &token,
+        json!({"prompt": "p", "webhook_url": receiver.url}),
+    )
+    .await;
+    let webhook = wait_for_webhook(&app, &token, &task_id, |w| w["delivered"] == true).await;
+    assert_eq!(
+        webhook,
+        json!({"delivered": true, "attempts": 1, "last_status": 204})
+    );
+    assert_eq!(receiver.got().len(), 1);
 }
