@@ -14,6 +14,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use entity::webhook_delivery::State;
 use sea_orm::DatabaseConnection;
+use tracing::Instrument;
 use url::Url;
 
 use super::messages::StopDelivering;
@@ -49,6 +50,8 @@ pub struct Deliverer {
     again: bool,
     /// The gateway is stopping: nothing more is claimed or sent.
     stopping: bool,
+    /// The poll set for when the next pending delivery falls due: one at a time.
+    due_timer: Option<SpawnHandle>,
 }
 
 impl Deliverer {
@@ -63,6 +66,7 @@ impl Deliverer {
             claiming: false,
             again: false,
             stopping: false,
+            due_timer: None,
         }
     }
 
@@ -122,11 +126,18 @@ impl Deliverer {
     fn wake_when_due(&mut self, ctx: &mut Context<Self>) {
         let db = self.db.clone();
         let next = async move { webhooks::next_due(&db).await };
-        ctx.spawn(next.into_actor(self).map(|next, _, ctx| {
+        ctx.spawn(next.into_actor(self).map(|next, deliverer, ctx| {
             let Ok(Some(at)) = next else { return };
             let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             if wait < POLL_EVERY {
-                ctx.run_later(wait, |deliverer, ctx| deliverer.poll(ctx));
+                if let Some(earlier) = deliverer.due_timer.take() {
+                    ctx.cancel_future(earlier);
+                }
+                let timer = ctx.run_later(wait, |deliverer, ctx| {
+                    deliverer.due_timer = None;
+                    deliverer.poll(ctx);
+                });
+                deliverer.due_timer = Some(timer);
             }
         }));
     }
@@ -138,6 +149,12 @@ impl Deliverer {
         self.in_flight += 1;
         let client = self.client.clone();
         let (db, holder, settings) = (self.db.clone(), self.holder.clone(), self.settings.clone());
+        let span = tracing::info_span!(
+            "webhook_attempt",
+            task_id = delivery.task_id,
+            webhook_id = delivery.webhook_id,
+            attempt = delivery.attempts + 1,
+        );
         let attempt = actix_web::rt::spawn(async move {
             faults::hit(faults::Site::WebhookAttempt);
             let answer = attempt(&client, &delivery, settings.allow_private_networks).await;
@@ -149,9 +166,6 @@ impl Deliverer {
                 Err(error) => (None, Some(error)),
             };
             tracing::debug!(
-                task_id = delivery.task_id,
-                webhook_id = delivery.webhook_id,
-                attempts,
                 ?status,
                 ?error,
                 ?state,
@@ -167,16 +181,12 @@ impl Deliverer {
             if let Err(e) = webhooks::record(&db, &delivery, &holder, attempted).await {
                 tracing::warn!(error = %e, "cannot store a webhook attempt; it is sent again later");
             }
-            retry
-        });
-        ctx.spawn(attempt.into_actor(self).map(|retry, deliverer, ctx| {
+        }.instrument(span));
+        // The poll that follows sets the timer for a retry this attempt scheduled.
+        ctx.spawn(attempt.into_actor(self).map(|ended, deliverer, ctx| {
             deliverer.in_flight -= 1;
-            match retry {
-                Ok(Some(after)) => {
-                    ctx.run_later(after, |deliverer, ctx| deliverer.poll(ctx));
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(error = %e, "a webhook attempt panicked"),
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "a webhook attempt panicked");
             }
             deliverer.poll(ctx);
         }));
@@ -302,6 +312,7 @@ impl Supervised for Deliverer {
     /// claims run out.
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.in_flight = 0;
+        self.due_timer = None;
         self.claiming = false;
         self.again = false;
     }
