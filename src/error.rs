@@ -21,6 +21,7 @@ use crate::generation::GenerationError;
 use crate::limits::{Limited, RateInfo};
 use crate::speech::SpeechError;
 use crate::store::StoreError;
+use crate::webhooks::address::Refused;
 
 /// Whose fault a failure is, which decides how loudly it is logged: a server fault once
 /// at ERROR, a backend's at WARN, the gateway being full at INFO, a client's mistake at
@@ -65,6 +66,10 @@ pub enum ApiError {
     TooManyStreams { limit: usize },
     #[error("audio is longer than {max_secs}s of 16 kHz 16-bit mono PCM")]
     AudioTooLong { max_secs: u64 },
+    #[error(transparent)]
+    WebhookRefused(#[from] Refused),
+    #[error("a webhook needs your webhook secret: create it with POST /api/v1/webhook-secret")]
+    NoWebhookSecret,
     #[error("{0} not found")]
     NotFound(&'static str),
     /// A known route asked with a method it does not take; `allow` lists those it does.
@@ -131,6 +136,8 @@ impl ApiError {
         match self {
             Validation(_) => (S::BAD_REQUEST, "invalid_request", None, Client),
             MalformedBody(_) => (S::BAD_REQUEST, "malformed_body", None, Client),
+            WebhookRefused(_) => (S::BAD_REQUEST, "webhook_refused", None, Client),
+            NoWebhookSecret => (S::BAD_REQUEST, "no_webhook_secret", None, Client),
             Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", None, Client),
             TokenExpired => (S::UNAUTHORIZED, "token_expired", None, Client),
             BadCredentials => (S::UNAUTHORIZED, "invalid_credentials", None, Client),

@@ -13,6 +13,10 @@ pub enum Site {
     DispatcherDispatch,
     /// The InstanceRegistry, granting a lease.
     RegistryLease,
+    /// The webhook Deliverer, starting an attempt it claimed.
+    DelivererSend,
+    /// A webhook attempt, on its own task, before it is sent.
+    WebhookAttempt,
 }
 
 #[cfg(feature = "fault-injection")]

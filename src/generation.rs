@@ -126,6 +126,7 @@ impl GenerationService {
             job: generation.job.clone(),
             idempotency: None,
             trace: generation.trace.clone(),
+            webhook: None,
         };
         let Submitted { task_id, .. } = self
             .dispatcher

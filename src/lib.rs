@@ -19,3 +19,4 @@ pub mod speech;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

@@ -16,11 +16,11 @@ use tracing_actix_web::TracingLogger;
 use crate::telemetry::HttpSpan;
 
 use crate::actors::instance_registry::SharedSlots;
-use crate::actors::messages::{Drain, RecoverOrphans};
+use crate::actors::messages::{Drain, RecoverOrphans, StopDelivering};
 use crate::actors::progress::Progress;
 use crate::actors::task_store::write;
 use crate::actors::worker::WorkerDeps;
-use crate::actors::{Dispatcher, InstanceRegistry, Listener, TaskStore, WorkerPool};
+use crate::actors::{Deliverer, Dispatcher, InstanceRegistry, Listener, TaskStore, WorkerPool};
 use crate::auth::{load_or_create_secret, HashPool, JwtKeys, UserStanding};
 use crate::cluster::Cluster;
 use crate::domain::InstanceKind;
@@ -59,6 +59,8 @@ pub struct Application {
     hub: EventHub,
     /// Told to drain on SIGTERM/SIGINT.
     dispatcher: Addr<Dispatcher>,
+    /// Told to stop sending then, too.
+    deliverer: Addr<Deliverer>,
     shutdown_grace: Duration,
     /// The TaskStore's thread, stopped last.
     store_thread: Arbiter,
@@ -189,6 +191,21 @@ impl Application {
         let (progress_hub, progress_db, progress_dispatcher) =
             (hub.clone(), db.clone(), dispatcher.clone());
         Supervisor::start(move |_| Progress::new(progress_hub, progress_db, progress_dispatcher));
+        // Alone on the database, no delivery is under way: those a stopped process had
+        // claimed are sent again now (with several gateways, once their claims run out).
+        if cluster.is_none() {
+            let released = store::webhooks::release_all(&db).await?;
+            if released > 0 {
+                tracing::warn!(
+                    released,
+                    "webhook deliveries cut short by the last stop go out again"
+                );
+            }
+        }
+        let (webhook_db, webhook_settings, webhook_hub) =
+            (db.clone(), settings.webhooks.clone(), hub.clone());
+        let deliverer =
+            Supervisor::start(move |_| Deliverer::new(webhook_db, webhook_settings, webhook_hub));
         actix_web::rt::spawn(prune_events(
             db.clone(),
             Duration::from_secs(settings.events.retention_hours * 3600),
@@ -288,6 +305,7 @@ impl Application {
             server,
             hub,
             dispatcher: drain,
+            deliverer,
             shutdown_grace,
             store_thread,
             _lock: lock,
@@ -325,6 +343,10 @@ impl Application {
         };
         if let Err(e) = self.dispatcher.send(drain).await {
             tracing::error!(error = %e, "dispatcher did not drain");
+        }
+        // Deliveries still due stay in the outbox for the next start.
+        if let Err(e) = self.deliverer.send(StopDelivering).await {
+            tracing::error!(error = %e, "webhook deliverer did not stop");
         }
         // Open event streams would hold the HTTP server's stop: they end here, and
         // their clients resume from their last event elsewhere or after the restart.

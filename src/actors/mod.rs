@@ -11,6 +11,8 @@
 //!                   └ WorkerIdle ─▶ Dispatcher
 //!
 //! InstanceRegistry ──ImageCapacity──▶ WorkerPool (starts Workers) ──ResizeWorkers──▶ Dispatcher
+//!
+//! TaskStore commit ─▶ EventHub ─(wake)─▶ Deliverer ─▶ webhook_deliveries ─▶ receivers
 
 pub mod dispatcher;
 pub mod instance_registry;
@@ -18,6 +20,7 @@ pub mod listener;
 pub mod messages;
 pub mod progress;
 pub mod task_store;
+pub mod webhooks;
 pub mod worker;
 pub mod worker_pool;
 
@@ -25,5 +28,6 @@ pub use dispatcher::Dispatcher;
 pub use instance_registry::InstanceRegistry;
 pub use listener::Listener;
 pub use task_store::TaskStore;
+pub use webhooks::Deliverer;
 pub use worker::Worker;
 pub use worker_pool::WorkerPool;

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::ValidationError;
+use super::{ValidationError, WebhookEvent};
 
 /// What an image request may ask for (the `[image]` settings).
 #[derive(Clone, Debug, Deserialize)]
@@ -56,6 +56,19 @@ pub struct ImageRequest {
     #[schema(minimum = 0)]
     #[serde(default, deserialize_with = "whole")]
     pub seed: Option<i64>,
+    /// Where to POST this task's events, signed with your webhook secret (create it
+    /// first: `POST /api/v1/webhook-secret`): http or https, at most 2,048 characters,
+    /// leading to a public address (checked on the address the name resolves to).
+    #[schema(
+        max_length = 2048,
+        pattern = "^https?://[^/@:?#\\s]+",
+        example = "https://example.com/hooks/infergate"
+    )]
+    pub webhook_url: Option<String>,
+    /// Which events the webhook receives (default `["completed"]`; `completed` is DONE,
+    /// FAILED or CANCELLED). Only with `webhook_url`.
+    #[schema(min_items = 1, value_type = Option<Vec<WebhookEvent>>)]
+    pub webhook_events: Option<Vec<String>>,
 }
 
 /// A whole number, also when written `64.0`: JSON Schema's integers include those, so a
@@ -164,6 +177,8 @@ mod tests {
             height: None,
             steps: None,
             seed: None,
+            webhook_url: None,
+            webhook_events: None,
         }
     }
 

@@ -31,4 +31,4 @@ pub use openai::{
 };
 pub use task::{NewTask, Priority, QueuedTask, TaskStatus, TraceContext};
 pub use task_filter::{TaskFilter, TaskFilterQuery, Window, MAX_FILTER_VALUES, MAX_QUERY_CHARS};
-pub use webhook::{WebhookEvent, WebhookEvents};
+pub use webhook::{Webhook, WebhookEvent, WebhookEvents, MAX_WEBHOOK_URL_CHARS};

@@ -121,6 +121,8 @@ impl ImageGeneration {
                 height,
                 steps: request.steps,
                 seed: request.seed,
+                webhook_url: None,
+                webhook_events: None,
             },
             limits,
         )?;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use super::{Idempotency, ImageJob, InstanceId, TaskId, UserId};
+use super::{Idempotency, ImageJob, InstanceId, TaskId, UserId, Webhook};
 
 pub use entity::task::{Priority, Status as TaskStatus};
 
@@ -26,6 +26,8 @@ pub struct NewTask {
     pub job: ImageJob,
     pub idempotency: Option<Idempotency>,
     pub trace: Option<TraceContext>,
+    /// Where the task's events are delivered, if anywhere.
+    pub webhook: Option<Webhook>,
 }
 
 /// A committed task admitted to the queue, as a worker needs it.

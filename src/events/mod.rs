@@ -80,6 +80,9 @@ struct Inner {
     buffer: usize,
     max_streams_per_user: usize,
     rate: Mutex<CompletionRate>,
+    /// Rung when stored changes are published: the webhook deliverer looks for the
+    /// deliveries they queued. One permit at most, so a burst is one wake-up.
+    committed: tokio::sync::Notify,
 }
 
 /// One stream's subscription; dropping it unsubscribes.
@@ -104,6 +107,7 @@ impl EventHub {
             buffer: buffer.max(1),
             max_streams_per_user,
             rate: Mutex::new(CompletionRate::default()),
+            committed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -153,6 +157,9 @@ impl EventHub {
                 rate.observe(event.kind);
             }
         }
+        if events.iter().any(|e| e.seq.is_some()) {
+            self.0.committed.notify_one();
+        }
         let mut users = self.0.users.lock().unwrap();
         for event in events {
             let Some(subscribers) = users.get_mut(&event.user_id) else {
@@ -180,6 +187,12 @@ impl EventHub {
                 users.remove(&event.user_id);
             }
         }
+    }
+
+    /// Waits until stored changes are published (at once if some were since the last
+    /// wait ended).
+    pub async fn committed(&self) {
+        self.0.committed.notified().await
     }
 
     /// Every subscriber reads the log: events may have been lost on the way.

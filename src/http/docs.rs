@@ -14,7 +14,9 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::settings::Settings;
 
-use super::{accounts, admin, events, image, keys, metrics, openai, speech, system, tasks, ws};
+use super::{
+    accounts, admin, events, image, keys, metrics, openai, speech, system, tasks, webhooks, ws,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +26,7 @@ use super::{accounts, admin, events, image, keys, metrics, openai, speech, syste
         image::submit, image::get_image,
         tasks::get_tasks, tasks::cancel_task, tasks::delete_task,
         events::user_events, events::task_events, events::ticket, ws::connect,
+        webhooks::rotate_secret,
         speech::transcribe, speech::pcm,
         keys::create_key, keys::list_keys, keys::delete_key,
         system::health, system::ready, system::stats, metrics::metrics,
@@ -42,6 +45,7 @@ use super::{accounts, admin, events, image, keys, metrics, openai, speech, syste
         (name = "image", description = "Asynchronous text-to-image"),
         (name = "tasks", description = "Task status"),
         (name = "events", description = "Task events pushed as Server-Sent Events, with replay (JWT, device API key, or a single-use ticket)"),
+        (name = "webhooks", description = "Signed deliveries of a task's events to its webhook_url (Standard Webhooks)"),
         (name = "speech", description = "Synchronous speech to text (JWT or device API key)"),
         (name = "keys", description = "Device API keys"),
         (name = "system", description = "Health, readiness, queue figures and Prometheus metrics"),

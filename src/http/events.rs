@@ -25,7 +25,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::events::feed::{Feed, FeedEnd};
 use crate::events::{EventHub, Published};
 use crate::http::caller::{DeviceOrUser, Streamer};
-use crate::http::tasks::{with_positions, TaskView};
+use crate::http::tasks::{views, TaskView};
 use crate::settings::Settings;
 use crate::store::events;
 
@@ -228,7 +228,7 @@ pub async fn task_events(
         return Ok(match after {
             // Its snapshot, and nothing after it.
             None => {
-                let view = with_positions(&dispatcher, user_id, vec![task]).await?;
+                let view = views(&db, &dispatcher, user_id, vec![task]).await?;
                 event_stream_body(snapshot_frame(&view[0], last).to_vec())
             }
             // What it missed up to its end, if anything; else: do not come back.
@@ -251,7 +251,7 @@ pub async fn task_events(
         }
         None => {
             feed.start_after(last);
-            let view = with_positions(&dispatcher, user_id, vec![task]).await?;
+            let view = views(&db, &dispatcher, user_id, vec![task]).await?;
             Some(snapshot_frame(&view[0], last))
         }
     };

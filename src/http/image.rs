@@ -8,14 +8,17 @@ use serde::Serialize;
 
 use crate::actors::messages::Submit;
 use crate::actors::Dispatcher;
-use crate::domain::{Idempotency, ImageId, ImageJob, ImageRequest, Priority, Role, TaskId};
+use crate::domain::{
+    Idempotency, ImageId, ImageJob, ImageRequest, Priority, Role, TaskId, Webhook,
+};
 use crate::error::{insert_rate_headers, ApiError, ErrorBody};
 use crate::http::ask;
 use crate::http::caller::DeviceOrUser;
 use crate::limits::{Limits, RateInfo};
 use crate::settings::Settings;
-use crate::store::tasks;
+use crate::store::{self, tasks};
 use crate::telemetry;
+use crate::webhooks::address;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/image/async", web::post().to(submit))
@@ -38,7 +41,7 @@ pub struct SubmitResponse {
     security(("bearer" = []), ("api_key" = [])),
     responses(
         (status = 202, description = "Queued", body = SubmitResponse),
-        (status = 400, description = "Invalid or malformed body", body = ErrorBody),
+        (status = 400, description = "Invalid or malformed body; a webhook_url that does not resolve or leads to a private address; a webhook without a webhook secret", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
@@ -59,7 +62,12 @@ pub async fn submit(
     limits: web::Data<Limits>,
     body: web::Json<ImageRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = ImageJob::parse(body.into_inner(), &settings.image)?;
+    let request = body.into_inner();
+    let webhook = Webhook::parse(
+        request.webhook_url.as_deref(),
+        request.webhook_events.as_deref(),
+    )?;
+    let job = ImageJob::parse(request, &settings.image)?;
     let rate = match &limits.submit {
         Some(limit) => Some(limit.check(&user.user_id).map_err(ApiError::RateLimited)?),
         None => None,
@@ -82,12 +90,19 @@ pub async fn submit(
             return Ok(accepted(TaskId::from(task.task_id), true, rate));
         }
     }
+    if let Some(webhook) = &webhook {
+        address::check(&webhook.url, settings.webhooks.allow_private_networks).await?;
+        if !store::webhooks::has_secret(&db, user.user_id).await? {
+            return Err(ApiError::NoWebhookSecret);
+        }
+    }
     let submit = Submit {
         user_id: user.user_id,
         priority: priority_of(user.role),
         job,
         idempotency,
         trace: telemetry::current_trace(),
+        webhook,
     };
     let submitted = ask(&dispatcher, submit).await??;
     tracing::Span::current().record("task_id", submitted.task_id.as_str());

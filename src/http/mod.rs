@@ -16,6 +16,7 @@ pub mod slow_clients;
 pub mod speech;
 pub mod system;
 pub mod tasks;
+pub mod webhooks;
 pub mod ws;
 
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(image::configure)
         .configure(tasks::configure)
         .configure(events::configure)
+        .configure(webhooks::configure)
         .configure(ws::configure)
         .configure(speech::configure)
         .configure(keys::configure)

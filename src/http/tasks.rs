@@ -13,7 +13,7 @@ use crate::domain::{ImageId, TaskId, TaskStatus, UserId};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::ask;
 use crate::http::caller::DeviceOrUser;
-use crate::store::tasks;
+use crate::store::{self, tasks};
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
@@ -56,8 +56,23 @@ pub struct TaskView {
     /// While QUEUED: the place it will be served in (1 = next), for "3 ahead of you".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<usize>,
+    /// For a task with a `webhook_url`: how the delivery of its latest event is going.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The delivery of a task's latest webhook event (none queued yet: not delivered, no
+/// attempts).
+#[derive(Serialize, utoipa::ToSchema, Default, Debug, Clone, Copy)]
+pub struct WebhookView {
+    /// The receiver answered a 2xx.
+    pub delivered: bool,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// The receiver's status on the last attempt (none: no answer, or none yet).
+    pub last_status: Option<i32>,
 }
 
 impl From<task::Model> for TaskView {
@@ -71,6 +86,7 @@ impl From<task::Model> for TaskView {
             error: task.error,
             attempts: task.attempts,
             queue_position: None,
+            webhook: task.webhook_url.map(|_| WebhookView::default()),
             created_at: task.created_at,
             updated_at: task.updated_at,
         }
@@ -113,15 +129,17 @@ pub async fn get_tasks(
         let task = tasks::get(&db, user.user_id, &TaskId::from(task_id))
             .await?
             .ok_or(ApiError::NotFound("task"))?;
-        let views = with_positions(&dispatcher, user.user_id, vec![task]).await?;
+        let views = views(&db, &dispatcher, user.user_id, vec![task]).await?;
         return Ok(HttpResponse::Ok().json(&views[0]));
     }
     let newest = tasks::newest(&db, user.user_id, limit as u64).await?;
-    Ok(HttpResponse::Ok().json(with_positions(&dispatcher, user.user_id, newest).await?))
+    Ok(HttpResponse::Ok().json(views(&db, &dispatcher, user.user_id, newest).await?))
 }
 
-/// Task views, with the queue position of those still QUEUED.
-pub(crate) async fn with_positions(
+/// Task views, with the queue position of those still QUEUED and the webhook delivery
+/// of those with a webhook.
+pub(crate) async fn views(
+    db: &DatabaseConnection,
     dispatcher: &Addr<Dispatcher>,
     user_id: UserId,
     tasks: Vec<task::Model>,
@@ -138,6 +156,21 @@ pub(crate) async fn with_positions(
         let positions = ask(dispatcher, QueuePositions { user_id, task_ids }).await??;
         for (i, position) in queued.into_iter().zip(positions) {
             views[i].queue_position = position;
+        }
+    }
+    let hooked = views
+        .iter()
+        .filter(|v| v.webhook.is_some())
+        .map(|v| v.task_id.clone())
+        .collect();
+    let delivering = store::webhooks::status_of(db, hooked).await?;
+    for view in &mut views {
+        if let (Some(hook), Some(status)) = (&mut view.webhook, delivering.get(&view.task_id)) {
+            *hook = WebhookView {
+                delivered: status.delivered,
+                attempts: status.attempts,
+                last_status: status.last_status,
+            };
         }
     }
     Ok(views)

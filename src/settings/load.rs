@@ -289,6 +289,11 @@ impl Settings {
                 self.webhooks.max_attempts >= 1,
                 at_least_1,
             ),
+            (
+                "webhooks.concurrency",
+                self.webhooks.concurrency >= 1,
+                at_least_1,
+            ),
         ]
     }
 }

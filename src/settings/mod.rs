@@ -295,6 +295,8 @@ pub struct WebhookSettings {
     pub max_attempts: u32,
     /// Deliver to private, loopback and link-local addresses too (tests, a LAN).
     pub allow_private_networks: bool,
+    /// Deliveries in flight at once, per gateway.
+    pub concurrency: usize,
 }
 
 impl Default for WebhookSettings {
@@ -304,6 +306,7 @@ impl Default for WebhookSettings {
             retry_base_ms: 1000,
             max_attempts: 8,
             allow_private_networks: false,
+            concurrency: 16,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod space;
 pub mod tasks;
 pub mod tickets;
 pub mod users;
+pub mod webhooks;
 
 pub use error::StoreError;
 pub use lock::{lock, DatabaseLock, LockError};

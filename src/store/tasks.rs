@@ -145,6 +145,8 @@ pub(super) fn queued_task(row: task::Model) -> QueuedTask {
             job,
             idempotency: None,
             trace,
+            // The event log reads a task's webhook from its row; the queue never needs it.
+            webhook: None,
         })
     }
 }

@@ -39,4 +39,5 @@ mod speech;
 mod sse;
 mod traces;
 mod users;
+mod webhooks;
 mod ws;

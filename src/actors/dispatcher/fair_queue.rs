@@ -221,6 +221,7 @@ mod tests {
             },
             idempotency: None,
             trace: None,
+            webhook: None,
         })
     }
 

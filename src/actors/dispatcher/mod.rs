@@ -303,6 +303,7 @@ impl Handler<Submit> for Dispatcher {
             job: msg.job,
             idempotency: msg.idempotency,
             trace: msg.trace,
+            webhook: msg.webhook,
         };
         self.inserting.insert(task.task_id.clone());
         let insert = self.store.send(InsertTask(task.clone()));

@@ -3,7 +3,9 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::WorkerHandle;
-use crate::domain::{Idempotency, ImageJob, Priority, QueuedTask, TaskId, TraceContext, UserId};
+use crate::domain::{
+    Idempotency, ImageJob, Priority, QueuedTask, TaskId, TraceContext, UserId, Webhook,
+};
 use crate::store::StoreError;
 
 /// Admit a new image task: refused when the queue is full, otherwise committed, then queued.
@@ -16,6 +18,7 @@ pub struct Submit {
     pub idempotency: Option<Idempotency>,
     /// The submitting request's trace, continued by the task's attempts.
     pub trace: Option<TraceContext>,
+    pub webhook: Option<Webhook>,
 }
 
 #[derive(Debug)]

@@ -4,12 +4,14 @@
 //! actors import the messages and never each other in a circle.
 //!
 //! One file per recipient: `store` (the TaskStore's writes), `dispatcher`, `worker`,
-//! `registry` (the InstanceRegistry, its leases and views) and `pool` (the WorkerPool).
+//! `registry` (the InstanceRegistry, its leases and views), `pool` (the WorkerPool) and
+//! `webhooks` (the Deliverer).
 
 mod dispatcher;
 mod pool;
 mod registry;
 mod store;
+mod webhooks;
 mod worker;
 
 use actix::prelude::*;
@@ -18,6 +20,7 @@ pub use dispatcher::*;
 pub use pool::*;
 pub use registry::*;
 pub use store::*;
+pub use webhooks::*;
 pub use worker::*;
 
 /// Are you there, and ready? Answered by the TaskStore and the Dispatcher as soon as

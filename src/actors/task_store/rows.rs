@@ -16,6 +16,7 @@ pub fn new_task(task: NewTask) -> task::ActiveModel {
         job,
         idempotency,
         trace,
+        webhook,
     } = task;
     let (idempotency_key, request_hash) = match idempotency {
         Some(i) => (Some(i.key), Some(i.request_hash)),
@@ -40,6 +41,8 @@ pub fn new_task(task: NewTask) -> task::ActiveModel {
         request_hash: Set(request_hash),
         traceparent: Set(trace.as_ref().map(|t| t.traceparent.clone())),
         tracestate: Set(trace.and_then(|t| t.tracestate)),
+        webhook_url: Set(webhook.as_ref().map(|w| w.url.to_string())),
+        webhook_events: Set(webhook.map(|w| w.events.stored())),
         holder: Set(None),
         lease_until: Set(None),
         fair_key: Set(0),
