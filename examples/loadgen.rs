@@ -15,6 +15,7 @@
 //!     target/release/examples/loadgen events     # 1,000 SSE subscribers: push latency, RSS, tasks/s
 //!     target/release/examples/loadgen telemetry  # submit/s bare, scraped, scraped and traced
 //!     target/release/examples/loadgen cluster    # PostgreSQL, 1–3 gateways: tasks/s, rescue, makespan
+//!     target/release/examples/loadgen eta        # the pushed ETA against when tasks really end
 //!     target/release/examples/loadgen admin      # 1,000,000 tasks: the admin listing's time per filter
 //!     target/release/examples/loadgen webhooks   # every task with a webhook: delivery rate, latency, tasks/s
 //!     target/release/examples/loadgen all
@@ -29,6 +30,8 @@ use serde_json::{json, Value};
 
 #[path = "loadgen/cluster.rs"]
 mod cluster;
+#[path = "loadgen/eta.rs"]
+mod eta;
 
 /// Pings every second, so the rigs find their simulators healthy soon.
 const FAST_PINGS: &str = "[health]\ninterval_secs = 1\n";
@@ -1262,6 +1265,7 @@ async fn main() {
         "events" => events_scenario().await,
         "telemetry" => telemetry_scenario().await,
         "cluster" => cluster::cluster_scenario().await,
+        "eta" => eta::eta_scenario().await,
         "admin" => admin_scenario().await,
         "webhooks" => webhooks_scenario().await,
         "all" => {
@@ -1275,12 +1279,13 @@ async fn main() {
             events_scenario().await;
             telemetry_scenario().await;
             cluster::cluster_scenario().await;
+            eta::eta_scenario().await;
             admin_scenario().await;
             webhooks_scenario().await;
         }
         other => {
             eprintln!(
-                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | register | events | telemetry | cluster | admin | webhooks | all"
+                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | register | events | telemetry | cluster | eta | admin | webhooks | all"
             );
             std::process::exit(2);
         }
