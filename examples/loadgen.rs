@@ -240,43 +240,15 @@ impl Rig {
     /// `total` submissions from `clients` concurrent clients; returns each latency and
     /// the wall time.
     async fn submit_load(&self, clients: usize, total: usize) -> (Vec<Duration>, Duration) {
-        let token = Arc::new(self.token("bench_user").await);
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let workers: Vec<_> = (0..clients)
-            .map(|_| {
-                let (client, base, token, next) = (
-                    self.client.clone(),
-                    self.base.clone(),
-                    token.clone(),
-                    next.clone(),
-                );
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= total || started.elapsed() > SCENARIO_LIMIT {
-                            return latencies;
-                        }
-                        let sent = Instant::now();
-                        let response = client
-                            .post(format!("{base}/api/v1/image/async"))
-                            .bearer_auth(token.as_str())
-                            .json(&json!({"prompt": format!("benchmark prompt {i}")}))
-                            .send()
-                            .await
-                            .expect("submit");
-                        assert_eq!(response.status(), 202, "{:?}", response.text().await);
-                        latencies.push(sent.elapsed());
-                    }
-                })
-            })
-            .collect();
-        let mut latencies = Vec::with_capacity(total);
-        for worker in workers {
-            latencies.extend(worker.await.unwrap());
-        }
-        (latencies, started.elapsed())
+        let token = self.token("bench_user").await;
+        submit_spread(
+            &self.client,
+            std::slice::from_ref(&self.base),
+            &token,
+            clients,
+            total,
+        )
+        .await
     }
 
     /// One submission; its task id.
@@ -322,6 +294,51 @@ impl Rig {
             .unwrap();
         row.try_get::<i64>("", "n").unwrap() as u64
     }
+}
+
+/// `total` submissions from `clients` concurrent clients, in turn to each of `bases`;
+/// returns each latency and the wall time.
+async fn submit_spread(
+    client: &reqwest::Client,
+    bases: &[String],
+    token: &str,
+    clients: usize,
+    total: usize,
+) -> (Vec<Duration>, Duration) {
+    let (bases, token) = (Arc::new(bases.to_vec()), Arc::new(token.to_string()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, bases, token, next) =
+                (client.clone(), bases.clone(), token.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total || started.elapsed() > SCENARIO_LIMIT {
+                        return latencies;
+                    }
+                    let base = &bases[i % bases.len()];
+                    let sent = Instant::now();
+                    let response = client
+                        .post(format!("{base}/api/v1/image/async"))
+                        .bearer_auth(token.as_str())
+                        .json(&json!({"prompt": format!("benchmark prompt {i}")}))
+                        .send()
+                        .await
+                        .expect("submit");
+                    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+                    latencies.push(sent.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    for worker in workers {
+        latencies.extend(worker.await.unwrap());
+    }
+    (latencies, started.elapsed())
 }
 
 /// A figure of `/proc/PID/status` (`VmRSS`, `VmHWM`), in MiB.

@@ -6,14 +6,14 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::{json, Value};
 
-use super::{binary, free_port, percentile, start_sim, Proc, FAST_PINGS, SCENARIO_LIMIT};
+use super::{
+    binary, free_port, percentile, start_sim, submit_spread, Proc, FAST_PINGS, SCENARIO_LIMIT,
+};
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -163,48 +163,10 @@ impl Cluster {
         login["token"].as_str().expect("token").to_string()
     }
 
-    /// `total` submissions from `clients` clients, round-robin over the live gateways;
-    /// each latency and the wall time.
+    /// `total` submissions from `clients` clients, round-robin over the gateways.
     async fn submit_load(&self, clients: usize, total: usize) -> (Vec<Duration>, Duration) {
-        let token = Arc::new(self.token().await);
-        let bases: Arc<Vec<String>> = Arc::new(self.bases.clone());
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let workers: Vec<_> = (0..clients)
-            .map(|_| {
-                let (client, bases, token, next) = (
-                    self.client.clone(),
-                    bases.clone(),
-                    token.clone(),
-                    next.clone(),
-                );
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= total || started.elapsed() > SCENARIO_LIMIT {
-                            return latencies;
-                        }
-                        let base = &bases[i % bases.len()];
-                        let sent = Instant::now();
-                        let response = client
-                            .post(format!("{base}/api/v1/image/async"))
-                            .bearer_auth(token.as_str())
-                            .json(&json!({"prompt": format!("cluster prompt {i}")}))
-                            .send()
-                            .await
-                            .expect("submit");
-                        assert_eq!(response.status(), 202, "{:?}", response.text().await);
-                        latencies.push(sent.elapsed());
-                    }
-                })
-            })
-            .collect();
-        let mut latencies = Vec::with_capacity(total);
-        for worker in workers {
-            latencies.extend(worker.await.unwrap());
-        }
-        (latencies, started.elapsed())
+        let token = self.token().await;
+        submit_spread(&self.client, &self.bases, &token, clients, total).await
     }
 
     async fn wait_done(&self, total: u64, started: Instant, what: &str) -> Duration {
