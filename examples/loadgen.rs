@@ -1049,10 +1049,12 @@ async fn telemetry_scenario() {
     std::env::set_var("RUST_LOG", "warn,infergate=info");
     let receiver = start_otlp_sink();
     let traced = format!("{FAST_PINGS}[telemetry]\notlp_endpoint = \"{receiver}\"\n");
+    let sampled = format!("{traced}sample_ratio = 0.1\n");
     let setups = [
         ("bare", false, FAST_PINGS.to_string()),
         ("metrics", true, FAST_PINGS.to_string()),
         ("metrics+traces", true, traced),
+        ("metrics+traces sampled 10%", true, sampled),
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     for round in 0..rounds {

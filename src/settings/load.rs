@@ -238,6 +238,11 @@ impl Settings {
                 "must not be empty",
             ),
             (
+                "telemetry.sample_ratio",
+                (0.0..=1.0).contains(&telemetry.sample_ratio),
+                "must be between 0 and 1",
+            ),
+            (
                 "stats.window_minutes",
                 (1..=crate::telemetry::MAX_WINDOW_MINUTES).contains(&self.stats.window_minutes),
                 "must be between 1 and 60",

@@ -203,6 +203,9 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: String,
     /// `service.name` of the exported spans.
     pub service_name: String,
+    /// The share of traces begun here that are recorded and exported (0 to 1); a
+    /// request that brings a `traceparent` keeps its caller's decision.
+    pub sample_ratio: f64,
     /// When set, `GET /metrics` wants `Authorization: Bearer <token>`; empty: open.
     pub metrics_token: String,
 }
@@ -252,6 +255,7 @@ impl Default for TelemetrySettings {
         TelemetrySettings {
             otlp_endpoint: String::new(),
             service_name: "infergate".into(),
+            sample_ratio: 1.0,
             metrics_token: String::new(),
         }
     }

@@ -19,7 +19,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::LevelFilter;
@@ -112,6 +112,11 @@ fn exporter(telemetry: &TelemetrySettings) -> Result<Option<SdkTracerProvider>, 
     Ok(Some(
         SdkTracerProvider::builder()
             .with_resource(resource)
+            // Parent-based: a caller's sampled trace is always continued, its unsampled
+            // one never; traces begun here are kept at the ratio.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                telemetry.sample_ratio,
+            ))))
             .with_batch_exporter(exporter)
             .build(),
     ))

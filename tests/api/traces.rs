@@ -204,3 +204,63 @@ async fn log_lines_inside_a_traced_task_carry_its_trace_id() {
     assert!(line.contains(&traced), "{line}");
     assert!(line.contains(&format!("task_id={task_id}")), "{line}");
 }
+
+#[actix_web::test]
+async fn at_a_ratio_of_zero_only_a_callers_sampled_trace_is_exported() {
+    let (receiver, received) = start_receiver();
+    let telemetry = TelemetrySettings {
+        otlp_endpoint: receiver,
+        sample_ratio: 0.0,
+        ..Default::default()
+    };
+    let log = LogSettings {
+        level: "warn".into(),
+        ..Default::default()
+    };
+    let exporter = infergate::telemetry::init(&log, &telemetry).unwrap();
+    let app = spawn_app_with(vec![fast_sim()], |_| {}).await;
+    let user = app.new_user("alice").await;
+    app.wait_for_healthy(1).await;
+
+    let sampled = "5bf92f3577b34da6a3ce929d0e0e4736";
+    for traceparent in [
+        Some(format!("00-{sampled}-00f067aa0ba902b7-01")),
+        // The caller decided against recording this one.
+        Some("00-6bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".to_string()),
+        // Begun here, so the ratio decides: never.
+        None,
+    ] {
+        let mut request = app
+            .client
+            .post(app.url("/api/v1/image/async"))
+            .bearer_auth(&user.token);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request
+            .json(&json!({"prompt": "a sampled cat"}))
+            .send()
+            .await
+            .unwrap();
+        let task: serde_json::Value = response.json().await.unwrap();
+        let (_, ended) = app
+            .wait_for_end(&user.token, task["task_id"].as_str().unwrap())
+            .await;
+        assert_eq!(ended["status"], "DONE");
+    }
+    drop(exporter);
+
+    let spans = received.lock().unwrap().clone();
+    assert!(
+        spans.iter().any(|s| s.name == "image task attempt"),
+        "the caller's sampled trace is exported"
+    );
+    let others: Vec<&Span> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) != sampled)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "exported outside the sampled trace: {others:#?}"
+    );
+}
