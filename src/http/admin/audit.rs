@@ -10,7 +10,6 @@ use crate::http::caller::AdminUser;
 use crate::store::audit::{self, Entry};
 
 const DEFAULT_LIMIT: u64 = 20;
-const MAX_LIMIT: u64 = 1000;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/audit", web::get().to(list_audit));
@@ -97,15 +96,7 @@ pub async fn list_audit(
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let AuditQuery { limit, from } = query.into_inner();
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::Validation(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
-    if from.is_some_and(|from| from < 0) {
-        return Err(ApiError::Validation("from must be 0 or more".into()));
-    }
+    let limit = super::page_limit(limit, from, DEFAULT_LIMIT)?;
     let (rows, total, next) = audit::list(&db, limit, from).await?;
     let results = rows
         .into_iter()

@@ -220,3 +220,21 @@ pub async fn remove_instance(
     .await;
     Ok(HttpResponse::Accepted().json(removed))
 }
+
+/// The most entries one page of an admin listing holds.
+const MAX_PAGE: u64 = 1000;
+
+/// A listing's page size (`default` when not asked), checked with its cursor: `limit`
+/// 1 to `MAX_PAGE`, `from` 0 or more.
+fn page_limit(limit: Option<u64>, from: Option<i64>, default: u64) -> Result<u64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::Validation(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    if from.is_some_and(|from| from < 0) {
+        return Err(ApiError::Validation("from must be 0 or more".into()));
+    }
+    Ok(limit)
+}

@@ -23,7 +23,6 @@ use crate::store::admin_tasks::{self, FINISHED};
 use crate::store::events;
 
 pub const DEFAULT_LIMIT: u64 = 20;
-pub const MAX_LIMIT: u64 = 1000;
 /// Tasks per step of a bulk action.
 const BATCH: u64 = 500;
 /// Events a task detail shows at most.
@@ -155,15 +154,7 @@ pub async fn list_tasks(
 ) -> Result<HttpResponse, ApiError> {
     let mut query = query.into_inner();
     let (limit, from) = (query.limit.take(), query.from.take());
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::Validation(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
-    if from.is_some_and(|from| from < 0) {
-        return Err(ApiError::Validation("from must be 0 or more".into()));
-    }
+    let limit = super::page_limit(limit, from, DEFAULT_LIMIT)?;
     let filter = TaskFilter::try_from(query)?;
     let page = admin_tasks::list(&db, &filter, limit, from).await?;
     Ok(HttpResponse::Ok().json(TaskPage {

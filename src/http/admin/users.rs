@@ -17,7 +17,6 @@ use crate::http::caller::AdminUser;
 use crate::store::users;
 
 const DEFAULT_LIMIT: u64 = 50;
-const MAX_LIMIT: u64 = 1000;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/users", web::get().to(list_users))
@@ -114,15 +113,7 @@ pub async fn list_users(
     query: web::Query<UsersQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let UsersQuery { limit, from } = query.into_inner();
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::Validation(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
-    if from.is_some_and(|from| from < 0) {
-        return Err(ApiError::Validation("from must be 0 or more".into()));
-    }
+    let limit = super::page_limit(limit, from, DEFAULT_LIMIT)?;
     let (rows, total, next) = users::page(&db, limit, from).await?;
     let ids: Vec<i64> = rows.iter().map(|u| u.id).collect();
     let counts = users::task_counts(&db, &ids).await?;
