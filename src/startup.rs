@@ -13,7 +13,7 @@ use actix_web::{web, App, HttpServer};
 use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
-use crate::telemetry::HttpSpan;
+use crate::telemetry::{depth_history, HttpSpan};
 
 use crate::actors::instance_registry::SharedSlots;
 use crate::actors::messages::{Drain, RecoverOrphans, StopDelivering};
@@ -209,6 +209,10 @@ impl Application {
         actix_web::rt::spawn(prune_events(
             db.clone(),
             Duration::from_secs(settings.events.retention_hours * 3600),
+        ));
+        actix_web::rt::spawn(depth_history::run(
+            db.clone(),
+            Duration::from_secs(settings.stats.depth_sample_secs),
         ));
         let clock = Clock::default();
         actix_web::rt::spawn(retention::run(

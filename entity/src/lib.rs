@@ -8,6 +8,7 @@ pub mod instance;
 pub mod meta;
 pub mod node;
 pub mod prelude;
+pub mod queue_sample;
 pub mod task;
 pub mod task_event;
 pub mod user;

@@ -5,6 +5,7 @@ pub use super::image::Entity as Image;
 pub use super::instance::Entity as Instance;
 pub use super::meta::Entity as Meta;
 pub use super::node::Entity as Node;
+pub use super::queue_sample::Entity as QueueSample;
 pub use super::task::Entity as Task;
 pub use super::task_event::Entity as TaskEvent;
 pub use super::user::Entity as User;

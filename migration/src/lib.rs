@@ -14,6 +14,7 @@ mod m20261203_000201_instance_model;
 mod m20261204_000301_cluster;
 mod m20261205_000401_task_events;
 mod m20261206_000501_operators;
+mod m20261207_000601_queue_samples;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000301_cluster::Migration),
             Box::new(m20261205_000401_task_events::Migration),
             Box::new(m20261206_000501_operators::Migration),
+            Box::new(m20261207_000601_queue_samples::Migration),
         ]
     }
 }

@@ -34,16 +34,13 @@ async function countFinished(status, after, before) {
   return page.total;
 }
 
-/** Samples of the queue's depth since the page opened (the gateway keeps no history). */
-const depth = [];
-
 export async function overviewPage(root) {
   const message = h('div', { class: 'message' });
   const cards = h('div', { class: 'stats', 'data-list': 'stats' });
   const alerts = h('ul', { class: 'alerts', 'data-list': 'alerts' });
   const pause = h('input', { type: 'checkbox', name: 'paused', role: 'switch' });
   const charts = h('div', { class: 'charts' },
-    h('figure', {}, h('figcaption', {}, 'Queue depth (since this page opened)'), h('div', { 'data-chart': 'depth' })),
+    h('figure', {}, h('figcaption', {}, 'Queued tasks, last hour'), h('div', { 'data-chart': 'depth' })),
     h('figure', {}, h('figcaption', {}, 'Tasks done per 5 minutes, last hour'), h('div', { 'data-chart': 'throughput' })),
     h('figure', {}, h('figcaption', {}, 'Failure rate per 5 minutes, last hour'), h('div', { 'data-chart': 'failures' })));
   fill(root, h('h1', {}, 'Overview'),
@@ -63,8 +60,6 @@ export async function overviewPage(root) {
   const refresh = async () => {
     const s = await api('GET', '/api/v1/system/stats');
     pause.checked = s.paused;
-    depth.push(s.queue_length);
-    if (depth.length > 720) depth.shift();
     fill(cards,
       card('Queue', `${s.queue_length} / ${s.queue_capacity}`, `${s.queue_usage}% used`),
       card('Workers busy', `${s.busy_workers} / ${s.workers}`),
@@ -79,10 +74,12 @@ export async function overviewPage(root) {
     if (failureRate > 0.1) raised.push(`${Math.round(failureRate * 100)}% of tasks failed in the last hour`);
     if (s.paused) raised.push('Dispatching is paused');
     fill(alerts, raised.length ? raised.map((a) => h('li', { class: 'alert' }, a)) : h('li', { class: 'muted' }, 'None'));
-    fill(root.querySelector('[data-chart=depth]'), lineChart('Queue depth', depth));
   };
   const stats = every(5000, refresh);
   const history = every(60000, async () => {
+    // The gateway samples the shared queue's depth every stats.depth_sample_secs.
+    const depth = await api('GET', '/api/v1/admin/queue/history?minutes=60');
+    fill(root.querySelector('[data-chart=depth]'), lineChart('Queued tasks', depth.samples.map((s) => s.queued)));
     const now = Date.now();
     const starts = Array.from({ length: BUCKETS }, (_, i) => new Date(now - (BUCKETS - i) * BUCKET_MS));
     const counted = await Promise.all(starts.map(async (start) => {

@@ -35,7 +35,7 @@ use super::{
         admin::tasks::list_tasks, admin::tasks::get_task, admin::tasks::cancel_tasks,
         admin::tasks::retry_tasks, admin::tasks::delete_tasks, admin::tasks::get_image,
         admin::users::list_users, admin::users::update_user,
-        admin::queue::pause, admin::queue::resume, admin::audit::list_audit,
+        admin::queue::pause, admin::queue::resume, admin::queue::history, admin::audit::list_audit,
         openai::images::generations, openai::transcriptions::transcriptions, openai::models::list_models,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::OpenAiErrorBody)),

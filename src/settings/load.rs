@@ -262,6 +262,11 @@ impl Settings {
                 self.stats.alert_avg_processing_secs >= 0.0,
                 "must not be negative",
             ),
+            (
+                "stats.depth_sample_secs",
+                (1..=3600).contains(&self.stats.depth_sample_secs),
+                "must be between 1 and 3600",
+            ),
             ("openai.wait_secs", openai.wait_secs >= 1, at_least_1),
             (
                 "events.retention_hours",

@@ -223,6 +223,8 @@ pub struct StatsSettings {
     pub alert_failure_rate: f64,
     /// Mean backend time of the window's tasks above which `avg_processing_secs` alerts.
     pub alert_avg_processing_secs: f64,
+    /// The queue's depth is kept every this many seconds (for a day), for its chart.
+    pub depth_sample_secs: u64,
 }
 
 impl Default for StatsSettings {
@@ -232,6 +234,7 @@ impl Default for StatsSettings {
             alert_queue_usage: 80.0,
             alert_failure_rate: 10.0,
             alert_avg_processing_secs: 20.0,
+            depth_sample_secs: 60,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod instances;
 mod lock;
 pub mod meta;
+pub mod queue_samples;
 pub mod space;
 pub mod tasks;
 pub mod tickets;

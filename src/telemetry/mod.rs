@@ -8,6 +8,7 @@
 //! submitting trace as a child of that span; every backend request carries the context
 //! of its own client span.
 
+pub mod depth_history;
 mod http_span;
 pub mod metrics;
 mod window;

@@ -88,7 +88,11 @@ async fn in_headless_chromium_users_and_admins_work_the_console_without_a_consol
         browser_tests.join("node_modules/playwright-core").is_dir(),
         "no Playwright in tests/browser/node_modules: run `npm ci` there (.ci/run does)"
     );
-    let app = spawn_app_with_speech(start_sims(vec![fast_sim()]), |_| {}).await;
+    // The depth chart has a line once two samples are kept.
+    let app = spawn_app_with_speech(start_sims(vec![fast_sim()]), |s| {
+        s.stats.depth_sample_secs = 1
+    })
+    .await;
     app.wait_for_healthy(1).await;
     let admin_token = app.new_admin("root").await.token;
     let drained = start_sims(vec![fast_sim()]);

@@ -74,10 +74,26 @@ pub fn start_sims(configs: Vec<SimConfig>) -> Vec<SimBackend> {
 /// image instances.
 pub async fn spawn_app_on(sims: Vec<SimBackend>, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+    let mut settings = test_settings(db_url, &sims);
+    tweak(&mut settings);
+    start(settings, sims, dir).await
+}
+
+/// The gateway again, on the database and simulators a stopped one left.
+pub async fn restart(stopped: Stopped, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings(stopped.db_url, &stopped.sims);
+    tweak(&mut settings);
+    start(settings, stopped.sims, stopped.dir).await
+}
+
+/// The tests' settings: a random port, fast health checks and retries, no limits, and
+/// the simulators as image instances.
+fn test_settings(db_url: String, sims: &[SimBackend]) -> Settings {
     let mut settings = Settings::default();
     settings.server.host = "127.0.0.1".into();
     settings.server.port = 0;
-    settings.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+    settings.database.url = db_url;
     settings.auth.jwt_secret = TEST_SECRET.into();
     settings.health.interval_secs = 1;
     settings.workers.retry_base_ms = 20;
@@ -91,8 +107,7 @@ pub async fn spawn_app_on(sims: Vec<SimBackend>, tweak: impl FnOnce(&mut Setting
         .iter()
         .map(|sim| InstanceSpec::new(InstanceKind::Image, sim.url()))
         .collect();
-    tweak(&mut settings);
-    start(settings, sims, dir).await
+    settings
 }
 
 /// One fast image backend, and already running simulators (set up before their first

@@ -1,6 +1,7 @@
 //! The operators' API: every task listed with filters and a cursor, the bulk cancel,
-//! retry and delete on a filter, the audit log, the queue's pause across a restart,
-//! users with their task counts and disabling them, and the retention job.
+//! retry and delete on a filter, the audit log, the queue's pause across a restart, the
+//! queue's depth history, users with their task counts and disabling them, and the
+//! retention job.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use reqwest::{Method, Response, StatusCode};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Statement};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, fast_sim, spawn_app, spawn_app_with, start, TestApp};
+use crate::helpers::{assert_error, fast_sim, restart, spawn_app, spawn_app_with, TestApp};
 use crate::poll::eventually;
 
 impl TestApp {
@@ -36,6 +37,11 @@ impl TestApp {
     async fn admin_tasks(&self, token: &str, query: &str) -> Value {
         let path = format!("/api/v1/admin/tasks?{query}");
         self.call_ok(Method::GET, &path, token).await
+    }
+
+    async fn queue_history(&self, token: &str) -> Value {
+        self.call_ok(Method::GET, "/api/v1/admin/queue/history", token)
+            .await
     }
 
     async fn user_id(&self, token: &str, name: &str) -> i64 {
@@ -617,21 +623,7 @@ async fn while_paused_running_tasks_finish_new_ones_wait_up_to_capacity_and_a_re
         app.wait_for_status(&user, task_id, "QUEUED").await;
     }
 
-    let stopped = app.stop().await;
-    let mut settings = infergate::settings::Settings::default();
-    settings.server.host = "127.0.0.1".into();
-    settings.server.port = 0;
-    settings.database.url = stopped.db_url.clone();
-    settings.auth.jwt_secret = crate::helpers::TEST_SECRET.into();
-    settings.health.interval_secs = 1;
-    settings.instances = stopped
-        .sims
-        .iter()
-        .map(|sim| {
-            infergate::domain::InstanceSpec::new(infergate::domain::InstanceKind::Image, sim.url())
-        })
-        .collect();
-    let app = start(settings, stopped.sims, stopped.dir).await;
+    let app = restart(app.stop().await, |_| {}).await;
     app.wait_for_healthy(1).await;
     app.wait_for_workers(1).await;
     let stats = app.stats().await;
@@ -650,6 +642,94 @@ async fn while_paused_running_tasks_finish_new_ones_wait_up_to_capacity_and_a_re
         app.wait_for_status(&user, task_id, "DONE").await;
     }
     assert_eq!(app.stats().await["paused"], false);
+}
+
+#[actix_web::test]
+async fn the_queue_depth_is_sampled_every_interval_and_its_history_outlives_a_restart() {
+    let app = spawn_app_with(vec![fast_sim()], |s| s.stats.depth_sample_secs = 1).await;
+    app.wait_for_healthy(1).await;
+    let admin = app.new_admin("root").await.token;
+    let user = app.new_user("alice").await.token;
+    app.call_ok(Method::POST, "/api/v1/admin/queue/pause", &admin)
+        .await;
+    for prompt in ["one", "two", "three"] {
+        app.submit_ok(&user, prompt).await;
+    }
+    let depths = |page: &Value| -> Vec<(i64, i64)> {
+        let samples = page["samples"].as_array().unwrap();
+        samples
+            .iter()
+            .map(|s| {
+                (
+                    s["queued"].as_i64().unwrap(),
+                    s["running"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let within = Duration::from_secs(10);
+    eventually("a sample of the three queued tasks", within, || async {
+        let depths = depths(&app.queue_history(&admin).await);
+        if depths.contains(&(3, 0)) {
+            Ok(())
+        } else {
+            Err(depths)
+        }
+    })
+    .await;
+    let page = app.queue_history(&admin).await;
+    assert_eq!(page["sample_secs"], 1);
+    let times: Vec<&str> = page["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["at"].as_str().unwrap())
+        .collect();
+    let mut ordered = times.clone();
+    ordered.sort();
+    ordered.dedup();
+    assert_eq!(times, ordered, "one sample per interval, oldest first");
+
+    let app = restart(app.stop().await, |s| s.stats.depth_sample_secs = 1).await;
+    app.wait_for_healthy(1).await;
+    app.call_ok(Method::POST, "/api/v1/admin/queue/resume", &admin)
+        .await;
+    eventually(
+        "a sample of the drained queue after the restart",
+        within,
+        || async {
+            let depths = depths(&app.queue_history(&admin).await);
+            let queued = depths.iter().position(|d| *d == (3, 0));
+            let drained = depths.iter().rposition(|d| *d == (0, 0));
+            match (queued, drained) {
+                (Some(q), Some(d)) if q < d => Ok(()),
+                _ => Err(depths),
+            }
+        },
+    )
+    .await;
+
+    for bad in ["minutes=0", "minutes=1441", "minutes=x", "minuets=5"] {
+        let path = format!("/api/v1/admin/queue/history?{bad}");
+        assert_error(
+            app.call(Method::GET, &path, &admin).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+    }
+    assert_error(
+        app.call(Method::GET, "/api/v1/admin/queue/history", &user)
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    // Asked for the last minute only, older samples stay out.
+    let page = app
+        .call_ok(Method::GET, "/api/v1/admin/queue/history?minutes=1", &admin)
+        .await;
+    assert!(depths(&page).len() <= 61, "{page}");
 }
 
 #[actix_web::test]

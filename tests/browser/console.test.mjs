@@ -130,7 +130,7 @@ try {
   await step('the overview shows figures and charts, and the pause switch pauses', async () => {
     await admin.goto(`${base}/console#/admin`);
     await admin.waitForSelector('[data-chart=throughput] svg rect', { state: 'attached' });
-    await admin.waitForSelector('[data-chart=depth] svg', { state: 'attached' });
+    await admin.waitForSelector('[data-chart=depth] svg polyline', { state: 'attached' });
     await admin.check('input[name=paused]');
     await admin.waitForSelector('.notice.ok');
     const stats = await (await fetch(`${base}/api/v1/system/stats`)).json();
