@@ -43,6 +43,10 @@ pub enum CliError {
     NoTerminal(std::io::Error),
     #[error("no user named {0}")]
     NoSuchUser(String),
+    #[error(transparent)]
+    Lock(#[from] store::LockError),
+    #[error("compact is for an SQLite database.url; on PostgreSQL, autovacuum reuses the space")]
+    NotSqlite,
 }
 
 #[derive(Parser)]
@@ -70,6 +74,9 @@ pub enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// With the gateway stopped: rewrite the SQLite file, giving every free page back and
+    /// turning on the incremental auto-vacuum retention needs on a file made without it.
+    Compact,
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -136,6 +143,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("database is up to date");
             Ok(())
         }
+        Command::Compact => compact(settings).await,
         Command::User { command } => user(settings, command).await,
         Command::Simulate { host, port, config } => {
             let sim = SimBackend::start(config, &host, port)?;
@@ -177,6 +185,27 @@ async fn serve(mut settings: Settings, demo: bool) -> Result<(), CliError> {
     }
     let app = Application::build(settings).await?;
     Ok(app.run_until_stopped().await?)
+}
+
+async fn compact(mut settings: Settings) -> Result<(), CliError> {
+    if !settings.database.url.starts_with("sqlite:") {
+        return Err(CliError::NotSqlite);
+    }
+    // The gateway's own lock: a running gateway would hold the file's pages meanwhile.
+    let _lock = store::lock(&settings.database.url)?;
+    // Alone on the file: leaving WAL needs every other connection gone.
+    settings.database.max_connections = 1;
+    let db = store::connect(&settings.database).await?;
+    store::migrate(&db).await?;
+    let (before, after) = store::space::compact(&db).await?;
+    let incremental = store::space::incremental(&db).await?;
+    println!(
+        "database compacted: {} bytes before, {} after; incremental auto-vacuum {}",
+        before.bytes,
+        after.bytes,
+        if incremental { "on" } else { "off" }
+    );
+    Ok(())
 }
 
 /// Asks on the terminal, without echo.

@@ -51,7 +51,7 @@ pub async fn run(db: DatabaseConnection, settings: RetentionSettings, clock: Clo
                 match space::reclaim(&db).await {
                     Ok(Reclaimed::NotIncremental) if !warned => {
                         warned = true;
-                        tracing::warn!("this SQLite file was made without incremental auto-vacuum: freed pages are reused but not given back (convert it offline with PRAGMA auto_vacuum = INCREMENTAL; VACUUM)");
+                        tracing::warn!("this SQLite file was made without incremental auto-vacuum: freed pages are reused but not given back (stop the gateway and run `infergate compact` once to convert it)");
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot give freed pages back"),

@@ -4,8 +4,8 @@
 //! `auto_vacuum` is `INCREMENTAL` (then `PRAGMA incremental_vacuum` returns free pages)
 //! or `FULL`. The mode can only change before the first table exists, so databases this
 //! version creates are INCREMENTAL, while an older one stays as it was made (`NONE`: its
-//! free pages are reused by new rows, and only an offline `VACUUM` after
-//! `PRAGMA auto_vacuum = INCREMENTAL` converts it).
+//! free pages are reused by new rows, and only an offline `VACUUM`, `infergate compact`,
+//! converts it).
 
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement};
 
@@ -66,8 +66,7 @@ pub async fn reclaim(db: &DatabaseConnection) -> Result<Reclaimed, StoreError> {
     if db.get_database_backend() != DatabaseBackend::Sqlite {
         return Ok(Reclaimed::NotSqlite);
     }
-    // 2 is INCREMENTAL.
-    if number(db, "PRAGMA auto_vacuum").await? != 2 {
+    if !incremental(db).await? {
         return Ok(Reclaimed::NotIncremental);
     }
     let mut returned = 0;
@@ -83,4 +82,38 @@ pub async fn reclaim(db: &DatabaseConnection) -> Result<Reclaimed, StoreError> {
         returned += step as u64;
         tokio::task::yield_now().await;
     }
+}
+
+/// Rewrites an SQLite file whole with `VACUUM`, giving every free page back, and turns
+/// on incremental auto-vacuum on a file made without it. `VACUUM` can set that mode only
+/// outside WAL, so one connection leaves WAL, sets it, rewrites and goes back. Offline
+/// only: it holds the write lock while it copies the file. Answers the size before and
+/// after.
+pub async fn compact(db: &DatabaseConnection) -> Result<(Size, Size), StoreError> {
+    let before = size(db).await?;
+    let sqlx_error = |e| sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e));
+    let mut conn = db
+        .get_sqlite_connection_pool()
+        .acquire()
+        .await
+        .map_err(sqlx_error)?;
+    for sql in [
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA auto_vacuum = INCREMENTAL",
+        "VACUUM",
+        "PRAGMA journal_mode = WAL",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .map_err(sqlx_error)?;
+    }
+    drop(conn);
+    Ok((before, size(db).await?))
+}
+
+/// Whether an SQLite file gives freed pages back while the gateway runs.
+pub async fn incremental(db: &DatabaseConnection) -> Result<bool, StoreError> {
+    // 2 is INCREMENTAL.
+    Ok(number(db, "PRAGMA auto_vacuum").await? == 2)
 }

@@ -329,3 +329,73 @@ async fn credentials_in_an_instance_url_never_reach_the_log() {
     assert!(log.contains("instance is healthy"), "{log}");
     assert!(!log.contains("s3cret") && !log.contains("ops:"), "{log}");
 }
+
+#[actix_web::test]
+async fn compact_converts_an_old_sqlite_file_and_gives_its_free_pages_back() {
+    use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+    use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqlitePool};
+    use std::str::FromStr;
+
+    async fn pragma(db: &DatabaseConnection, name: &str) -> i64 {
+        let sql = format!("PRAGMA {name}");
+        let row = db
+            .query_one(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+    async fn open(url: &str, auto_vacuum: SqliteAutoVacuum) -> DatabaseConnection {
+        let options = SqliteConnectOptions::from_str(url)
+            .unwrap()
+            .create_if_missing(true)
+            .auto_vacuum(auto_vacuum);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::process::database_url(dir.path());
+    // A file as an older version made it, without incremental auto-vacuum, with pages
+    // freed by deleted rows.
+    let old = open(&url, SqliteAutoVacuum::None).await;
+    <migration::Migrator as migration::MigratorTrait>::up(&old, None)
+        .await
+        .unwrap();
+    old.execute_unprepared(
+        "CREATE TABLE filler (b BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         INSERT INTO filler SELECT randomblob(4096) FROM n;
+         DROP TABLE filler;",
+    )
+    .await
+    .unwrap();
+    assert_eq!(pragma(&old, "auto_vacuum").await, 0);
+    assert!(pragma(&old, "freelist_count").await > 400);
+    old.close().await.unwrap();
+
+    // Not while a gateway holds the file.
+    let held = infergate::store::lock(&url)
+        .unwrap()
+        .expect("an SQLite file");
+    let refused = run(dir.path(), &["compact"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("in use by another infergate gateway"),
+        "{stderr}"
+    );
+    drop(held);
+
+    let compacted = run(dir.path(), &["compact"]);
+    let stdout = String::from_utf8_lossy(&compacted.stdout);
+    assert!(
+        compacted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compacted.stderr)
+    );
+    assert!(stdout.contains("incremental auto-vacuum on"), "{stdout}");
+    let db = open(&url, SqliteAutoVacuum::Incremental).await;
+    assert_eq!(pragma(&db, "auto_vacuum").await, 2);
+    assert_eq!(pragma(&db, "freelist_count").await, 0);
+}
