@@ -28,6 +28,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::window::Window;
+use crate::backends::BackendError;
 use crate::domain::{InstanceId, InstanceKind};
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -490,6 +491,21 @@ impl Metrics {
     pub fn webhook_attempt(&self, state: DeliveryState, took: Duration) {
         self.webhook_attempts[&state].inc();
         self.webhook_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The instance left the registry: its series leave the scrape (its gauges do at
+    /// each scrape, being set from the instances there are).
+    pub fn instance_removed(&self, kind: InstanceKind, instance: InstanceId) {
+        let (kind, instance) = (kind_label(kind), instance.0);
+        for outcome in std::iter::once("ok").chain(BackendError::KINDS) {
+            self.backend_requests.remove(&BackendLabels {
+                kind,
+                instance,
+                outcome,
+            });
+        }
+        self.backend_seconds
+            .remove(&InstanceLabels { kind, instance });
     }
 
     /// One backend call; `outcome` is `ok` or the error's kind.
