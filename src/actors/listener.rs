@@ -21,8 +21,8 @@ use crate::auth::UserStanding;
 use crate::domain::{TaskId, UserId};
 use crate::events::EventHub;
 use crate::store::cluster::CHANNEL;
-use crate::store::users;
 use crate::store::events::{from_notification, EVENTS_CHANNEL};
+use crate::store::users;
 
 /// Pause before connecting again after the listening connection failed.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -77,7 +77,9 @@ impl Routes {
         actix_web::rt::spawn(async move {
             match users::shut_out(&routes.db, &watching).await {
                 Ok(gone) => gone.into_iter().for_each(|id| routes.shut_out(UserId(id))),
-                Err(e) => tracing::warn!(error = %e, "cannot look for users shut out while not listening"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for users shut out while not listening")
+                }
             }
         });
     }

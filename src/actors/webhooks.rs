@@ -194,38 +194,36 @@ impl Deliverer {
             webhook_id = delivery.webhook_id,
             attempt = delivery.attempts + 1,
         );
-        let attempt = actix_web::rt::spawn(async move {
-            faults::hit(faults::Site::WebhookAttempt);
-            let started = Instant::now();
-            let answer = attempt(&client, &delivery, settings.allow_private_networks).await;
-            let attempts = delivery.attempts + 1;
-            let retry_base = Duration::from_millis(settings.retry_base_ms);
-            let (state, retry) = judge(&answer, attempts, settings.max_attempts, retry_base);
-            METRICS.webhook_attempt(state, started.elapsed());
-            let (status, error) = match answer {
-                Ok(status) => (Some(status), None),
-                Err(error) => (None, Some(error)),
-            };
-            tracing::debug!(
-                ?status,
-                ?error,
-                ?state,
-                "webhook attempt"
-            );
-            unstored.fetch_add(1, Ordering::AcqRel);
-            let attempted = Attempted {
-                id: delivery.id,
-                attempts,
-                state,
-                status,
-                error,
-                next_at: Utc::now() + retry.unwrap_or(Duration::ZERO),
-            };
-            if outcomes.send(attempted).is_err() {
-                unstored.fetch_sub(1, Ordering::AcqRel);
-                tracing::warn!("the webhook recorder is gone; the attempt is sent again later");
+        let attempt = actix_web::rt::spawn(
+            async move {
+                faults::hit(faults::Site::WebhookAttempt);
+                let started = Instant::now();
+                let answer = attempt(&client, &delivery, settings.allow_private_networks).await;
+                let attempts = delivery.attempts + 1;
+                let retry_base = Duration::from_millis(settings.retry_base_ms);
+                let (state, retry) = judge(&answer, attempts, settings.max_attempts, retry_base);
+                METRICS.webhook_attempt(state, started.elapsed());
+                let (status, error) = match answer {
+                    Ok(status) => (Some(status), None),
+                    Err(error) => (None, Some(error)),
+                };
+                tracing::debug!(?status, ?error, ?state, "webhook attempt");
+                unstored.fetch_add(1, Ordering::AcqRel);
+                let attempted = Attempted {
+                    id: delivery.id,
+                    attempts,
+                    state,
+                    status,
+                    error,
+                    next_at: Utc::now() + retry.unwrap_or(Duration::ZERO),
+                };
+                if outcomes.send(attempted).is_err() {
+                    unstored.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!("the webhook recorder is gone; the attempt is sent again later");
+                }
             }
-        }.instrument(span));
+            .instrument(span),
+        );
         ctx.spawn(attempt.into_actor(self).map(|ended, deliverer, ctx| {
             deliverer.in_flight -= 1;
             if let Err(e) = ended {

@@ -6,8 +6,7 @@ use entity::{api_key, image, task, user};
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use std::collections::HashMap;
 
@@ -104,7 +103,11 @@ pub async fn shut_out(db: &DatabaseConnection, ids: &[i64]) -> Result<Vec<i64>, 
         .into_tuple()
         .all(db)
         .await?;
-    Ok(ids.iter().copied().filter(|id| !active.contains(id)).collect())
+    Ok(ids
+        .iter()
+        .copied()
+        .filter(|id| !active.contains(id))
+        .collect())
 }
 
 /// With several gateways on PostgreSQL, tells them all (when the change commits) that

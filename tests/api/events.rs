@@ -443,16 +443,29 @@ async fn disabling_a_user_ends_their_open_streams_at_once_and_no_one_elses() {
     let path = format!("/api/v1/tasks/{task_id}/events");
     let mut one = app.stream(&path, &user.token).await;
     let mut others = app.stream("/api/v1/events", &other.token).await;
-    assert_eq!(one.next_within(WAIT).await.unwrap().event.as_deref(), Some("snapshot"));
-    all.changes_until(WAIT, |f| f.data["type"] == "running").await;
+    assert_eq!(
+        one.next_within(WAIT).await.unwrap().event.as_deref(),
+        Some("snapshot")
+    );
+    all.changes_until(WAIT, |f| f.data["type"] == "running")
+        .await;
 
     app.disable_user(&admin.token, "banned").await;
     let within = Duration::from_secs(1);
-    assert!(all.ends_within(within).await, "the user stream is still open");
-    assert!(one.ends_within(within).await, "the task stream is still open");
+    assert!(
+        all.ends_within(within).await,
+        "the user stream is still open"
+    );
+    assert!(
+        one.ends_within(within).await,
+        "the task stream is still open"
+    );
     assert!(!others.ends_within(Duration::from_millis(200)).await);
     // And it cannot be opened again.
     let again = app.get("/api/v1/events", &user.token).await;
     assert_error(again, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    assert_eq!(app.stream("/api/v1/events", &other.token).await.status, StatusCode::OK);
+    assert_eq!(
+        app.stream("/api/v1/events", &other.token).await.status,
+        StatusCode::OK
+    );
 }

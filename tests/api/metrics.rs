@@ -427,9 +427,18 @@ async fn webhook_attempts_are_counted_by_outcome_and_timed_and_the_outbox_shown(
     let before = app.scrape().await;
     // One delivered on its second attempt, one stopped by a 410, one out of attempts.
     for (answers, settled) in [
-        (vec![500], json!({"delivered": true, "attempts": 2, "last_status": 204})),
-        (vec![410], json!({"delivered": false, "attempts": 1, "last_status": 410})),
-        (vec![500, 502, 503], json!({"delivered": false, "attempts": 3, "last_status": 503})),
+        (
+            vec![500],
+            json!({"delivered": true, "attempts": 2, "last_status": 204}),
+        ),
+        (
+            vec![410],
+            json!({"delivered": false, "attempts": 1, "last_status": 410}),
+        ),
+        (
+            vec![500, 502, 503],
+            json!({"delivered": false, "attempts": 3, "last_status": 503}),
+        ),
     ] {
         let receiver = Receiver::start(&answers);
         let body = json!({"prompt": "hooked", "webhook_url": receiver.url});
@@ -450,7 +459,12 @@ async fn webhook_attempts_are_counted_by_outcome_and_timed_and_the_outbox_shown(
     // A receiver that takes the connection and never answers: the delivery waits.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", silent.local_addr().unwrap());
-    submit_hooked(&app, &token, json!({"prompt": "waiting", "webhook_url": url})).await;
+    submit_hooked(
+        &app,
+        &token,
+        json!({"prompt": "waiting", "webhook_url": url}),
+    )
+    .await;
     eventually("the delivery pending", Duration::from_secs(10), || async {
         match app.scrape().await.get("infergate_webhook_outbox_pending") {
             1.0 => Ok(()),
@@ -469,10 +483,16 @@ async fn a_removed_instances_series_leave_the_scrape() {
     let removed = 1_000_000_000_001u64;
     // Calls of both outcomes on the instance to be removed.
     let task = app.submit_ok(&user.token, "fine").await;
-    assert_eq!(app.wait_for_end(&user.token, &task).await.1["status"], "DONE");
+    assert_eq!(
+        app.wait_for_end(&user.token, &task).await.1["status"],
+        "DONE"
+    );
     app.sims[0].set_failure_rate(1.0);
     let task = app.submit_ok(&user.token, "failing").await;
-    assert_eq!(app.wait_for_end(&user.token, &task).await.1["status"], "FAILED");
+    assert_eq!(
+        app.wait_for_end(&user.token, &task).await.1["status"],
+        "FAILED"
+    );
     let other = start_sims(vec![fast_sim()]);
     let kept = app.add_image_instance(&admin.token, &other[0].url()).await;
     let label = |id: u64| format!(r#"instance="{id}""#);
