@@ -6,12 +6,15 @@
 //! by its own timer when a retry falls due, and once a second in case a wake-up went to
 //! another gateway or was lost.
 //!
-//! Outcomes are stored by a recorder task beside the actor, several in one transaction
-//! (a group commit: whatever answered while the last write ran goes in the next), so a
-//! burst of answers costs a few writes rather than one each. An attempt's slot is free
-//! once it is answered; its row stays claimed until its outcome is stored, and at most
-//! `MAX_UNSTORED` outcomes wait, so a slow database holds the sending back.
+//! Claims take a batch of rows, up to the free slots and as many again ahead, so a
+//! freed slot starts its next attempt at once. Outcomes are stored by a recorder task
+//! beside the actor, several in one transaction (a group commit: whatever answered
+//! while the last write ran goes in the next), so a burst of answers costs a few writes
+//! rather than one each. An attempt's slot is free once it is answered; its row stays
+//! claimed until its outcome is stored, and at most `MAX_UNSTORED` outcomes wait, so a
+//! slow database holds the sending back.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -69,6 +72,9 @@ pub struct Deliverer {
     stored: Arc<Notify>,
     /// Attempts being sent; no more than `settings.concurrency`.
     in_flight: usize,
+    /// Claimed ahead, sent as slots free, so a freed slot never waits for a claim's
+    /// round trip; no more than `settings.concurrency`.
+    ready: VecDeque<Claimed>,
     /// A claim is under way; `again` asks for another as soon as it ends.
     claiming: bool,
     again: bool,
@@ -101,6 +107,7 @@ impl Deliverer {
             unstored,
             stored,
             in_flight: 0,
+            ready: VecDeque::new(),
             claiming: false,
             again: false,
             stopping: false,
@@ -108,7 +115,8 @@ impl Deliverer {
         }
     }
 
-    /// Claims what is due, as much as there is room for, and sends it.
+    /// Claims what is due, as much as there is room for (the free slots and as many
+    /// again ahead), and sends it.
     fn poll(&mut self, ctx: &mut Context<Self>) {
         if self.stopping {
             return;
@@ -117,13 +125,15 @@ impl Deliverer {
             self.again = true;
             return;
         }
-        let room = self.settings.concurrency.saturating_sub(self.in_flight);
+        let room =
+            (2 * self.settings.concurrency).saturating_sub(self.in_flight + self.ready.len());
         if room == 0 || self.unstored.load(Ordering::Acquire) >= MAX_UNSTORED {
             return; // a finishing attempt or a write polls again
         }
         self.claiming = true;
         self.again = false;
-        let claim_for = Duration::from_secs(self.settings.timeout_secs) + CLAIM_MARGIN;
+        // One claimed ahead may wait out a whole attempt before its own.
+        let claim_for = 2 * Duration::from_secs(self.settings.timeout_secs) + CLAIM_MARGIN;
         let claim = {
             let (db, holder) = (self.db.clone(), self.holder.clone());
             async move { webhooks::claim(&db, &holder, room, claim_for).await }
@@ -136,17 +146,9 @@ impl Deliverer {
                 Ok(_) if deliverer.stopping => {}
                 Ok(claimed) => {
                     let full = claimed.len() == room;
-                    // A panic in here is contained: the actor stops and its supervisor
-                    // starts it again; what it had claimed goes out once the claims
-                    // run out.
-                    let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        for delivery in claimed {
-                            deliverer.send(delivery, ctx);
-                        }
-                    }));
-                    if sent.is_err() {
-                        tracing::error!("the webhook deliverer failed; restarting it");
-                        return ctx.stop();
+                    deliverer.ready.extend(claimed);
+                    if !deliverer.send_ready(ctx) {
+                        return;
                     }
                     if full || deliverer.again {
                         deliverer.poll(ctx);
@@ -157,6 +159,25 @@ impl Deliverer {
                 Err(e) => tracing::warn!(error = %e, "cannot claim webhook deliveries"),
             }
         }));
+    }
+
+    /// Sends what is claimed while slots are free; `false` when that failed and the actor
+    /// is stopping. A panic in here is contained: the actor stops and its supervisor
+    /// starts it again; the delivery it was starting goes out once its claim runs out.
+    fn send_ready(&mut self, ctx: &mut Context<Self>) -> bool {
+        let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            while !self.stopping && self.in_flight < self.settings.concurrency {
+                let Some(delivery) = self.ready.pop_front() else {
+                    break;
+                };
+                self.send(delivery, ctx);
+            }
+        }));
+        if sent.is_err() {
+            tracing::error!("the webhook deliverer failed; restarting it");
+            ctx.stop();
+        }
+        sent.is_ok()
     }
 
     /// Polls again when the next pending delivery falls due, if that is before the
@@ -229,7 +250,9 @@ impl Deliverer {
             if let Err(e) = ended {
                 tracing::error!(error = %e, "a webhook attempt panicked");
             }
-            deliverer.poll(ctx);
+            if deliverer.send_ready(ctx) {
+                deliverer.poll(ctx);
+            }
         }));
     }
 }
@@ -393,7 +416,7 @@ impl Handler<StopDelivering> for Deliverer {
 impl Supervised for Deliverer {
     /// Attempts under way carry on and their outcomes are stored by the recorder, which
     /// outlives the restart; their ends come to the restarted actor's mailbox no more, so
-    /// their slots are given back.
+    /// their slots are given back. What was claimed ahead is still held: it is sent.
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.in_flight = 0;
         self.due_timer = None;
