@@ -77,7 +77,11 @@ pub async fn metrics(
         ));
     }
     let figures = SystemFigures::gather(&dispatcher, &registry, &settings.stats).await?;
-    let outbox_pending = webhooks::pending(&db).await?;
+    // A database in trouble leaves the gauge as it was, not the whole scrape failed.
+    let outbox_pending = webhooks::pending(&db)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot count the pending webhook deliveries"))
+        .ok();
     let waiting = figures.waiting_image + figures.waiting_speech;
     let snapshot = Snapshot {
         queued: figures.queue.queue_length,

@@ -212,8 +212,8 @@ pub struct Snapshot {
     pub capacity: usize,
     /// Open event streams.
     pub streams: usize,
-    /// Webhook deliveries pending in the outbox.
-    pub outbox_pending: u64,
+    /// Webhook deliveries pending in the outbox, when they could be counted.
+    pub outbox_pending: Option<u64>,
     pub instances: Vec<InstanceFigures>,
     pub queue_usage: f64,
     pub failure_rate: f64,
@@ -696,7 +696,9 @@ impl Gauges {
         }
         self.queue_capacity.set(s.capacity as i64);
         self.streams.set(s.streams as i64);
-        self.outbox_pending.set(s.outbox_pending as i64);
+        if let Some(pending) = s.outbox_pending {
+            self.outbox_pending.set(pending as i64);
+        }
         // Removed instances leave the scrape.
         self.instance_up.clear();
         self.instance_in_flight.clear();
