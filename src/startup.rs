@@ -172,6 +172,10 @@ impl Application {
                 slots,
             )
         });
+        let standing = web::Data::new(UserStanding::new(
+            db.clone(),
+            Duration::from_secs(settings.auth.user_cache_secs),
+        ));
         if cluster.is_some() {
             let (listener_db, listener_dispatcher, listener_registry, listener_hub) = (
                 db.clone(),
@@ -179,12 +183,14 @@ impl Application {
                 registry.clone(),
                 hub.clone(),
             );
+            let listener_standing = standing.clone().into_inner();
             Supervisor::start(move |_| {
                 Listener::new(
                     listener_db,
                     listener_dispatcher,
                     listener_registry,
                     listener_hub,
+                    listener_standing,
                 )
             });
         }
@@ -230,10 +236,6 @@ impl Application {
             settings.auth.max_queued_hashes,
         ));
         tracing::info!(threads = hasher.threads(), "password hashing threads");
-        let standing = web::Data::new(UserStanding::new(
-            db.clone(),
-            Duration::from_secs(settings.auth.user_cache_secs),
-        ));
         let speech = web::Data::new(SpeechService::new(
             registry.clone(),
             settings.speech.clone(),

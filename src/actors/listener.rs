@@ -1,12 +1,14 @@
 //! Listener: the wake-ups other gateways on the same PostgreSQL database send with
 //! `NOTIFY`, passed to the actor each concerns: work queued (the Dispatcher claims), a
 //! task cancelled (its Dispatcher aborts it if it runs here), instances changed and a
-//! call slot freed (the InstanceRegistry); and every gateway's task events, this one's
-//! included, in commit order, for the event hub. Notifications sent while its
+//! call slot freed (the InstanceRegistry), a user shut out (the event hub ends their
+//! streams, the standing check forgets them); and every gateway's task events, this
+//! one's included, in commit order, for the event hub. Notifications sent while its
 //! connection is down are lost, so every (re)connection is followed by a resync of all
 //! of them (streams read the event log); the Dispatcher's and the registry's polls are
 //! the backstop in between.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -15,10 +17,12 @@ use sqlx::postgres::PgListener;
 
 use super::messages::{ReloadInstances, SlotFreed, TaskCancelled, Wake};
 use super::{Dispatcher, InstanceRegistry};
-use crate::domain::TaskId;
+use crate::auth::UserStanding;
+use crate::domain::{TaskId, UserId};
 use crate::events::EventHub;
 use crate::store::cluster::CHANNEL;
 use crate::store::events::{from_notification, EVENTS_CHANNEL};
+use crate::store::users;
 
 /// Pause before connecting again after the listening connection failed.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -28,6 +32,7 @@ pub struct Listener {
     dispatcher: Addr<Dispatcher>,
     registry: Addr<InstanceRegistry>,
     hub: EventHub,
+    standing: Arc<UserStanding>,
 }
 
 impl Listener {
@@ -36,12 +41,14 @@ impl Listener {
         dispatcher: Addr<Dispatcher>,
         registry: Addr<InstanceRegistry>,
         hub: EventHub,
+        standing: Arc<UserStanding>,
     ) -> Listener {
         Listener {
             db,
             dispatcher,
             registry,
             hub,
+            standing,
         }
     }
 }
@@ -49,9 +56,12 @@ impl Listener {
 /// The actors and the hub a notification goes to.
 #[derive(Clone)]
 struct Routes {
+    /// Where users shut out while nobody listened are looked up.
+    db: DatabaseConnection,
     dispatcher: Addr<Dispatcher>,
     registry: Addr<InstanceRegistry>,
     hub: EventHub,
+    standing: Arc<UserStanding>,
 }
 
 impl Routes {
@@ -61,6 +71,22 @@ impl Routes {
         self.registry.do_send(ReloadInstances);
         self.registry.do_send(SlotFreed);
         self.hub.catch_up_all();
+        // A user shut out meanwhile: those with streams here are looked up.
+        let watching: Vec<i64> = self.hub.watched().iter().map(|(u, _)| u.0).collect();
+        let routes = self.clone();
+        actix_web::rt::spawn(async move {
+            match users::shut_out(&routes.db, &watching).await {
+                Ok(gone) => gone.into_iter().for_each(|id| routes.shut_out(UserId(id))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for users shut out while not listening")
+                }
+            }
+        });
+    }
+
+    fn shut_out(&self, user_id: UserId) {
+        self.standing.forget(user_id);
+        self.hub.revoke(user_id);
     }
 
     /// Passes one notification on.
@@ -77,6 +103,10 @@ impl Routes {
                 task_id: TaskId::from(task_id.to_string()),
                 user_id: None,
             }),
+            Some(("u", user_id)) => match user_id.parse() {
+                Ok(user_id) => self.shut_out(UserId(user_id)),
+                Err(_) => tracing::debug!(payload, "unreadable user notification"),
+            },
             _ => match payload {
                 "q" => self.dispatcher.do_send(Wake),
                 "i" => self.registry.do_send(ReloadInstances),
@@ -93,9 +123,11 @@ impl Actor for Listener {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let pool = self.db.get_postgres_connection_pool().clone();
         let routes = Routes {
+            db: self.db.clone(),
             dispatcher: self.dispatcher.clone(),
             registry: self.registry.clone(),
             hub: self.hub.clone(),
+            standing: self.standing.clone(),
         };
         let listen = async move {
             loop {

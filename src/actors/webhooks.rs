@@ -5,15 +5,26 @@
 //! out (at once after a restart on SQLite). Woken by the event hub when changes commit,
 //! by its own timer when a retry falls due, and once a second in case a wake-up went to
 //! another gateway or was lost.
+//!
+//! Claims take a batch of rows, up to the free slots and as many again ahead, so a
+//! freed slot starts its next attempt at once. Outcomes are stored by a recorder task
+//! beside the actor, several in one transaction (a group commit: whatever answered
+//! while the last write ran goes in the next), so a burst of answers costs a few writes
+//! rather than one each. An attempt's slot is free once it is answered; its row stays
+//! claimed until its outcome is stored, and at most `MAX_UNSTORED` outcomes wait, so a
+//! slow database holds the sending back.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
 use entity::webhook_delivery::State;
 use sea_orm::DatabaseConnection;
+use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 use url::Url;
 
@@ -22,6 +33,7 @@ use crate::events::EventHub;
 use crate::faults;
 use crate::settings::WebhookSettings;
 use crate::store::webhooks::{self, Attempted, Claimed};
+use crate::telemetry::METRICS;
 use crate::webhooks::address::{check_literal, PublicResolver};
 use crate::webhooks::signing;
 
@@ -34,6 +46,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// The largest body sent. Events are small by construction (errors are cut to 1,000
 /// characters, images are URLs); one over this is failed, never sent cut.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Outcomes stored in one transaction at most.
+const RECORD_BATCH: usize = 256;
+/// Outcomes waiting to be stored at most before nothing more is claimed.
+const MAX_UNSTORED: usize = 2 * RECORD_BATCH;
+/// How long a stop waits for the outcomes handed over to be stored.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Deliverer {
     db: DatabaseConnection,
@@ -43,8 +61,20 @@ pub struct Deliverer {
     holder: Arc<str>,
     /// One client for every delivery: its connections are pooled.
     client: reqwest::Client,
-    /// Attempts under way; no more than `settings.concurrency`.
+    /// Where attempts hand their outcomes to be stored; the recorder task lives as long
+    /// as this sender, so across the actor's restarts.
+    outcomes: mpsc::UnboundedSender<Attempted>,
+    /// Outcomes handed over and not stored yet; no more than `MAX_UNSTORED` before
+    /// claiming waits.
+    unstored: Arc<AtomicUsize>,
+    /// Rung by the recorder after each write: retries it stored may be due soon, and
+    /// claiming may go on.
+    stored: Arc<Notify>,
+    /// Attempts being sent; no more than `settings.concurrency`.
     in_flight: usize,
+    /// Claimed ahead, sent as slots free, so a freed slot never waits for a claim's
+    /// round trip; no more than `settings.concurrency`.
+    ready: VecDeque<Claimed>,
     /// A claim is under way; `again` asks for another as soon as it ends.
     claiming: bool,
     again: bool,
@@ -56,13 +86,28 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(db: DatabaseConnection, settings: WebhookSettings, hub: EventHub) -> Deliverer {
+        let holder: Arc<str> = format!("deliverer-{}", uuid::Uuid::new_v4().simple()).into();
+        let (outcomes, to_store) = mpsc::unbounded_channel();
+        let unstored = Arc::new(AtomicUsize::new(0));
+        let stored = Arc::new(Notify::new());
+        actix_web::rt::spawn(record(
+            db.clone(),
+            holder.clone(),
+            to_store,
+            unstored.clone(),
+            stored.clone(),
+        ));
         Deliverer {
             client: client(&settings),
             db,
             settings,
             hub,
-            holder: format!("deliverer-{}", uuid::Uuid::new_v4().simple()).into(),
+            holder,
+            outcomes,
+            unstored,
+            stored,
             in_flight: 0,
+            ready: VecDeque::new(),
             claiming: false,
             again: false,
             stopping: false,
@@ -70,7 +115,8 @@ impl Deliverer {
         }
     }
 
-    /// Claims what is due, as much as there is room for, and sends it.
+    /// Claims what is due, as much as there is room for (the free slots and as many
+    /// again ahead), and sends it.
     fn poll(&mut self, ctx: &mut Context<Self>) {
         if self.stopping {
             return;
@@ -79,13 +125,15 @@ impl Deliverer {
             self.again = true;
             return;
         }
-        let room = self.settings.concurrency.saturating_sub(self.in_flight);
-        if room == 0 {
-            return; // a finishing attempt polls again
+        let room =
+            (2 * self.settings.concurrency).saturating_sub(self.in_flight + self.ready.len());
+        if room == 0 || self.unstored.load(Ordering::Acquire) >= MAX_UNSTORED {
+            return; // a finishing attempt or a write polls again
         }
         self.claiming = true;
         self.again = false;
-        let claim_for = Duration::from_secs(self.settings.timeout_secs) + CLAIM_MARGIN;
+        // One claimed ahead may wait out a whole attempt before its own.
+        let claim_for = 2 * Duration::from_secs(self.settings.timeout_secs) + CLAIM_MARGIN;
         let claim = {
             let (db, holder) = (self.db.clone(), self.holder.clone());
             async move { webhooks::claim(&db, &holder, room, claim_for).await }
@@ -98,17 +146,9 @@ impl Deliverer {
                 Ok(_) if deliverer.stopping => {}
                 Ok(claimed) => {
                     let full = claimed.len() == room;
-                    // A panic in here is contained: the actor stops and its supervisor
-                    // starts it again; what it had claimed goes out once the claims
-                    // run out.
-                    let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        for delivery in claimed {
-                            deliverer.send(delivery, ctx);
-                        }
-                    }));
-                    if sent.is_err() {
-                        tracing::error!("the webhook deliverer failed; restarting it");
-                        return ctx.stop();
+                    deliverer.ready.extend(claimed);
+                    if !deliverer.send_ready(ctx) {
+                        return;
                     }
                     if full || deliverer.again {
                         deliverer.poll(ctx);
@@ -119,6 +159,25 @@ impl Deliverer {
                 Err(e) => tracing::warn!(error = %e, "cannot claim webhook deliveries"),
             }
         }));
+    }
+
+    /// Sends what is claimed while slots are free; `false` when that failed and the actor
+    /// is stopping. A panic in here is contained: the actor stops and its supervisor
+    /// starts it again; the delivery it was starting goes out once its claim runs out.
+    fn send_ready(&mut self, ctx: &mut Context<Self>) -> bool {
+        let sent = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            while !self.stopping && self.in_flight < self.settings.concurrency {
+                let Some(delivery) = self.ready.pop_front() else {
+                    break;
+                };
+                self.send(delivery, ctx);
+            }
+        }));
+        if sent.is_err() {
+            tracing::error!("the webhook deliverer failed; restarting it");
+            ctx.stop();
+        }
+        sent.is_ok()
     }
 
     /// Polls again when the next pending delivery falls due, if that is before the
@@ -143,53 +202,85 @@ impl Deliverer {
     }
 
     /// One attempt, on a task of its own: a panic on the way costs that attempt (sent
-    /// again once its claim runs out), not the actor.
+    /// again once its claim runs out), not the actor. Its outcome goes to the recorder.
     fn send(&mut self, delivery: Claimed, ctx: &mut Context<Self>) {
         faults::hit(faults::Site::DelivererSend);
         self.in_flight += 1;
         let client = self.client.clone();
-        let (db, holder, settings) = (self.db.clone(), self.holder.clone(), self.settings.clone());
+        let settings = self.settings.clone();
+        let (outcomes, unstored) = (self.outcomes.clone(), self.unstored.clone());
         let span = tracing::info_span!(
             "webhook_attempt",
             task_id = delivery.task_id,
             webhook_id = delivery.webhook_id,
             attempt = delivery.attempts + 1,
         );
-        let attempt = actix_web::rt::spawn(async move {
-            faults::hit(faults::Site::WebhookAttempt);
-            let answer = attempt(&client, &delivery, settings.allow_private_networks).await;
-            let attempts = delivery.attempts + 1;
-            let retry_base = Duration::from_millis(settings.retry_base_ms);
-            let (state, retry) = judge(&answer, attempts, settings.max_attempts, retry_base);
-            let (status, error) = match answer {
-                Ok(status) => (Some(status), None),
-                Err(error) => (None, Some(error)),
-            };
-            tracing::debug!(
-                ?status,
-                ?error,
-                ?state,
-                "webhook attempt"
-            );
-            let next_at = Utc::now() + retry.unwrap_or(Duration::ZERO);
-            let attempted = Attempted {
-                state,
-                status,
-                error,
-                next_at,
-            };
-            if let Err(e) = webhooks::record(&db, &delivery, &holder, attempted).await {
-                tracing::warn!(error = %e, "cannot store a webhook attempt; it is sent again later");
+        let attempt = actix_web::rt::spawn(
+            async move {
+                faults::hit(faults::Site::WebhookAttempt);
+                let started = Instant::now();
+                let answer = attempt(&client, &delivery, settings.allow_private_networks).await;
+                let attempts = delivery.attempts + 1;
+                let retry_base = Duration::from_millis(settings.retry_base_ms);
+                let (state, retry) = judge(&answer, attempts, settings.max_attempts, retry_base);
+                METRICS.webhook_attempt(state, started.elapsed());
+                let (status, error) = match answer {
+                    Ok(status) => (Some(status), None),
+                    Err(error) => (None, Some(error)),
+                };
+                tracing::debug!(?status, ?error, ?state, "webhook attempt");
+                unstored.fetch_add(1, Ordering::AcqRel);
+                let attempted = Attempted {
+                    id: delivery.id,
+                    attempts,
+                    state,
+                    status,
+                    error,
+                    next_at: Utc::now() + retry.unwrap_or(Duration::ZERO),
+                };
+                if outcomes.send(attempted).is_err() {
+                    unstored.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!("the webhook recorder is gone; the attempt is sent again later");
+                }
             }
-        }.instrument(span));
-        // The poll that follows sets the timer for a retry this attempt scheduled.
+            .instrument(span),
+        );
         ctx.spawn(attempt.into_actor(self).map(|ended, deliverer, ctx| {
             deliverer.in_flight -= 1;
             if let Err(e) = ended {
                 tracing::error!(error = %e, "a webhook attempt panicked");
             }
-            deliverer.poll(ctx);
+            if deliverer.send_ready(ctx) {
+                deliverer.poll(ctx);
+            }
         }));
+    }
+}
+
+/// The recorder: stores the outcomes handed over, all that came while the last write
+/// ran (up to `RECORD_BATCH`) in one transaction. A batch that fails is tried again one
+/// by one, so one bad row costs only itself; an outcome that cannot be stored leaves its
+/// row claimed, and the delivery is sent again once the claim runs out.
+async fn record(
+    db: DatabaseConnection,
+    holder: Arc<str>,
+    mut to_store: mpsc::UnboundedReceiver<Attempted>,
+    unstored: Arc<AtomicUsize>,
+    stored: Arc<Notify>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while to_store.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        if let Err(e) = webhooks::record(&db, &holder, &batch).await {
+            tracing::warn!(error = %e, n = batch.len(), "cannot store webhook attempts together; storing them one by one");
+            for one in batch.chunks(1) {
+                if let Err(e) = webhooks::record(&db, &holder, one).await {
+                    tracing::warn!(error = %e, "cannot store a webhook attempt; it is sent again later");
+                }
+            }
+        }
+        unstored.fetch_sub(batch.len(), Ordering::AcqRel);
+        batch.clear();
+        stored.notify_one();
     }
 }
 
@@ -286,30 +377,46 @@ impl Actor for Deliverer {
             Some(((), hub))
         });
         ctx.add_stream(woken);
+        let stored = futures_util::stream::unfold(self.stored.clone(), |stored| async move {
+            stored.notified().await;
+            Some(((), stored))
+        });
+        ctx.add_stream(stored);
         ctx.run_interval(POLL_EVERY, |deliverer, ctx| deliverer.poll(ctx));
         self.poll(ctx);
     }
 }
 
-/// Stored changes committed: deliveries may have been queued.
+/// Stored changes committed (deliveries may have been queued), or outcomes stored
+/// (retries may be due, claiming may go on).
 impl StreamHandler<()> for Deliverer {
     fn handle(&mut self, _: (), ctx: &mut Context<Self>) {
         self.poll(ctx);
     }
 }
 
+/// Claims nothing more, and answers once the outcomes already handed over are stored
+/// (or after `STOP_WAIT`): an answered delivery whose outcome was lost would be sent
+/// again at the next start.
 impl Handler<StopDelivering> for Deliverer {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: StopDelivering, _: &mut Context<Self>) {
+    fn handle(&mut self, _: StopDelivering, _: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
+        let unstored = self.unstored.clone();
+        Box::pin(async move {
+            let until = Instant::now() + STOP_WAIT;
+            while unstored.load(Ordering::Acquire) > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
     }
 }
 
 impl Supervised for Deliverer {
-    /// Attempts under way carry on; their ends come to the restarted actor's mailbox no
-    /// more, so their slots are given back, and their rows are sent again once their
-    /// claims run out.
+    /// Attempts under way carry on and their outcomes are stored by the recorder, which
+    /// outlives the restart; their ends come to the restarted actor's mailbox no more, so
+    /// their slots are given back. What was claimed ahead is still held: it is sent.
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.in_flight = 0;
         self.due_timer = None;

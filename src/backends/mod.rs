@@ -55,6 +55,15 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// Every `kind`, for the metric series of an instance that is removed.
+    pub const KINDS: [&'static str; 5] = [
+        "transport",
+        "timeout",
+        "status",
+        "bad_answer",
+        "misconfigured",
+    ];
+
     /// A short name of the failure, for the `error.type` of a trace span.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -126,6 +135,22 @@ fn checked_image(bytes: Vec<u8>, max_bytes: usize) -> Result<GeneratedImage, Bac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_kind_is_listed() {
+        let every = [
+            BackendError::Transport(String::new()),
+            BackendError::Timeout(1),
+            BackendError::Status {
+                status: 500,
+                detail: String::new(),
+            },
+            BackendError::BadAnswer(String::new()),
+            BackendError::Misconfigured(String::new()),
+        ];
+        let kinds: Vec<&str> = every.iter().map(BackendError::kind).collect();
+        assert_eq!(kinds, BackendError::KINDS);
+    }
 
     #[test]
     fn images_are_known_by_their_magic_bytes() {

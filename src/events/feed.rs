@@ -37,6 +37,8 @@ pub enum FeedEnd {
     /// Dropped by the hub (it fell behind) or the gateway is shutting down: the client
     /// resumes from its last `seq`.
     Closed,
+    /// The user was disabled: the client may not resume.
+    Revoked,
     Store(StoreError),
 }
 
@@ -79,18 +81,27 @@ impl Feed {
             if let Some(event) = self.ready() {
                 return Ok(event);
             }
+            if self.subscription.revoked() {
+                return Err(FeedEnd::Revoked);
+            }
             if self.more || matches!(self.held.take(), Some(Pushed::CatchUp)) {
                 self.fill().await.map_err(FeedEnd::Store)?;
                 continue;
             }
-            let pushed = self.subscription.rx.recv().await.ok_or(FeedEnd::Closed)?;
-            self.held = Some(pushed);
+            match self.subscription.rx.recv().await {
+                Some(pushed) => self.held = Some(pushed),
+                None if self.subscription.revoked() => return Err(FeedEnd::Revoked),
+                None => return Err(FeedEnd::Closed),
+            }
         }
     }
 
     /// The next event if one is at hand, without waiting or reading the log: a stream
     /// under load sends what has piled up in one write.
     pub fn ready(&mut self) -> Option<Arc<Published>> {
+        if self.subscription.revoked() {
+            return None;
+        }
         loop {
             if let Some(event) = self.backlog.pop_front() {
                 self.last = event.seq.unwrap_or(self.last);

@@ -4,13 +4,15 @@
 //! events (this one's too) in commit order. A subscriber's buffer is bounded: one that
 //! falls behind is dropped, its stream ends, and its client resumes from its last `seq`
 //! out of the stored log. So the hub never holds more than the buffers, and a stream
-//! never misses an event silently: what the hub could not hand over, the log has.
+//! never misses an event silently: what the hub could not hand over, the log has. A
+//! user who is disabled has every stream revoked at once: it ends, and its client's
+//! next attempt gets 401.
 
 pub mod feed;
 pub mod rate;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
@@ -63,6 +65,9 @@ struct Subscriber {
     /// Only this task's events; all the user's when `None`.
     task: Option<TaskId>,
     tx: mpsc::Sender<Pushed>,
+    /// Set when the user is shut out: a flag beside the channel, since a full buffer
+    /// could not take one more message and what is buffered must not be sent.
+    revoked: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +96,14 @@ pub struct Subscription {
     hub: EventHub,
     user_id: UserId,
     id: u64,
+    revoked: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// Whether the user was shut out (disabled): nothing more may be sent.
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Subscription {
@@ -126,13 +139,30 @@ impl EventHub {
         if limit > 0 && subscribers.len() >= limit {
             return Err(TooManyStreams { limit });
         }
-        subscribers.push(Subscriber { id, task, tx });
+        let revoked = Arc::new(AtomicBool::new(false));
+        subscribers.push(Subscriber {
+            id,
+            task,
+            tx,
+            revoked: revoked.clone(),
+        });
         Ok(Subscription {
             rx,
             hub: self.clone(),
             user_id,
             id,
+            revoked,
         })
+    }
+
+    /// Ends every stream of the user on this gateway at once (they were disabled):
+    /// their feeds stop before anything still buffered.
+    pub fn revoke(&self, user_id: UserId) {
+        let removed = self.0.users.lock().unwrap().remove(&user_id);
+        for subscriber in removed.into_iter().flatten() {
+            subscriber.revoked.store(true, Ordering::Release);
+            // Dropping the sender wakes a feed waiting on its channel.
+        }
     }
 
     fn unsubscribe(&self, user_id: UserId, id: u64) {
@@ -295,6 +325,23 @@ mod tests {
         assert_eq!(seq_of(slow.rx.recv().await.unwrap()), 2);
         assert!(slow.rx.recv().await.is_none());
         assert_eq!(hub.streams(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_users_streams_end_before_what_they_had_buffered() {
+        let hub = EventHub::new(8, 0);
+        let mut revoked = hub.subscribe(UserId(1), None).unwrap();
+        let mut other = hub.subscribe(UserId(2), None).unwrap();
+        hub.publish(vec![event(1, "a", 1), event(2, "b", 1)]);
+        hub.revoke(UserId(1));
+        assert!(revoked.revoked());
+        assert!(!other.revoked());
+        assert_eq!(seq_of(other.rx.recv().await.unwrap()), 1);
+        hub.publish(vec![event(1, "a", 2)]);
+        assert_eq!(hub.streams(), 1);
+        // The channel is closed behind what it held; the flag says not to send that.
+        assert_eq!(seq_of(revoked.rx.recv().await.unwrap()), 1);
+        assert!(revoked.rx.recv().await.is_none());
     }
 
     #[test]

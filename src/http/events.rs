@@ -127,7 +127,8 @@ fn sse(state: Streaming) -> impl Stream<Item = Result<Bytes, actix_web::Error>> 
         };
         let event = match event {
             Ok(event) => event,
-            Err(FeedEnd::Closed) => return None,
+            // A revoked stream just ends: the client's reconnection gets 401.
+            Err(FeedEnd::Closed | FeedEnd::Revoked) => return None,
             Err(FeedEnd::Store(e)) => {
                 tracing::warn!(error = %e, "event stream cannot read the log; closing it");
                 return None;

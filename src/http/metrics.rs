@@ -9,6 +9,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
+use sea_orm::DatabaseConnection;
 use sha2::{Digest, Sha256};
 
 use crate::actors::messages::InstanceState;
@@ -17,6 +18,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::events::EventHub;
 use crate::http::system::SystemFigures;
 use crate::settings::Settings;
+use crate::store::webhooks;
 use crate::telemetry::metrics::{InstanceFigures, Snapshot};
 use crate::telemetry::METRICS;
 
@@ -66,6 +68,7 @@ pub async fn metrics(
     dispatcher: web::Data<Addr<Dispatcher>>,
     registry: web::Data<Addr<InstanceRegistry>>,
     hub: web::Data<EventHub>,
+    db: web::Data<DatabaseConnection>,
 ) -> Result<HttpResponse, ApiError> {
     let token = &settings.telemetry.metrics_token;
     if !token.is_empty() && !bearer_matches(&req, token) {
@@ -74,6 +77,11 @@ pub async fn metrics(
         ));
     }
     let figures = SystemFigures::gather(&dispatcher, &registry, &settings.stats).await?;
+    // A database in trouble leaves the gauge as it was, not the whole scrape failed.
+    let outbox_pending = webhooks::pending(&db)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot count the pending webhook deliveries"))
+        .ok();
     let waiting = figures.waiting_image + figures.waiting_speech;
     let snapshot = Snapshot {
         queued: figures.queue.queue_length,
@@ -81,6 +89,7 @@ pub async fn metrics(
         waiting,
         capacity: figures.queue.queue_capacity,
         streams: hub.streams(),
+        outbox_pending,
         instances: figures
             .instances
             .iter()

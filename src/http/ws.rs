@@ -3,7 +3,8 @@
 //! `{"type":"resume","after":SEQ}` to replay the stored events after SEQ (or connect with
 //! `?after=SEQ`). The server pings every `events.keepalive_secs` and closes a connection
 //! that answered nothing for two of them. A client that falls behind is closed with
-//! 1013 (try again later) and resumes from its last `seq`.
+//! 1013 (try again later) and resumes from its last `seq`; a user who is disabled is
+//! closed with 1008 (policy violation) at once.
 
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,7 @@ async fn serve(
                 Err(FeedEnd::Closed) => {
                     break close(CloseCode::Again, "behind or shutting down; resume from your last seq")
                 }
+                Err(FeedEnd::Revoked) => break close(CloseCode::Policy, "account disabled"),
                 Err(FeedEnd::Store(e)) => {
                     tracing::warn!(error = %e, "event socket cannot read the log; closing it");
                     break close(CloseCode::Error, "cannot read the event log; resume later");

@@ -22,7 +22,8 @@ use super::StoreError;
 use crate::domain::{ChangeKind, NodeId, Priority, QueuedTask, TaskId, TaskStatus, UserId};
 
 /// The channel every gateway listens on. Payloads: `q` (work queued), `c:<task_id>` (a
-/// task cancelled), `i` (instances changed), `s` (a call slot freed).
+/// task cancelled), `i` (instances changed), `s` (a call slot freed), `u:<user_id>` (a
+/// user disabled or removed).
 pub const CHANNEL: &str = "infergate";
 
 /// An advisory lock taken by every admission, so the global queue capacity and quotas

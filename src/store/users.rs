@@ -5,12 +5,12 @@ use entity::prelude::{ApiKey, Image, Task, User};
 use entity::{api_key, image, task, user};
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use std::collections::HashMap;
 
-use super::StoreError;
+use super::{cluster, StoreError};
 use crate::domain::{NewUser, Role, TaskStatus};
 
 /// Inserts the user with its password hash; `StoreError::Constraint` when the name is
@@ -69,7 +69,8 @@ pub async fn set_role(
     Ok(true)
 }
 
-/// Disables or enables the user; `Ok(None)` when there is no such user.
+/// Disables (announced to every gateway) or enables the user; `Ok(None)` when there is
+/// no such user.
 pub async fn set_disabled(
     db: &DatabaseConnection,
     username: &str,
@@ -78,9 +79,44 @@ pub async fn set_disabled(
     let Some(found) = find_by_username(db, username).await? else {
         return Ok(None);
     };
+    let txn = db.begin().await?;
     let mut row = found.into_active_model();
     row.disabled = Set(disabled);
-    Ok(Some(row.update(db).await?))
+    let user = row.update(&txn).await?;
+    if disabled {
+        announce_shut_out(&txn, user.id).await?;
+    }
+    txn.commit().await?;
+    Ok(Some(user))
+}
+
+/// Those of `ids` who are disabled or gone.
+pub async fn shut_out(db: &DatabaseConnection, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let active: Vec<i64> = User::find()
+        .select_only()
+        .column(user::Column::Id)
+        .filter(user::Column::Id.is_in(ids.iter().copied()))
+        .filter(user::Column::Disabled.eq(false))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(ids
+        .iter()
+        .copied()
+        .filter(|id| !active.contains(id))
+        .collect())
+}
+
+/// With several gateways on PostgreSQL, tells them all (when the change commits) that
+/// the user is shut out: each ends the user's open streams and forgets their standing.
+async fn announce_shut_out(db: &impl ConnectionTrait, user_id: i64) -> Result<(), StoreError> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        cluster::notify(db, &format!("u:{user_id}")).await?;
+    }
+    Ok(())
 }
 
 /// What removing a user deleted.
@@ -118,6 +154,7 @@ pub async fn remove(
         .count(&txn)
         .await?;
     let deleted = User::delete_by_id(found.id).exec(&txn).await?.rows_affected;
+    announce_shut_out(&txn, found.id).await?;
     txn.commit().await?;
     Ok((deleted == 1).then_some(Removed {
         user_id: found.id,
@@ -175,8 +212,8 @@ pub async fn task_counts(
     Ok(counts)
 }
 
-/// Changes the user's role and whether they are disabled; `Ok(None)` when there is no
-/// such user.
+/// Changes the user's role and whether they are disabled (announced to every gateway);
+/// `Ok(None)` when there is no such user.
 pub async fn update(
     db: &DatabaseConnection,
     id: i64,
@@ -186,6 +223,7 @@ pub async fn update(
     let Some(found) = find_by_id(db, id).await? else {
         return Ok(None);
     };
+    let txn = db.begin().await?;
     let mut row = found.into_active_model();
     if let Some(role) = role {
         row.role = Set(role);
@@ -193,5 +231,10 @@ pub async fn update(
     if let Some(disabled) = disabled {
         row.disabled = Set(disabled);
     }
-    Ok(Some(row.update(db).await?))
+    let user = row.update(&txn).await?;
+    if disabled == Some(true) {
+        announce_shut_out(&txn, id).await?;
+    }
+    txn.commit().await?;
+    Ok(Some(user))
 }

@@ -1,7 +1,9 @@
 //! The webhook outbox (`webhook_deliveries`, filled by `events::append`) as the deliverer
 //! works it, the task view's delivery status, and the users' signing secrets. A row is
 //! claimed by stamping it with its holder and pushing `next_at` to when the claim runs
-//! out; an attempt's outcome clears the holder. With several gateways on PostgreSQL the
+//! out; an attempt's outcome clears the holder. Both are written a batch at a time: a
+//! claim takes up to the free slots in one statement, and outcomes are stored several in
+//! one transaction. With several gateways on PostgreSQL the
 //! claim skips rows another one is claiming (`FOR UPDATE SKIP LOCKED`); a SQLite file
 //! has one gateway, whose single deliverer is the only claimer.
 
@@ -14,8 +16,8 @@ use entity::user;
 use entity::webhook_delivery::{self, State};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 
 use super::StoreError;
@@ -38,6 +40,10 @@ pub struct Claimed {
 /// How an attempt ended, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempted {
+    /// The delivery's row.
+    pub id: i64,
+    /// Attempts made, this one included.
+    pub attempts: i32,
     pub state: State,
     /// The receiver's HTTP status, when it answered.
     pub status: Option<u16>,
@@ -132,31 +138,40 @@ async fn claim_in(
         .collect())
 }
 
-/// Stores an attempt's outcome, if `holder` still holds the delivery (a claim that ran
-/// out may have passed to another gateway). `Ok(false)` when it did not.
+/// Stores attempts' outcomes in one transaction, each only if `holder` still holds its
+/// delivery (a claim that ran out may have passed to another gateway); answers how many
+/// were. Rows are written in id order, so two writers never wait on each other in turn.
 pub async fn record(
     db: &DatabaseConnection,
-    claimed: &Claimed,
     holder: &str,
-    attempted: Attempted,
-) -> Result<bool, StoreError> {
-    let row = webhook_delivery::ActiveModel {
-        state: Set(attempted.state),
-        attempts: Set(claimed.attempts + 1),
-        next_at: Set(attempted.next_at),
-        last_status: Set(attempted.status.map(i32::from)),
-        last_error: Set(attempted.error),
-        holder: Set(None),
-        updated_at: Set(Utc::now()),
-        ..Default::default()
-    };
-    let done = WebhookDelivery::update_many()
-        .set(row)
-        .filter(webhook_delivery::Column::Id.eq(claimed.id))
-        .filter(webhook_delivery::Column::Holder.eq(holder))
-        .exec(db)
-        .await?;
-    Ok(done.rows_affected == 1)
+    attempts: &[Attempted],
+) -> Result<u64, StoreError> {
+    let mut in_order: Vec<&Attempted> = attempts.iter().collect();
+    in_order.sort_unstable_by_key(|a| a.id);
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let mut stored = 0;
+    for attempted in in_order {
+        let row = webhook_delivery::ActiveModel {
+            state: Set(attempted.state),
+            attempts: Set(attempted.attempts),
+            next_at: Set(attempted.next_at),
+            last_status: Set(attempted.status.map(i32::from)),
+            last_error: Set(attempted.error.clone()),
+            holder: Set(None),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        stored += WebhookDelivery::update_many()
+            .set(row)
+            .filter(webhook_delivery::Column::Id.eq(attempted.id))
+            .filter(webhook_delivery::Column::Holder.eq(holder))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+    }
+    txn.commit().await?;
+    Ok(stored)
 }
 
 /// Deliveries claimed by a gateway that stopped are due at once (at start-up, where this
@@ -173,6 +188,14 @@ pub async fn release_all(db: &DatabaseConnection) -> Result<u64, StoreError> {
         .exec(db)
         .await?;
     Ok(done.rows_affected)
+}
+
+/// Deliveries not yet delivered nor given up, in the whole outbox (every gateway's).
+pub async fn pending(db: &DatabaseConnection) -> Result<u64, StoreError> {
+    Ok(WebhookDelivery::find()
+        .filter(webhook_delivery::Column::State.eq(State::Pending))
+        .count(db)
+        .await?)
 }
 
 /// When the next pending delivery is due, if any is.

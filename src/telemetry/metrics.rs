@@ -19,6 +19,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use entity::task::Status as TaskStatus;
+use entity::webhook_delivery::State as DeliveryState;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +28,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::window::Window;
+use crate::backends::BackendError;
 use crate::domain::{InstanceId, InstanceKind};
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -69,6 +71,18 @@ impl AttemptOutcome {
             Self::Retried => "retried",
             Self::Failed => "failed",
         }
+    }
+}
+
+/// `infergate_webhook_deliveries_total{outcome}`: what an attempt's answer made of its
+/// delivery.
+fn delivery_outcome(state: DeliveryState) -> &'static str {
+    match state {
+        DeliveryState::Delivered => "delivered",
+        // Pending again: failed, and due for another attempt.
+        DeliveryState::Pending => "retrying",
+        // A 410, or the last attempt failed.
+        DeliveryState::Failed => "gave_up",
     }
 }
 
@@ -130,6 +144,11 @@ struct EndpointLabels {
     endpoint: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 type F64Gauge = Gauge<f64, AtomicU64>;
 /// Method, route template, status.
 type HttpKey = (&'static str, String, u16);
@@ -149,6 +168,8 @@ pub struct Metrics {
     db_batch: Histogram,
     stream_events: Counter,
     streams_behind: Counter,
+    webhook_attempts: HashMap<DeliveryState, Counter>,
+    webhook_seconds: Histogram,
     backend_requests: Family<BackendLabels, Counter>,
     backend_seconds: Family<InstanceLabels, Histogram, fn() -> Histogram>,
     http_requests: Family<HttpLabels, Counter>,
@@ -163,6 +184,7 @@ struct Gauges {
     queue_depth: Family<StateLabels, Gauge>,
     queue_capacity: Gauge,
     streams: Gauge,
+    outbox_pending: Gauge,
     instance_up: Family<InstanceLabels, Gauge>,
     instance_in_flight: Family<InstanceLabels, Gauge>,
     instance_capacity: Family<InstanceLabels, Gauge>,
@@ -190,6 +212,8 @@ pub struct Snapshot {
     pub capacity: usize,
     /// Open event streams.
     pub streams: usize,
+    /// Webhook deliveries pending in the outbox, when they could be counted.
+    pub outbox_pending: Option<u64>,
     pub instances: Vec<InstanceFigures>,
     pub queue_usage: f64,
     pub failure_rate: f64,
@@ -322,6 +346,19 @@ impl Metrics {
             "Streams closed because their client fell behind (it resumes from the log)",
             streams_behind.clone(),
         );
+        let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "infergate_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered (a 2xx), retrying (failed, \
+             another attempt is due), gave_up (a 410 or the last attempt failed)",
+            webhook_attempts.clone(),
+        );
+        let webhook_seconds = seconds();
+        registry.register(
+            "infergate_webhook_delivery_seconds",
+            "How long webhook attempts took, from sending to the receiver's answer or the failure",
+            webhook_seconds.clone(),
+        );
         let gauges = Gauges::register(&mut registry);
         let finished_of = |status| {
             let labels = KindStatusLabels {
@@ -372,6 +409,20 @@ impl Metrics {
             db_batch,
             stream_events,
             streams_behind,
+            webhook_attempts: [
+                DeliveryState::Delivered,
+                DeliveryState::Pending,
+                DeliveryState::Failed,
+            ]
+            .into_iter()
+            .map(|state| {
+                let labels = OutcomeLabels {
+                    outcome: delivery_outcome(state),
+                };
+                (state, webhook_attempts.get_or_create_owned(&labels))
+            })
+            .collect(),
+            webhook_seconds,
             backend_requests,
             backend_seconds,
             http_requests,
@@ -434,6 +485,27 @@ impl Metrics {
 
     pub fn stream_fell_behind(&self) {
         self.streams_behind.inc();
+    }
+
+    /// One webhook attempt: what it made of its delivery, and how long it took.
+    pub fn webhook_attempt(&self, state: DeliveryState, took: Duration) {
+        self.webhook_attempts[&state].inc();
+        self.webhook_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The instance left the registry: its series leave the scrape (its gauges do at
+    /// each scrape, being set from the instances there are).
+    pub fn instance_removed(&self, kind: InstanceKind, instance: InstanceId) {
+        let (kind, instance) = (kind_label(kind), instance.0);
+        for outcome in std::iter::once("ok").chain(BackendError::KINDS) {
+            self.backend_requests.remove(&BackendLabels {
+                kind,
+                instance,
+                outcome,
+            });
+        }
+        self.backend_seconds
+            .remove(&InstanceLabels { kind, instance });
     }
 
     /// One backend call; `outcome` is `ok` or the error's kind.
@@ -543,6 +615,7 @@ impl Gauges {
             queue_depth: Family::default(),
             queue_capacity: Gauge::default(),
             streams: Gauge::default(),
+            outbox_pending: Gauge::default(),
             instance_up: Family::default(),
             instance_in_flight: Family::default(),
             instance_capacity: Family::default(),
@@ -566,6 +639,12 @@ impl Gauges {
             "infergate_event_streams",
             "SSE and WebSocket streams open on this gateway",
             g.streams.clone(),
+        );
+        registry.register(
+            "infergate_webhook_outbox_pending",
+            "Webhook deliveries not yet delivered nor given up, in the whole outbox (with \
+             several gateways, the same figure on each)",
+            g.outbox_pending.clone(),
         );
         registry.register(
             "infergate_instance_up",
@@ -617,6 +696,9 @@ impl Gauges {
         }
         self.queue_capacity.set(s.capacity as i64);
         self.streams.set(s.streams as i64);
+        if let Some(pending) = s.outbox_pending {
+            self.outbox_pending.set(pending as i64);
+        }
         // Removed instances leave the scrape.
         self.instance_up.clear();
         self.instance_in_flight.clear();

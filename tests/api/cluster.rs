@@ -608,3 +608,71 @@ async fn a_pause_and_a_retry_through_one_gateway_hold_and_then_feed_another() {
     drop((a, b));
     database.drop().await;
 }
+
+#[actix_web::test]
+async fn a_user_disabled_through_one_gateway_loses_their_streams_on_another_at_once() {
+    let Some(database) = TempDatabase::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let none = cluster_config(dir.path(), &[], "");
+    let a = gateway(dir.path(), &none, &database).await;
+    let b = gateway(dir.path(), &none, &database).await;
+    let (_, token) = sign_up(&a.base, "alice").await;
+    let (_, admin) = sign_up(&a.base, "root").await;
+    let db = Database::connect(&database.url).await.unwrap();
+    db.execute(Statement::from_string(
+        db.get_database_backend(),
+        "UPDATE users SET role = 'admin' WHERE username = 'root'",
+    ))
+    .await
+    .unwrap();
+    let alice = count(&db, "SELECT id FROM users WHERE username = 'alice'").await;
+    // On B: an SSE stream and a WebSocket, and B remembers that alice may act.
+    let events = reqwest::Client::new()
+        .get(format!("{}/api/v1/events", b.base))
+        .bearer_auth(&token);
+    let mut stream = crate::sse::Sse::open(events).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let ws = format!("{}/api/v1/ws", b.base).replace("http://", "ws://");
+    let (_, mut socket) = awc::Client::new()
+        .ws(ws)
+        .bearer_auth(&token)
+        .connect()
+        .await
+        .expect("websocket handshake");
+
+    let disabled = reqwest::Client::new()
+        .patch(format!("{}/api/v1/admin/users/{alice}", a.base))
+        .bearer_auth(&admin)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), StatusCode::OK);
+    let within = Duration::from_secs(1);
+    assert!(stream.ends_within(within).await, "B's stream is still open");
+    let closed = tokio::time::timeout(within, async {
+        use futures_util::StreamExt;
+        loop {
+            match socket.next().await {
+                Some(Ok(awc::ws::Frame::Close(reason))) => return reason,
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("B's socket closed within a second");
+    assert_eq!(closed.map(|r| r.code), Some(awc::ws::CloseCode::Policy));
+    // B forgot what it remembered of alice: her token is refused there too, at once.
+    let refused = reqwest::Client::new()
+        .get(format!("{}/api/v1/tasks", b.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    drop((a, b));
+    database.drop().await;
+}

@@ -430,3 +430,42 @@ async fn events_survive_a_restart_for_replay() {
     assert_eq!(types(&frames), ["queued", "running", "done"]);
     assert_eq!(frames[0].id, Some(1));
 }
+
+#[actix_web::test]
+async fn disabling_a_user_ends_their_open_streams_at_once_and_no_one_elses() {
+    // A slow GPU: the task is still running when its owner is disabled.
+    let app = spawn_app_with(vec![sim(5_000)], |_| {}).await;
+    let admin = app.new_admin("root").await;
+    let user = app.new_user("banned").await;
+    let other = app.new_user("bystander").await;
+    let mut all = app.stream("/api/v1/events", &user.token).await;
+    let task_id = app.submit_ok(&user.token, "a long one").await;
+    let path = format!("/api/v1/tasks/{task_id}/events");
+    let mut one = app.stream(&path, &user.token).await;
+    let mut others = app.stream("/api/v1/events", &other.token).await;
+    assert_eq!(
+        one.next_within(WAIT).await.unwrap().event.as_deref(),
+        Some("snapshot")
+    );
+    all.changes_until(WAIT, |f| f.data["type"] == "running")
+        .await;
+
+    app.disable_user(&admin.token, "banned").await;
+    let within = Duration::from_secs(1);
+    assert!(
+        all.ends_within(within).await,
+        "the user stream is still open"
+    );
+    assert!(
+        one.ends_within(within).await,
+        "the task stream is still open"
+    );
+    assert!(!others.ends_within(Duration::from_millis(200)).await);
+    // And it cannot be opened again.
+    let again = app.get("/api/v1/events", &user.token).await;
+    assert_error(again, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    assert_eq!(
+        app.stream("/api/v1/events", &other.token).await.status,
+        StatusCode::OK
+    );
+}

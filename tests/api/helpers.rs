@@ -219,6 +219,23 @@ impl TestApp {
         }
     }
 
+    /// Disables `username` through the admin API, as the admin whose token is given.
+    pub async fn disable_user(&self, admin_token: &str, username: &str) {
+        let user = infergate::store::users::find_by_username(&self.db, username)
+            .await
+            .unwrap()
+            .expect("the user exists");
+        let response = self
+            .client
+            .patch(self.url(&format!("/api/v1/admin/users/{}", user.id)))
+            .bearer_auth(admin_token)
+            .json(&json!({"disabled": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     pub async fn submit_image(&self, token: &str, body: &Value) -> Response {
         self.client
             .post(self.url("/api/v1/image/async"))

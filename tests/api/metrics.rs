@@ -7,12 +7,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::json;
 
 use crate::helpers::{
     assert_error, fast_sim, pcm, spawn_app_with, spawn_app_with_speech, start_sims, Auth, TestApp,
 };
 use crate::poll::eventually;
 use crate::sse::Sse;
+use crate::webhooks::{hooked_user, submit_hooked, test_settings, wait_for_webhook, Receiver};
 
 /// One scrape: each series (name and labels, as written) and its value.
 struct Scrape(HashMap<String, f64>);
@@ -411,4 +413,123 @@ async fn event_streams_and_their_events_are_counted() {
         after.get("infergate_stream_events_total") - before.get("infergate_stream_events_total");
     assert_eq!(pushed, f64::from(frames));
     assert_eq!(after.get("infergate_streams_fell_behind_total"), 0.0);
+}
+
+#[actix_web::test]
+async fn webhook_attempts_are_counted_by_outcome_and_timed_and_the_outbox_shown() {
+    let app = spawn_app_with(vec![fast_sim()], |s| {
+        test_settings(s);
+        s.webhooks.max_attempts = 3;
+    })
+    .await;
+    app.wait_for_healthy(1).await;
+    let (token, _) = hooked_user(&app, "hooked").await;
+    let before = app.scrape().await;
+    // One delivered on its second attempt, one stopped by a 410, one out of attempts.
+    for (answers, settled) in [
+        (
+            vec![500],
+            json!({"delivered": true, "attempts": 2, "last_status": 204}),
+        ),
+        (
+            vec![410],
+            json!({"delivered": false, "attempts": 1, "last_status": 410}),
+        ),
+        (
+            vec![500, 502, 503],
+            json!({"delivered": false, "attempts": 3, "last_status": 503}),
+        ),
+    ] {
+        let receiver = Receiver::start(&answers);
+        let body = json!({"prompt": "hooked", "webhook_url": receiver.url});
+        let task_id = submit_hooked(&app, &token, body).await;
+        let webhook = wait_for_webhook(&app, &token, &task_id, |w| *w == settled).await;
+        assert_eq!(webhook, settled);
+    }
+    let after = app.scrape().await;
+    let delta = |series: &str| after.get(series) - before.get(series);
+    for (outcome, n) in [("delivered", 1.0), ("retrying", 3.0), ("gave_up", 2.0)] {
+        let series = format!(r#"infergate_webhook_deliveries_total{{outcome="{outcome}"}}"#);
+        assert_eq!(delta(&series), n, "{series}");
+    }
+    assert_eq!(delta("infergate_webhook_delivery_seconds_count"), 6.0);
+    assert!(delta("infergate_webhook_delivery_seconds_sum") > 0.0);
+    assert_eq!(after.get("infergate_webhook_outbox_pending"), 0.0);
+
+    // A receiver that takes the connection and never answers: the delivery waits.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", silent.local_addr().unwrap());
+    submit_hooked(
+        &app,
+        &token,
+        json!({"prompt": "waiting", "webhook_url": url}),
+    )
+    .await;
+    eventually("the delivery pending", Duration::from_secs(10), || async {
+        match app.scrape().await.get("infergate_webhook_outbox_pending") {
+            1.0 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_removed_instances_series_leave_the_scrape() {
+    let app = spawn_app_with(vec![fast_sim()], |s| s.workers.max_attempts = 1).await;
+    let admin = app.new_admin("root").await;
+    let user = app.new_user("alice").await;
+    app.wait_for_healthy(1).await;
+    let removed = 1_000_000_000_001u64;
+    // Calls of both outcomes on the instance to be removed.
+    let task = app.submit_ok(&user.token, "fine").await;
+    assert_eq!(
+        app.wait_for_end(&user.token, &task).await.1["status"],
+        "DONE"
+    );
+    app.sims[0].set_failure_rate(1.0);
+    let task = app.submit_ok(&user.token, "failing").await;
+    assert_eq!(
+        app.wait_for_end(&user.token, &task).await.1["status"],
+        "FAILED"
+    );
+    let other = start_sims(vec![fast_sim()]);
+    let kept = app.add_image_instance(&admin.token, &other[0].url()).await;
+    let label = |id: u64| format!(r#"instance="{id}""#);
+    let scrape = app.scrape_text().await;
+    for series in [
+        "infergate_backend_requests_total",
+        "infergate_backend_request_seconds_count",
+        "infergate_instance_up",
+        "infergate_instance_in_flight",
+        "infergate_instance_capacity",
+    ] {
+        let found = scrape
+            .lines()
+            .any(|l| l.starts_with(series) && l.contains(&label(removed)));
+        assert!(found, "{series} of the instance before its removal");
+    }
+
+    let deleted = app.delete_instance(&admin.token, removed).await;
+    assert_eq!(deleted.status(), StatusCode::ACCEPTED);
+    eventually("the instance gone", Duration::from_secs(10), || async {
+        match app.instance(&admin.token, removed).await {
+            None => Ok(()),
+            Some(still) => Err(still),
+        }
+    })
+    .await;
+    let scrape = app.scrape_text().await;
+    let left: Vec<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&label(removed)))
+        .collect();
+    assert!(left.is_empty(), "series of the removed instance: {left:?}");
+    assert_eq!(
+        Scrape::parse(&scrape).get(&format!(
+            r#"infergate_instance_capacity{{kind="image",{}}}"#,
+            label(kept)
+        )),
+        1.0
+    );
 }

@@ -40,6 +40,14 @@ impl Sse {
             .unwrap_or_else(|_| panic!("no event within {within:?}"))
     }
 
+    /// Reads what the stream still sends: `true` once it has ended, `false` if it is
+    /// still open after `within`.
+    pub async fn ends_within(&mut self, within: Duration) -> bool {
+        tokio::time::timeout(within, async { while self.next().await.is_some() {} })
+            .await
+            .is_ok()
+    }
+
     /// The next message, or `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Frame> {
         loop {

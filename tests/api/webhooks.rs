@@ -49,13 +49,13 @@ struct Script {
 
 /// A webhook receiver on a random loopback port.
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     script: Arc<Mutex<Script>>,
 }
 
 impl Receiver {
-    fn start(answers: &[u16]) -> Receiver {
+    pub fn start(answers: &[u16]) -> Receiver {
         let script = Arc::new(Mutex::new(Script {
             answers: answers.iter().copied().collect(),
             got: Vec::new(),
@@ -103,7 +103,7 @@ async fn receive(req: HttpRequest, body: String, script: web::Data<Mutex<Script>
 }
 
 /// Receivers are on loopback; retries are quick.
-fn test_settings(settings: &mut Settings) {
+pub fn test_settings(settings: &mut Settings) {
     settings.webhooks.allow_private_networks = true;
     settings.webhooks.retry_base_ms = 20;
     settings.webhooks.timeout_secs = 5;
@@ -118,7 +118,7 @@ async fn hooked_app(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 /// A user with a webhook secret: their token and the secret.
-async fn hooked_user(app: &TestApp, name: &str) -> (String, String) {
+pub async fn hooked_user(app: &TestApp, name: &str) -> (String, String) {
     let user = app.new_user(name).await;
     let secret = rotate_secret(app, &user.token).await;
     (user.token, secret)
@@ -137,7 +137,7 @@ async fn rotate_secret(app: &TestApp, token: &str) -> String {
     body["secret"].as_str().unwrap().to_string()
 }
 
-async fn submit_hooked(app: &TestApp, token: &str, body: Value) -> String {
+pub async fn submit_hooked(app: &TestApp, token: &str, body: Value) -> String {
     let response = app.submit_image(token, &body).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let body: Value = response.json().await.unwrap();
@@ -145,7 +145,7 @@ async fn submit_hooked(app: &TestApp, token: &str, body: Value) -> String {
 }
 
 /// The task's `webhook` once `done` says it is settled.
-async fn wait_for_webhook(
+pub async fn wait_for_webhook(
     app: &TestApp,
     token: &str,
     task_id: &str,

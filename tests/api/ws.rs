@@ -204,3 +204,26 @@ async fn a_socket_shows_only_its_users_events_and_opens_with_a_ticket_once() {
         "a used ticket is refused"
     );
 }
+
+#[actix_web::test]
+async fn a_disabled_users_socket_is_closed_with_1008_at_once() {
+    let app = spawn_app_with(vec![fast_sim()], |_| {}).await;
+    let admin = app.new_admin("root_ws").await;
+    let user = app.new_user("banned_ws").await;
+    let mut socket = open(&app, "", &user.token).await;
+    app.submit_ok(&user.token, "before").await;
+    changes_until(&mut socket, "done").await;
+    app.disable_user(&admin.token, "banned_ws").await;
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Frame::Close(reason))) => return reason,
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed within a second");
+    assert_eq!(closed.map(|r| r.code), Some(awc::ws::CloseCode::Policy));
+}

@@ -38,6 +38,7 @@ use crate::domain::{InstanceId, InstanceKind, InstanceSpec, Strategy, UserId};
 use crate::faults;
 use crate::settings::HealthSettings;
 use crate::store::instances;
+use crate::telemetry::METRICS;
 use balancing::Candidate;
 use instance::{Instance, Pinged};
 pub use shared::SharedSlots;
@@ -154,6 +155,8 @@ impl InstanceRegistry {
             if gone.in_flight > 0 {
                 gone.draining = true;
                 self.instances.push(gone);
+            } else {
+                METRICS.instance_removed(gone.spec.kind, gone.id);
             }
         }
     }
@@ -295,6 +298,7 @@ impl InstanceRegistry {
         let instance = &self.instances[index];
         if instance.draining && instance.in_flight == 0 {
             tracing::info!(instance = %instance.shown_url(), id = %instance.id, "instance drained and removed");
+            METRICS.instance_removed(instance.spec.kind, instance.id);
             self.instances.remove(index);
         }
     }

@@ -1,6 +1,7 @@
 //! `/api/v1/admin/users`: every user with their task counts, and changing a user's role
 //! or disabling them. A disabled user's tokens and device keys are refused from the next
-//! request on (at once in this gateway, within `auth.user_cache_secs` in the others).
+//! request on, and their open event streams end, at once in this gateway (and as soon
+//! as the store's notice arrives in the others on PostgreSQL).
 
 use std::collections::HashMap;
 
@@ -13,6 +14,7 @@ use super::audit::record;
 use crate::auth::UserStanding;
 use crate::domain::{Role, TaskStatus, UserId};
 use crate::error::{ApiError, ErrorBody};
+use crate::events::EventHub;
 use crate::http::caller::AdminUser;
 use crate::store::users;
 
@@ -153,6 +155,7 @@ pub async fn update_user(
     admin: AdminUser,
     db: web::Data<DatabaseConnection>,
     standing: web::Data<UserStanding>,
+    hub: web::Data<EventHub>,
     id: web::Path<i64>,
     body: web::Json<UserChangeRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -171,6 +174,10 @@ pub async fn update_user(
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     standing.forget(UserId(id));
+    if change.disabled == Some(true) {
+        // Here at once; the other gateways on the notice the store sent.
+        hub.revoke(UserId(id));
+    }
     tracing::info!(?change, "user changed by an admin");
     let filter = serde_json::to_string(&change).ok();
     record(
