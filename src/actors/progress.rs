@@ -53,27 +53,26 @@ impl Progress {
         }
         self.busy = true;
         let (db, dispatcher) = (self.db.clone(), self.dispatcher.clone());
+        // One read of the log for every user-wide stream, one question to the queue.
         let positions = async move {
-            let mut found: Vec<(UserId, TaskId, usize)> = Vec::new();
+            let mut asked: Vec<(UserId, TaskId)> = Vec::new();
+            let mut user_wide = Vec::new();
             for (user_id, tasks) in watched {
-                let task_ids = match tasks {
-                    Some(ids) => ids,
-                    None => tasks::queued_ids_of(&db, user_id, MAX_PROGRESS_PER_USER).await?,
-                };
-                if task_ids.is_empty() {
-                    continue;
-                }
-                let asked = QueuePositions {
-                    user_id,
-                    task_ids: task_ids.clone(),
-                };
-                let positions = dispatcher.send(asked).await??;
-                for (task_id, position) in task_ids.into_iter().zip(positions) {
-                    if let Some(position) = position {
-                        found.push((user_id, task_id, position));
-                    }
+                match tasks {
+                    Some(ids) => asked.extend(ids.into_iter().map(|id| (user_id, id))),
+                    None => user_wide.push(user_id),
                 }
             }
+            asked.extend(tasks::queued_ids_of(&db, &user_wide, MAX_PROGRESS_PER_USER).await?);
+            if asked.is_empty() {
+                return Ok(Vec::new());
+            }
+            let positions = dispatcher.send(QueuePositions(asked.clone())).await??;
+            let found: Vec<(UserId, TaskId, usize)> = asked
+                .into_iter()
+                .zip(positions)
+                .filter_map(|((user_id, task_id), position)| Some((user_id, task_id, position?)))
+                .collect();
             Ok::<_, StoreError>(found)
         };
         ctx.spawn(positions.into_actor(self).map(|found, progress, _| {

@@ -149,11 +149,11 @@ pub(crate) async fn views(
         .filter(|&i| views[i].status == TaskStatus::Queued)
         .collect();
     if !queued.is_empty() {
-        let task_ids = queued
+        let asked = queued
             .iter()
-            .map(|&i| TaskId::from(views[i].task_id.clone()))
+            .map(|&i| (user_id, TaskId::from(views[i].task_id.clone())))
             .collect();
-        let positions = ask(dispatcher, QueuePositions { user_id, task_ids }).await??;
+        let positions = ask(dispatcher, QueuePositions(asked)).await??;
         for (i, position) in queued.into_iter().zip(positions) {
             views[i].queue_position = position;
         }

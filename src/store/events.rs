@@ -64,9 +64,8 @@ impl NewEvent {
 }
 
 /// Logs the changes in the caller's transaction and answers them as sent, numbered.
-/// Each user's counter is taken in user order, so two transactions logging for the
-/// same users never wait on each other in a cycle. Events of a user who no longer
-/// exists are dropped (their tasks are going with them).
+/// Every user's counter moves in one statement (see `take_numbers`). Events of a user
+/// who no longer exists are dropped (their tasks are going with them).
 pub async fn append(
     txn: &impl ConnectionTrait,
     events: Vec<NewEvent>,
@@ -74,28 +73,21 @@ pub async fn append(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let backend = txn.get_database_backend();
     let now = Utc::now();
     let mut by_user: BTreeMap<UserId, Vec<NewEvent>> = BTreeMap::new();
     for event in events {
         by_user.entry(event.user_id).or_default().push(event);
     }
+    let wanted: Vec<(UserId, i64)> = by_user
+        .iter()
+        .map(|(user_id, events)| (*user_id, events.len() as i64))
+        .collect();
+    let mut lasts = take_numbers(txn, &wanted).await?;
     let (mut logged, mut rows) = (Vec::new(), Vec::new());
     for (user_id, events) in by_user {
-        let counted = txn
-            .query_one(Statement::from_sql_and_values(
-                backend,
-                match backend {
-                    DbBackend::Postgres => {
-                        "UPDATE users SET event_seq = event_seq + $1 WHERE id = $2 RETURNING event_seq"
-                    }
-                    _ => "UPDATE users SET event_seq = event_seq + ? WHERE id = ? RETURNING event_seq",
-                },
-                [(events.len() as i64).into(), user_id.0.into()],
-            ))
-            .await?;
-        let Some(row) = counted else { continue };
-        let last: i64 = row.try_get("", "event_seq")?;
+        let Some(last) = lasts.remove(&user_id) else {
+            continue;
+        };
         let first = last - events.len() as i64 + 1;
         for (seq, event) in (first..).zip(events) {
             rows.push(task_event::ActiveModel {
@@ -132,6 +124,7 @@ pub async fn append(
     if logged.is_empty() {
         return Ok(logged);
     }
+    let backend = txn.get_database_backend();
     EventRow::insert_many(rows).exec(txn).await?;
     queue_webhooks(txn, &logged).await?;
     if backend == DbBackend::Postgres {
@@ -144,6 +137,57 @@ pub async fn append(
         .await?;
     }
     Ok(logged)
+}
+
+/// Moves each user's event counter on by their count in one statement, and answers
+/// each user's last number (a user who no longer exists is missing). The counter's row
+/// lock keeps a user's events committing in number order. On PostgreSQL the rows are
+/// first locked in id order, so two transactions numbering for the same users never
+/// wait on each other in a cycle; SQLite has one writer.
+async fn take_numbers(
+    txn: &impl ConnectionTrait,
+    wanted: &[(UserId, i64)],
+) -> Result<BTreeMap<UserId, i64>, DbErr> {
+    let backend = txn.get_database_backend();
+    let ids: Vec<i64> = wanted.iter().map(|(id, _)| id.0).collect();
+    let counts: Vec<i64> = wanted.iter().map(|(_, n)| *n).collect();
+    let rows = if backend == DbBackend::Postgres {
+        txn.execute(Statement::from_sql_and_values(
+            backend,
+            "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            [ids.clone().into()],
+        ))
+        .await?;
+        txn.query_all(Statement::from_sql_and_values(
+            backend,
+            "UPDATE users AS u SET event_seq = u.event_seq + v.n \
+             FROM unnest($1::bigint[], $2::bigint[]) AS v(id, n) \
+             WHERE u.id = v.id RETURNING u.id, u.event_seq",
+            [ids.into(), counts.into()],
+        ))
+        .await?
+    } else {
+        // As JSON, one parameter whatever the batch's size.
+        let counts: serde_json::Map<String, serde_json::Value> = wanted
+            .iter()
+            .map(|(id, n)| (id.0.to_string(), (*n).into()))
+            .collect();
+        txn.query_all(Statement::from_sql_and_values(
+            backend,
+            "UPDATE users SET event_seq = event_seq + v.n \
+             FROM (SELECT CAST(key AS INTEGER) AS id, value AS n FROM json_each(?)) AS v \
+             WHERE users.id = v.id RETURNING users.id AS id, users.event_seq AS event_seq",
+            [serde_json::Value::Object(counts).to_string().into()],
+        ))
+        .await?
+    };
+    rows.into_iter()
+        .map(|row| {
+            let id: i64 = row.try_get("", "id")?;
+            let last: i64 = row.try_get("", "event_seq")?;
+            Ok((UserId(id), last))
+        })
+        .collect()
 }
 
 /// An event as it travels between gateways: its JSON with the user it belongs to.

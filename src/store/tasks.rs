@@ -3,7 +3,10 @@
 
 use entity::prelude::{Image, Task};
 use entity::{image, task};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement,
+};
 
 use super::StoreError;
 use crate::domain::{
@@ -84,23 +87,46 @@ pub async fn queued_ids(db: &DatabaseConnection) -> Result<Vec<TaskId>, StoreErr
     Ok(ids.into_iter().map(TaskId::from).collect())
 }
 
-/// The ids of the user's oldest QUEUED tasks, at most `limit`.
+/// Each of these users' oldest QUEUED tasks, at most `limit` a user, in one statement
+/// per 500 users (on the user and status index).
 pub async fn queued_ids_of(
     db: &DatabaseConnection,
-    user_id: UserId,
+    users: &[UserId],
     limit: u64,
-) -> Result<Vec<TaskId>, StoreError> {
-    let ids: Vec<String> = Task::find()
-        .select_only()
-        .column(task::Column::TaskId)
-        .filter(task::Column::UserId.eq(user_id.0))
-        .filter(task::Column::Status.eq(TaskStatus::Queued))
-        .order_by_asc(task::Column::Id)
-        .limit(limit)
-        .into_tuple()
-        .all(db)
-        .await?;
-    Ok(ids.into_iter().map(TaskId::from).collect())
+) -> Result<Vec<(UserId, TaskId)>, StoreError> {
+    let backend = db.get_database_backend();
+    let mut found = Vec::new();
+    for chunk in users.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len())
+            .map(|i| match backend {
+                DbBackend::Postgres => format!("${i}"),
+                _ => "?".to_string(),
+            })
+            .collect();
+        let limit_at = match backend {
+            DbBackend::Postgres => format!("${}", chunk.len() + 1),
+            _ => "?".to_string(),
+        };
+        let sql = format!(
+            "SELECT user_id, task_id FROM (\
+               SELECT user_id, task_id, id, \
+                 ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id) AS place \
+               FROM tasks WHERE status = 'QUEUED' AND user_id IN ({})) AS oldest \
+             WHERE place <= {limit_at} ORDER BY user_id, id",
+            placeholders.join(", ")
+        );
+        let mut values: Vec<sea_orm::Value> = chunk.iter().map(|u| u.0.into()).collect();
+        values.push((limit as i64).into());
+        let rows = db
+            .query_all(Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+        for row in rows {
+            let user_id: i64 = row.try_get("", "user_id")?;
+            let task_id: String = row.try_get("", "task_id")?;
+            found.push((UserId(user_id), TaskId::from(task_id)));
+        }
+    }
+    Ok(found)
 }
 
 /// Those of these tasks still QUEUED, in submission order.

@@ -157,17 +157,138 @@ impl FairQueue {
 
     /// The 1-based place the task will be served in, if it is queued. Exact within its
     /// class; across classes it assumes the VIP share as it stands.
+    #[cfg(test)]
     pub fn position(&self, task_id: &TaskId, user_id: UserId) -> Option<usize> {
-        let owner = self.owner(user_id);
+        self.positions(&[(task_id, user_id)])[0]
+    }
+
+    /// The places of many tasks at once (see `position`), in O((owners + asked) · log owners) rather
+    /// than a walk of every lane per task (progress asks for thousands each second).
+    ///
+    /// A task at `index` in its owner's lane is served after `index` rounds; each round
+    /// serves one task of every other owner with work left, and the owners before its
+    /// owner in the ring get one round more. So the tasks of its class ahead of it are
+    /// Σ min(len, index) over every lane (its own counts `index`), plus the owners before
+    /// it whose lanes are longer than `index`.
+    pub fn positions(&self, asked: &[(&TaskId, UserId)]) -> Vec<Option<usize>> {
+        let mut found = vec![None; asked.len()];
+        let share = self.vip_share as usize;
+        let total = |class| -> usize {
+            self.ring_of(class)
+                .iter()
+                .map(|o| self.lanes.get(&(class, *o)).map_or(0, VecDeque::len))
+                .sum()
+        };
+        let (vips, normals) = (total(Priority::Vip), total(Priority::Normal));
+        for class in [Priority::Vip, Priority::Normal] {
+            let ring = self.ring_of(class);
+            let lens: Vec<usize> = ring
+                .iter()
+                .map(|o| self.lanes.get(&(class, *o)).map_or(0, VecDeque::len))
+                .collect();
+            let place: HashMap<Owner, usize> =
+                ring.iter().enumerate().map(|(i, o)| (*o, i)).collect();
+            // (answer slot, owner's place in the ring, index in its lane)
+            let mut queries: Vec<(usize, usize, usize)> = Vec::new();
+            for (slot, (task_id, user_id)) in asked.iter().enumerate() {
+                let owner = self.owner(*user_id);
+                let Some(lane) = self.lanes.get(&(class, owner)) else {
+                    continue;
+                };
+                if let Some(index) = lane.iter().position(|t| t.task_id == **task_id) {
+                    queries.push((slot, place[&owner], index));
+                }
+            }
+            if queries.is_empty() {
+                continue;
+            }
+            let mut sorted = lens.clone();
+            sorted.sort_unstable();
+            let mut prefix = vec![0usize; sorted.len() + 1];
+            for (i, len) in sorted.iter().enumerate() {
+                prefix[i + 1] = prefix[i] + len;
+            }
+            let sum_min = |k: usize| {
+                let shorter = sorted.partition_point(|&len| len < k);
+                prefix[shorter] + (sorted.len() - shorter) * k
+            };
+            // Owners before a place with lanes longer than the index: the queries by
+            // falling index, adding owners by falling length to a count over places.
+            let mut by_len: Vec<usize> = (0..lens.len()).collect();
+            by_len.sort_unstable_by(|a, b| lens[*b].cmp(&lens[*a]));
+            queries.sort_unstable_by_key(|q| std::cmp::Reverse(q.2));
+            let mut longer = Fenwick::new(lens.len());
+            let mut added = 0;
+            for (slot, at, index) in queries {
+                while added < by_len.len() && lens[by_len[added]] > index {
+                    longer.add(by_len[added]);
+                    added += 1;
+                }
+                let ahead = sum_min(index) + longer.before(at);
+                let interleaved = match class {
+                    Priority::Vip if share > 0 => normals.min(ahead / share),
+                    Priority::Normal => {
+                        vips.min((share * (ahead + 1)).saturating_sub(self.vip_streak as usize))
+                    }
+                    Priority::Vip => 0,
+                };
+                found[slot] = Some(ahead + interleaved + 1);
+            }
+        }
+        found
+    }
+
+    fn ring_of(&self, class: Priority) -> &VecDeque<Owner> {
+        match class {
+            Priority::Vip => &self.vip_ring,
+            Priority::Normal => &self.normal_ring,
+        }
+    }
+}
+
+/// Counts of marked places, with the count before a place in O(log n).
+struct Fenwick(Vec<usize>);
+
+impl Fenwick {
+    fn new(n: usize) -> Fenwick {
+        Fenwick(vec![0; n + 1])
+    }
+
+    fn add(&mut self, place: usize) {
+        let mut i = place + 1;
+        while i < self.0.len() {
+            self.0[i] += 1;
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    /// Marked places before `place`.
+    fn before(&self, place: usize) -> usize {
+        let (mut i, mut count) = (place, 0);
+        while i > 0 {
+            count += self.0[i];
+            i -= i & i.wrapping_neg();
+        }
+        count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The place of one task by walking every lane, as `positions` must agree with.
+    fn walked_position(queue: &FairQueue, task_id: &TaskId, user_id: UserId) -> Option<usize> {
+        let owner = queue.owner(user_id);
         let (class, index) = [Priority::Vip, Priority::Normal]
             .into_iter()
             .find_map(|class| {
-                let lane = self.lanes.get(&(class, owner))?;
+                let lane = queue.lanes.get(&(class, owner))?;
                 Some((class, lane.iter().position(|t| t.task_id == *task_id)?))
             })?;
         let ring = match class {
-            Priority::Vip => &self.vip_ring,
-            Priority::Normal => &self.normal_ring,
+            Priority::Vip => &queue.vip_ring,
+            Priority::Normal => &queue.normal_ring,
         };
         // Users take one task per round; those before this user in the ring get one more
         // round than those after it.
@@ -178,32 +299,61 @@ impl FairQueue {
                 before = false;
                 continue;
             }
-            let queued = self.lanes.get(&(class, *other)).map_or(0, VecDeque::len);
+            let queued = queue.lanes.get(&(class, *other)).map_or(0, VecDeque::len);
             ahead += queued.min(index + usize::from(before));
         }
         let other_class = |class: Priority| -> usize {
             let ring = match class {
-                Priority::Vip => &self.vip_ring,
-                Priority::Normal => &self.normal_ring,
+                Priority::Vip => &queue.vip_ring,
+                Priority::Normal => &queue.normal_ring,
             };
             ring.iter()
-                .map(|o| self.lanes.get(&(class, *o)).map_or(0, VecDeque::len))
+                .map(|o| queue.lanes.get(&(class, *o)).map_or(0, VecDeque::len))
                 .sum()
         };
-        let share = self.vip_share as usize;
+        let share = queue.vip_share as usize;
         let interleaved = match class {
             Priority::Vip if share > 0 => other_class(Priority::Normal).min(ahead / share),
             Priority::Normal => other_class(Priority::Vip)
-                .min((share * (ahead + 1)).saturating_sub(self.vip_streak as usize)),
+                .min((share * (ahead + 1)).saturating_sub(queue.vip_streak as usize)),
             Priority::Vip => 0,
         };
         Some(ahead + interleaved + 1)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    #[test]
+    fn positions_at_once_agree_with_a_walk_of_every_lane() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for round in 0..200 {
+            let (fair, share) = (round % 5 != 0, [0, 1, 4][round % 3]);
+            let mut queue = FairQueue::new(fair, share);
+            let mut ids = Vec::new();
+            for i in 0..rng.gen_range(1..60) {
+                let user = rng.gen_range(1..8);
+                let priority = if rng.gen_bool(0.3) {
+                    Priority::Vip
+                } else {
+                    Priority::Normal
+                };
+                let name = format!("t{i}");
+                queue.push_back(task(&name, user, priority));
+                ids.push((id(&name), UserId(user)));
+            }
+            // Serve a few, so the rings have turned and a VIP streak may stand.
+            for _ in 0..rng.gen_range(0..5) {
+                queue.pop();
+            }
+            ids.push((id("absent"), UserId(1)));
+            let asked: Vec<(&TaskId, UserId)> = ids.iter().map(|(t, u)| (t, *u)).collect();
+            let walked: Vec<Option<usize>> = ids
+                .iter()
+                .map(|(t, u)| walked_position(&queue, t, *u))
+                .collect();
+            assert_eq!(queue.positions(&asked), walked, "round {round}");
+        }
+    }
+
     use crate::domain::{ImageJob, NewTask};
 
     fn task(id: &str, user_id: i64, priority: Priority) -> QueuedTask {

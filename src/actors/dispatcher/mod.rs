@@ -451,30 +451,32 @@ impl Handler<TaskCancelled> for Dispatcher {
 impl Handler<QueuePositions> for Dispatcher {
     type Result = ResponseFuture<Result<Vec<Option<usize>>, StoreError>>;
 
-    fn handle(&mut self, msg: QueuePositions, _: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        QueuePositions(asked): QueuePositions,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
         if let Some(shared) = &self.shared {
             let (db, share) = (self.db.clone(), shared.vip_share);
             return Box::pin(async move {
-                let found = store::cluster::positions(&db, &msg.task_ids, share).await?;
-                Ok(msg
-                    .task_ids
-                    .iter()
-                    .map(|id| found.get(id).copied())
-                    .collect())
+                let ids: Vec<TaskId> = asked.iter().map(|(_, id)| id.clone()).collect();
+                let found = store::cluster::positions(&db, &ids, share).await?;
+                Ok(ids.iter().map(|id| found.get(id).copied()).collect())
             });
         }
+        let in_queue: Vec<(&TaskId, UserId)> = asked.iter().map(|(u, t)| (t, *u)).collect();
         // A task a worker holds while it waits for an instance, or one waiting out a
         // retry's backoff, is still QUEUED: it is next, ahead of the queue.
-        let next = |task_id: &TaskId| {
-            (self.running.contains_key(task_id) || self.retrying.contains(task_id)).then_some(1)
-        };
-        let positions = msg
-            .task_ids
-            .iter()
-            .map(|task_id| {
-                self.queue
-                    .position(task_id, msg.user_id)
-                    .or_else(|| next(task_id))
+        let positions = self
+            .queue
+            .positions(&in_queue)
+            .into_iter()
+            .zip(&asked)
+            .map(|(position, (_, task_id))| {
+                position.or_else(|| {
+                    (self.running.contains_key(task_id) || self.retrying.contains(task_id))
+                        .then_some(1)
+                })
             })
             .collect();
         Box::pin(async move { Ok(positions) })

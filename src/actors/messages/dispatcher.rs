@@ -83,13 +83,11 @@ pub struct ImageTargets(pub Vec<(String, u32)>);
 #[rtype(result = "Result<Vec<entity::node::Model>, StoreError>")]
 pub struct ListNodes;
 
-/// The 1-based queue positions of these tasks of the user (`None`: not queued here).
+/// The 1-based queue positions of these tasks, each with its owner, in the order asked
+/// (`None`: not queued here).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Option<usize>>, StoreError>")]
-pub struct QueuePositions {
-    pub user_id: UserId,
-    pub task_ids: Vec<TaskId>,
-}
+pub struct QueuePositions(pub Vec<(UserId, TaskId)>);
 
 /// Stop admitting and dispatching; wait up to `grace` for running tasks, then abort the
 /// rest and put them back to QUEUED for the next start.
