@@ -239,7 +239,8 @@ pub async fn claim(
                    ORDER BY grp, class, fair_key, id LIMIT $2) \
                  UPDATE tasks t SET holder = $1, lease_until = now() + $3 * interval '1 millisecond' \
                  FROM chosen WHERE t.id = chosen.id \
-                 RETURNING t.*, chosen.class, chosen.grp, (SELECT count(*) FROM normal) AS normals"
+                 RETURNING t.*, chosen.class, chosen.grp, (SELECT count(*) FROM normal) AS normals, \
+                   coalesce((SELECT value FROM streak), 0) AS streak"
             ),
             order.vip_share as i64,
         )
@@ -250,7 +251,7 @@ pub async fn claim(
     }
     let rows = txn.query_all(statement(&sql, values)).await?;
     let mut claimed: Vec<(i64, i32, QueryResult)> = Vec::with_capacity(rows.len());
-    let mut normals_waiting = 0i64;
+    let (mut normals_waiting, mut streak) = (0i64, 0i64);
     for row in rows {
         let class: i32 = row.try_get("", "class")?;
         let grp: i64 = if order.vip_share > 0 {
@@ -259,6 +260,9 @@ pub async fn claim(
             0
         };
         normals_waiting = row.try_get("", "normals")?;
+        if order.vip_share > 0 {
+            streak = row.try_get("", "streak")?;
+        }
         claimed.push((grp, class, row));
     }
     claimed.sort_by_key(|(grp, class, row)| {
@@ -273,7 +277,7 @@ pub async fn claim(
         let streak = next_streak(
             &claimed.iter().map(|(_, c, _)| *c == 0).collect::<Vec<_>>(),
             normals_waiting > 0,
-            current_streak(&txn).await?,
+            streak,
         );
         txn.execute(statement(
             "UPDATE cluster_state SET value = $1 WHERE key = 'vip_streak'",
@@ -291,19 +295,6 @@ pub async fn claim(
         })
         .collect::<Result<_, sea_orm::DbErr>>()
         .map_err(Into::into)
-}
-
-async fn current_streak(db: &impl ConnectionTrait) -> Result<i64, StoreError> {
-    let row = db
-        .query_one(statement(
-            "SELECT value FROM cluster_state WHERE key = 'vip_streak'",
-            vec![],
-        ))
-        .await?;
-    Ok(row
-        .map(|r| r.try_get("", "value"))
-        .transpose()?
-        .unwrap_or(0))
 }
 
 /// The VIP streak after dispatching `vips` (true: a VIP task) in order, as the in-memory

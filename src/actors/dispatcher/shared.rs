@@ -2,6 +2,9 @@
 //! Idle workers get tasks claimed in the global fair order (never more than there are
 //! free call slots on the instances this gateway may call, so none hoards work it cannot
 //! start), on a wake-up from any gateway, after each task and on a poll as a backstop.
+//! A worker whose call ended on a slot it kept gets one task claimed for that slot at
+//! once, the moment its call ends: that claim needs no free slot, so it neither counts
+//! them nor waits for the other claims, and the GPU idles only for that one statement.
 //! A heartbeat renews this gateway's claims and takes over those of gateways that
 //! stopped renewing theirs.
 
@@ -12,7 +15,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::Dispatcher;
-use crate::actors::messages::{ImageTargets, Run};
+use crate::actors::messages::{ImageTargets, Lease, Run, WorkerHandle};
 use crate::cluster::{hostname, Cluster};
 use crate::domain::{QueuedTask, TaskId};
 use crate::store::cluster::{self as shared, ClaimOrder};
@@ -126,11 +129,8 @@ impl Dispatcher {
     }
 
     fn start_claimed(
-        idle: &mut Vec<crate::actors::messages::WorkerHandle>,
-        running: &mut std::collections::HashMap<
-            TaskId,
-            (crate::actors::messages::WorkerHandle, crate::domain::UserId),
-        >,
+        idle: &mut Vec<WorkerHandle>,
+        running: &mut std::collections::HashMap<TaskId, (WorkerHandle, crate::domain::UserId)>,
         claimed: &mut VecDeque<QueuedTask>,
         task: QueuedTask,
     ) {
@@ -139,14 +139,73 @@ impl Dispatcher {
             return;
         };
         let (task_id, user_id) = (task.task_id.clone(), task.user_id);
-        match worker.run.try_send(Run(task)) {
+        match worker.run.try_send(Run(task, None)) {
             Ok(()) => {
                 running.insert(task_id, (worker, user_id));
             }
-            Err(SendError::Full(Run(task)) | SendError::Closed(Run(task))) => {
+            Err(SendError::Full(Run(task, _)) | SendError::Closed(Run(task, _))) => {
                 claimed.push_front(task)
             }
         }
+    }
+
+    /// Claims the next task for a worker that kept the lease its last call ended on, and
+    /// runs it on that lease. With nothing to claim the lease is dropped (its slot goes
+    /// back) and the worker is idle like any other.
+    pub(super) fn claim_next(
+        &mut self,
+        worker: WorkerHandle,
+        lease: Lease,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(shared) = self.shared.as_ref() else {
+            drop(lease);
+            self.idle.push(worker);
+            return self.dispatch(ctx);
+        };
+        if self.draining || self.paused {
+            drop(lease);
+            self.idle.push(worker);
+            return;
+        }
+        let (db, cluster) = (self.db.clone(), shared.cluster.clone());
+        let order = ClaimOrder {
+            vip_share: shared.vip_share,
+        };
+        let claim = async move { shared::claim(&db, &cluster.node, 1, cluster.lease, order).await };
+        ctx.spawn(claim.into_actor(self).map(move |claimed, dispatcher, ctx| {
+            let task = match claimed {
+                Ok(mut tasks) => tasks.pop(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim a task for a kept slot; giving it back");
+                    None
+                }
+            };
+            let Some(task) = task else {
+                drop(lease);
+                dispatcher.idle.push(worker);
+                return dispatcher.claim(ctx);
+            };
+            if dispatcher.draining {
+                // Claimed as the drain began: back to the others with the rest.
+                drop(lease);
+                return dispatcher.hand_back(ctx);
+            }
+            let (task_id, user_id) = (task.task_id.clone(), task.user_id);
+            match worker.run.try_send(Run(task, Some(lease))) {
+                Ok(()) => {
+                    dispatcher.running.insert(task_id, (worker, user_id));
+                }
+                // Not idle after all (its supervisor will announce it again): the task
+                // waits for another worker, and the lease goes back.
+                Err(SendError::Full(Run(task, _)) | SendError::Closed(Run(task, _))) => {
+                    if let Some(shared) = dispatcher.shared.as_mut() {
+                        shared.claimed.push_front(task);
+                    }
+                    dispatcher.claim(ctx);
+                }
+            }
+        }));
     }
 
     /// Renews this gateway's claims (and says it is alive), then takes over the tasks of
