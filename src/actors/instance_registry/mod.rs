@@ -3,7 +3,8 @@
 //! Owns every instance's configuration, health, in-flight count (never above its
 //! capacity) and figures, the per-kind balancing strategy, and the first-come line of
 //! `Acquire` requests that found no instance with room. Only this actor changes that
-//! state: workers get a `Lease` and give it back with the call's outcome, and admins add,
+//! state: workers get a `Lease` and give it back with the call's outcome (with several
+//! gateways, `CallEnded` may let them keep it for their next task), and admins add,
 //! change and remove instances through it (it writes their rows too). Whenever the
 //! enabled image capacity changes it tells the WorkerPool, which sizes the workers to it.
 //!

@@ -15,9 +15,8 @@
 //! usable capacity. A slot kept for `KEEP_SLOT_FOR` goes back, so that a task another
 //! gateway claimed and holds, waiting for a slot, gets its turn.
 
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
