@@ -1,9 +1,10 @@
 //! Listener: the wake-ups other gateways on the same PostgreSQL database send with
 //! `NOTIFY`, passed to the actor each concerns: work queued (the Dispatcher claims), a
-//! task cancelled (its Dispatcher aborts it if it runs here), instances changed and a
-//! call slot freed (the InstanceRegistry), a user shut out (the event hub ends their
-//! streams, the standing check forgets them); and every gateway's task events, this
-//! one's included, in commit order, for the event hub. Notifications sent while its
+//! task cancelled (its Dispatcher aborts it if it runs here), instances changed (the
+//! InstanceRegistry), a call slot freed (the registry's waiters, and the Dispatcher,
+//! whose claims count free slots), a user shut out (the event hub ends their streams,
+//! the standing check forgets them); and every gateway's task events, this one's
+//! included, in commit order, for the event hub. Notifications sent while its
 //! connection is down are lost, so every (re)connection is followed by a resync of all
 //! of them (streams read the event log); the Dispatcher's and the registry's polls are
 //! the backstop in between.
@@ -110,7 +111,11 @@ impl Routes {
             _ => match payload {
                 "q" => self.dispatcher.do_send(Wake),
                 "i" => self.registry.do_send(ReloadInstances),
-                "s" => self.registry.do_send(SlotFreed),
+                // The waiters may take it, and an idle worker's claim may count it.
+                "s" => {
+                    self.registry.do_send(SlotFreed);
+                    self.dispatcher.do_send(Wake);
+                }
                 other => tracing::debug!(payload = other, "unknown notification"),
             },
         }

@@ -6,9 +6,10 @@
 //!               Worker[slot] ◀─Run─ Dispatcher
 //!                   │ Acquire ─▶ InstanceRegistry ─▶ Lease
 //!                   │ backend call (awc, timeout)
-//!                   │ Lease::release ─▶ InstanceRegistry
 //!                   │ FinishTask ─▶ TaskStore
-//!                   └ WorkerIdle ─▶ Dispatcher
+//!                   │ Lease::release ─▶ InstanceRegistry (several gateways: CallEnded,
+//!                   │                   which may answer the lease kept)
+//!                   └ WorkerIdle (with a kept lease) ─▶ Dispatcher
 //!
 //! InstanceRegistry ──ImageCapacity──▶ WorkerPool (starts Workers) ──ResizeWorkers──▶ Dispatcher
 //!

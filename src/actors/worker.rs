@@ -3,7 +3,10 @@
 //! Owns its awc client and the handle of the task it runs (so a cancel or a shutdown can
 //! drop the backend call at once); everything it learns goes to the actor that owns it:
 //! a lease back to the InstanceRegistry, the task's end to the TaskStore, a retry and
-//! its own idleness to the Dispatcher, which then hands it the next task.
+//! its own idleness to the Dispatcher, which then hands it the next task. With several
+//! gateways a call that succeeded may leave the worker holding its lease (the registry
+//! decides), which goes with its idleness to the Dispatcher and comes back with the next
+//! task, so that task starts without giving the shared slot back and taking one again.
 
 use std::time::{Duration, Instant};
 
@@ -63,14 +66,15 @@ impl Worker {
         }
     }
 
-    fn report_idle(&mut self, ctx: &mut Context<Self>) {
+    fn report_idle(&mut self, kept: Option<Lease>, ctx: &mut Context<Self>) {
         self.current = None;
         let me = ctx.address();
-        self.deps.dispatcher.do_send(WorkerIdle(WorkerHandle {
+        let handle = WorkerHandle {
             slot: self.slot,
             run: me.clone().recipient(),
             abort: me.recipient(),
-        }));
+        };
+        self.deps.dispatcher.do_send(WorkerIdle(handle, kept));
     }
 }
 
@@ -79,7 +83,7 @@ impl Actor for Worker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.client = Some(backends::client());
-        self.report_idle(ctx);
+        self.report_idle(None, ctx);
     }
 }
 
@@ -89,7 +93,7 @@ impl Supervised for Worker {}
 impl Handler<Run> for Worker {
     type Result = ();
 
-    fn handle(&mut self, Run(task): Run, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Run(task, kept): Run, ctx: &mut Context<Self>) {
         let span = tracing::info_span!(
             "task attempt",
             otel.name = "image task attempt",
@@ -106,11 +110,11 @@ impl Handler<Run> for Worker {
         let client = self.client.clone().expect("client is created in started");
         // A panic inside the attempt is contained here: its lease is released as the
         // future unwinds, the task is put back (or failed), and the worker restarts.
-        let run = AssertUnwindSafe(run_task(self.deps.clone(), client, task.clone()))
+        let run = AssertUnwindSafe(run_task(self.deps.clone(), client, task.clone(), kept))
             .catch_unwind()
             .instrument(span.clone());
         let handle = ctx.spawn(run.into_actor(self).map(move |ran, worker, ctx| match ran {
-            Ok(()) => worker.report_idle(ctx),
+            Ok(kept) => worker.report_idle(kept, ctx),
             Err(panic) => worker.crashed(task, panic_message(&panic), span, ctx),
         }));
         self.current = Some((task_id, handle));
@@ -183,7 +187,7 @@ impl Handler<Abort> for Worker {
             if running == task_id {
                 ctx.cancel_future(handle);
                 tracing::info!(%task_id, slot = self.slot, "task aborted");
-                self.report_idle(ctx);
+                self.report_idle(None, ctx);
             } else {
                 self.current = Some((running, handle));
             }
@@ -191,9 +195,17 @@ impl Handler<Abort> for Worker {
     }
 }
 
-async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
-    let Some(lease) = acquire(&deps, &task).await else {
-        return;
+/// Runs one attempt; answers the lease when the registry lets the worker keep it.
+async fn run_task(
+    deps: WorkerDeps,
+    client: awc::Client,
+    mut task: QueuedTask,
+    kept: Option<Lease>,
+) -> Option<Lease> {
+    // A kept lease serves unless the task is to avoid its instance (dropped, it goes back).
+    let lease = match kept.filter(|lease| Some(lease.instance_id()) != task.avoid) {
+        Some(lease) => lease,
+        None => acquire(&deps, &task).await?,
     };
     tracing::Span::current().record("instance", lease.shown_url.as_str());
     let attempt = task.attempts + 1;
@@ -248,9 +260,13 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         }
         Ok(false) => {
             tracing::debug!("task is no longer queued; skipping it");
-            return lease.release(CallOutcome::Neutral);
+            lease.release(CallOutcome::Neutral);
+            return None;
         }
-        Err(e) => return retry_soon(&deps, task, lease, e.to_string()),
+        Err(e) => {
+            retry_soon(&deps, task, lease, e.to_string());
+            return None;
+        }
     }
     let result = match answered {
         Some(result) => result,
@@ -267,19 +283,18 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
     let expect = Expect::Running { attempt };
     let error = match result {
         Ok(image) => {
-            lease.release(CallOutcome::Success {
-                latency: started.elapsed(),
-            });
+            let latency = started.elapsed();
             tracing::debug!(
                 bytes = image.bytes.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = latency.as_millis() as u64,
                 "task done"
             );
             let outcome = TaskOutcome::Done {
                 content_type: image.content_type,
                 bytes: image.bytes,
             };
-            return hand_over(&deps, &task, expect, outcome, ran);
+            hand_over(&deps, &task, expect, outcome, ran);
+            return end_call(&deps, lease, CallOutcome::Success { latency }).await;
         }
         Err(error) => error,
     };
@@ -298,7 +313,7 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
             task.avoid = Some(instance_id);
             deps.dispatcher.do_send(RetryLater { task, delay });
         }
-        return;
+        return None;
     }
     tracing::warn!(%error, "task failed");
     let error = if attempt > 1 {
@@ -307,6 +322,23 @@ async fn run_task(deps: WorkerDeps, client: awc::Client, mut task: QueuedTask) {
         error.to_string()
     };
     hand_over(&deps, &task, expect, TaskOutcome::Failed { error }, ran);
+    None
+}
+
+/// Gives the lease back with the call's outcome; with a shared slot, the registry may
+/// answer it kept instead.
+async fn end_call(deps: &WorkerDeps, lease: Lease, outcome: CallOutcome) -> Option<Lease> {
+    if lease.slot().is_none() {
+        lease.release(outcome);
+        return None;
+    }
+    // Unanswered (the registry restarting), the lease is dropped with the message: it
+    // goes back.
+    deps.registry
+        .send(CallEnded { lease, outcome })
+        .await
+        .ok()
+        .flatten()
 }
 
 /// A lease on an instance with room, or `None` once the task has been failed for want

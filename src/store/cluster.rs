@@ -14,7 +14,7 @@ use entity::prelude::Node;
 use entity::{node, task};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    FromQueryResult, QueryFilter, QueryResult, Statement, TransactionTrait, Value,
+    FromQueryResult, QueryFilter, Statement, TransactionTrait, Value,
 };
 
 use super::events::NewEvent;
@@ -193,8 +193,9 @@ pub struct ClaimOrder {
 }
 
 /// Claims up to `n` ready QUEUED tasks for `node`, in the global fair order (users in
-/// turn by `fair_key`, VIP before normal within the VIP share), in one statement: rows
-/// other processes are claiming are skipped, not waited for. Answers them in order.
+/// turn by `fair_key`, VIP before normal within the VIP share), in one statement and
+/// one round trip (the VIP streak is read, locked and written by that statement too):
+/// rows other processes are claiming are skipped, not waited for. Answers them in order.
 pub async fn claim(
     db: &DatabaseConnection,
     node: &NodeId,
@@ -205,116 +206,61 @@ pub async fn claim(
     if n == 0 {
         return Ok(Vec::new());
     }
-    use sea_orm::TransactionTrait;
-    let txn = db.begin().await?;
     let ready = "status = 'QUEUED' AND (holder IS NULL OR lease_until < now()) \
                  AND (run_after IS NULL OR run_after <= now())";
-    let (sql, share) = if order.vip_share == 0 {
-        (
-            format!(
-                "WITH chosen AS ( \
-                   SELECT id, 1 AS class FROM tasks WHERE {ready} \
-                   ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 UPDATE tasks t SET holder = $1, lease_until = now() + $3 * interval '1 millisecond' \
-                 FROM chosen WHERE t.id = chosen.id \
-                 RETURNING t.*, chosen.class, 0::bigint AS normals"
-            ),
-            1,
+    let take =
+        "UPDATE tasks t SET holder = $1, lease_until = now() + $3 * interval '1 millisecond' \
+                FROM chosen WHERE t.id = chosen.id";
+    let mut values: Vec<Value> = vec![node.as_str().into(), (n as i64).into(), millis(lease)];
+    let sql = if order.vip_share == 0 {
+        format!(
+            "WITH chosen AS ( \
+               SELECT id, row_number() OVER (ORDER BY fair_key, id) AS rn FROM tasks \
+               WHERE {ready} ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             {take} RETURNING t.*, chosen.rn"
         )
     } else {
-        (
-            format!(
-                "WITH streak AS (SELECT value FROM cluster_state WHERE key = 'vip_streak' FOR UPDATE), \
-                 vip AS (SELECT id, fair_key FROM tasks WHERE {ready} AND priority = 'vip' \
-                   ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                 normal AS (SELECT id, fair_key FROM tasks WHERE {ready} AND priority <> 'vip' \
-                   ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                 ranked AS ( \
-                   SELECT id, fair_key, 0 AS class, \
-                     (row_number() OVER (ORDER BY fair_key, id) - 1 \
-                       + coalesce((SELECT value FROM streak), 0)) / $4 AS grp FROM vip \
-                   UNION ALL \
-                   SELECT id, fair_key, 1 AS class, \
-                     row_number() OVER (ORDER BY fair_key, id) - 1 AS grp FROM normal), \
-                 chosen AS (SELECT id, class, grp, fair_key FROM ranked \
-                   ORDER BY grp, class, fair_key, id LIMIT $2) \
-                 UPDATE tasks t SET holder = $1, lease_until = now() + $3 * interval '1 millisecond' \
-                 FROM chosen WHERE t.id = chosen.id \
-                 RETURNING t.*, chosen.class, chosen.grp, (SELECT count(*) FROM normal) AS normals"
-            ),
-            order.vip_share as i64,
+        values.push((order.vip_share as i64).into());
+        // The streak after these dispatches, as the in-memory fair queue counts it (VIP
+        // dispatches in a row while normal tasks waited): those after the last normal
+        // one; with none normal, one more each while normal tasks wait; else none.
+        format!(
+            "WITH streak AS (SELECT value FROM cluster_state WHERE key = 'vip_streak' FOR UPDATE), \
+             vip AS (SELECT id, fair_key FROM tasks WHERE {ready} AND priority = 'vip' \
+               ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             normal AS (SELECT id, fair_key FROM tasks WHERE {ready} AND priority <> 'vip' \
+               ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             ranked AS ( \
+               SELECT id, fair_key, 0 AS class, \
+                 (row_number() OVER (ORDER BY fair_key, id) - 1 \
+                   + coalesce((SELECT value FROM streak), 0)) / $4 AS grp FROM vip \
+               UNION ALL \
+               SELECT id, fair_key, 1 AS class, \
+                 row_number() OVER (ORDER BY fair_key, id) - 1 AS grp FROM normal), \
+             chosen AS (SELECT id, class, \
+                 row_number() OVER (ORDER BY grp, class, fair_key, id) AS rn FROM ranked \
+               ORDER BY grp, class, fair_key, id LIMIT $2), \
+             claimed AS ({take} RETURNING t.*, chosen.rn), \
+             counted AS (UPDATE cluster_state SET value = CASE \
+                 WHEN EXISTS (SELECT 1 FROM chosen WHERE class = 1) THEN (SELECT count(*) \
+                   FROM chosen WHERE rn > (SELECT max(rn) FROM chosen WHERE class = 1)) \
+                 WHEN EXISTS (SELECT 1 FROM normal) \
+                   THEN coalesce((SELECT value FROM streak), 0) + (SELECT count(*) FROM chosen) \
+                 ELSE 0 END \
+               WHERE key = 'vip_streak' AND EXISTS (SELECT 1 FROM chosen)) \
+             SELECT * FROM claimed"
         )
     };
-    let mut values: Vec<Value> = vec![node.as_str().into(), (n as i64).into(), millis(lease)];
-    if order.vip_share > 0 {
-        values.push(share.into());
-    }
-    let rows = txn.query_all(statement(&sql, values)).await?;
-    let mut claimed: Vec<(i64, i32, QueryResult)> = Vec::with_capacity(rows.len());
-    let mut normals_waiting = 0i64;
-    for row in rows {
-        let class: i32 = row.try_get("", "class")?;
-        let grp: i64 = if order.vip_share > 0 {
-            row.try_get("", "grp")?
-        } else {
-            0
-        };
-        normals_waiting = row.try_get("", "normals")?;
-        claimed.push((grp, class, row));
-    }
-    claimed.sort_by_key(|(grp, class, row)| {
-        (
-            *grp,
-            *class,
-            row.try_get::<i64>("", "fair_key").unwrap_or(0),
-            row.try_get::<i64>("", "id").unwrap_or(0),
-        )
-    });
-    if order.vip_share > 0 && !claimed.is_empty() {
-        let streak = next_streak(
-            &claimed.iter().map(|(_, c, _)| *c == 0).collect::<Vec<_>>(),
-            normals_waiting > 0,
-            current_streak(&txn).await?,
-        );
-        txn.execute(statement(
-            "UPDATE cluster_state SET value = $1 WHERE key = 'vip_streak'",
-            vec![streak.into()],
-        ))
-        .await?;
-    }
-    txn.commit().await?;
-    claimed
-        .into_iter()
-        .map(|(_, _, row)| {
+    let mut rows = db.query_all(statement(&sql, values)).await?;
+    rows.sort_by_key(|row| row.try_get::<i64>("", "rn").unwrap_or(0));
+    rows.iter()
+        .map(|row| {
             Ok(super::tasks::queued_task(task::Model::from_query_result(
-                &row, "",
+                row, "",
             )?))
         })
         .collect::<Result<_, sea_orm::DbErr>>()
         .map_err(Into::into)
-}
-
-async fn current_streak(db: &impl ConnectionTrait) -> Result<i64, StoreError> {
-    let row = db
-        .query_one(statement(
-            "SELECT value FROM cluster_state WHERE key = 'vip_streak'",
-            vec![],
-        ))
-        .await?;
-    Ok(row
-        .map(|r| r.try_get("", "value"))
-        .transpose()?
-        .unwrap_or(0))
-}
-
-/// The VIP streak after dispatching `vips` (true: a VIP task) in order, as the in-memory
-/// fair queue counts it: VIP dispatches in a row while normal tasks waited.
-fn next_streak(vips: &[bool], normals_waited: bool, streak: i64) -> i64 {
-    match vips.iter().rposition(|vip| !vip) {
-        Some(last_normal) => (vips.len() - last_normal - 1) as i64,
-        None if normals_waited => streak + vips.len() as i64,
-        None => 0,
-    }
 }
 
 /// A submission as admission sees it.
@@ -614,21 +560,4 @@ pub async fn free_slots(
         .await?
         .expect("an aggregate answers one row");
     Ok(row.try_get::<i64>("", "n")? as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_vip_streak_counts_vip_dispatches_since_the_last_normal_one() {
-        // V V N V: one VIP since the last normal.
-        assert_eq!(next_streak(&[true, true, false, true], true, 0), 1);
-        // All VIP while normal tasks waited: the streak grows.
-        assert_eq!(next_streak(&[true, true], true, 1), 3);
-        // All VIP and nobody else waiting: no streak.
-        assert_eq!(next_streak(&[true, true], false, 3), 0);
-        // Ending on a normal one.
-        assert_eq!(next_streak(&[true, false], true, 2), 0);
-    }
 }

@@ -676,3 +676,56 @@ async fn a_user_disabled_through_one_gateway_loses_their_streams_on_another_at_o
     drop((a, b));
     database.drop().await;
 }
+
+#[actix_web::test]
+async fn claims_keep_the_vip_share_while_normal_tasks_wait() {
+    let Some(database) = TempDatabase::create().await else {
+        return;
+    };
+    // Not answering its pings yet: everything is queued before anything is claimed.
+    let sims = start_sims(vec![gpu(5)]);
+    sims[0].set_ready(false);
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path(), &[&sims[0]], "");
+    let env = [
+        ("INFERGATE__DATABASE__URL", database.url.clone()),
+        (
+            "INFERGATE__AUTH__JWT_SECRET",
+            crate::helpers::TEST_SECRET.to_string(),
+        ),
+        ("INFERGATE__LIMITS__VIP_SHARE", "2".to_string()),
+    ];
+    let a = Gateway::start_with(dir.path(), Some(&config), free_port(), &[], &env).await;
+    let (_, normal) = sign_up(&a.base, "normal").await;
+    sign_up(&a.base, "vip").await;
+    let db = Database::connect(&database.url).await.unwrap();
+    db.execute(Statement::from_string(
+        db.get_database_backend(),
+        "UPDATE users SET role = 'vip' WHERE username = 'vip'",
+    ))
+    .await
+    .unwrap();
+    // The role travels in the token: a new sign-in carries it.
+    let (_, vip) = sign_up(&a.base, "vip").await;
+    for (token, prompt) in [(&normal, "normal"), (&vip, "vip")] {
+        let n = if prompt == "vip" { 6 } else { 3 };
+        for i in 0..n {
+            let response = submit(&a.base, token, format!("{prompt} {i}")).await;
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+        }
+    }
+    sims[0].set_ready(true);
+
+    assert_eq!(all_end(&db, 9).await, 9);
+    // Two VIP tasks, then the normal one waiting longest, and so on: the streak lives in
+    // the database, counted by each claim of one task.
+    assert_eq!(
+        sims[0].arrived_prompts(),
+        [
+            "vip 0", "vip 1", "normal 0", "vip 2", "vip 3", "normal 1", "vip 4", "vip 5",
+            "normal 2"
+        ]
+    );
+    drop(a);
+    database.drop().await;
+}

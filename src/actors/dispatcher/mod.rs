@@ -12,8 +12,9 @@
 //!
 //! With several gateways on PostgreSQL (`shared`), the queue is the database's: admission
 //! happens in the inserting transaction, and idle workers get tasks claimed in the
-//! global fair order, on wake-ups, after each task and on a poll; this actor renews its
-//! claims, takes over those of dead gateways, and hands its own back on a drain.
+//! global fair order, on wake-ups, after each task and on a poll (a worker whose call
+//! ended on a slot it kept gets the next task claimed for that slot); this actor renews
+//! its claims, takes over those of dead gateways, and hands its own back on a drain.
 
 mod fair_queue;
 mod shared;
@@ -131,13 +132,13 @@ impl Dispatcher {
             let task = self.queue.pop().expect("queue is not empty");
             faults::hit(faults::Site::DispatcherDispatch);
             let (task_id, user_id) = (task.task_id.clone(), task.user_id);
-            match worker.run.try_send(Run(task)) {
+            match worker.run.try_send(Run(task, None)) {
                 Ok(()) => {
                     self.running.insert(task_id, (worker, user_id));
                 }
                 // A worker that cannot take a task is not idle; its supervisor will
                 // announce it again.
-                Err(SendError::Full(Run(task)) | SendError::Closed(Run(task))) => {
+                Err(SendError::Full(Run(task, _)) | SendError::Closed(Run(task, _))) => {
                     self.queue.push_front(task)
                 }
             }
@@ -358,7 +359,7 @@ impl Handler<Submit> for Dispatcher {
 impl Handler<WorkerIdle> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, WorkerIdle(worker): WorkerIdle, ctx: &mut Context<Self>) {
+    fn handle(&mut self, WorkerIdle(worker, kept): WorkerIdle, ctx: &mut Context<Self>) {
         let finished = self
             .running
             .iter()
@@ -378,9 +379,13 @@ impl Handler<WorkerIdle> for Dispatcher {
             self.idle.retain(|w| *w != worker);
             self.live.remove(&worker.slot);
             tracing::debug!("worker retired");
+            // A lease it kept is dropped here: it goes back.
             return;
         }
         self.live.insert(worker.slot, worker.clone());
+        if let Some(lease) = kept.filter(|_| !self.idle.contains(&worker)) {
+            return self.claim_next(worker, lease, ctx);
+        }
         if !self.idle.contains(&worker) {
             self.idle.push(worker);
         }

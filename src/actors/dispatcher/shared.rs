@@ -2,6 +2,10 @@
 //! Idle workers get tasks claimed in the global fair order (never more than there are
 //! free call slots on the instances this gateway may call, so none hoards work it cannot
 //! start), on a wake-up from any gateway, after each task and on a poll as a backstop.
+//! A worker whose call ended on a slot it kept gets a task claimed for that slot the
+//! moment its call ends: that claim needs no free slot, so it neither counts them nor
+//! waits for the other claims, and the GPU idles only for that one statement (workers
+//! whose calls end while it is out share the next one).
 //! A heartbeat renews this gateway's claims and takes over those of gateways that
 //! stopped renewing theirs.
 
@@ -12,7 +16,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::Dispatcher;
-use crate::actors::messages::{ImageTargets, Run};
+use crate::actors::messages::{ImageTargets, Lease, Run, WorkerHandle};
 use crate::cluster::{hostname, Cluster};
 use crate::domain::{QueuedTask, TaskId};
 use crate::store::cluster::{self as shared, ClaimOrder};
@@ -28,6 +32,10 @@ pub(super) struct Shared {
     targets: Vec<(String, u32)>,
     /// Claimed tasks no idle worker was left for (the pool shrank meanwhile).
     claimed: VecDeque<QueuedTask>,
+    /// Workers whose call ended on a lease they kept, waiting for the next claim for
+    /// them; that claim needs no free slot, and is out one at a time besides the others.
+    kept: Vec<(WorkerHandle, Lease)>,
+    claiming_kept: bool,
 }
 
 impl Shared {
@@ -39,6 +47,8 @@ impl Shared {
             claiming: false,
             targets: Vec::new(),
             claimed: VecDeque::new(),
+            kept: Vec::new(),
+            claiming_kept: false,
         }
     }
 }
@@ -126,11 +136,8 @@ impl Dispatcher {
     }
 
     fn start_claimed(
-        idle: &mut Vec<crate::actors::messages::WorkerHandle>,
-        running: &mut std::collections::HashMap<
-            TaskId,
-            (crate::actors::messages::WorkerHandle, crate::domain::UserId),
-        >,
+        idle: &mut Vec<WorkerHandle>,
+        running: &mut std::collections::HashMap<TaskId, (WorkerHandle, crate::domain::UserId)>,
         claimed: &mut VecDeque<QueuedTask>,
         task: QueuedTask,
     ) {
@@ -139,14 +146,107 @@ impl Dispatcher {
             return;
         };
         let (task_id, user_id) = (task.task_id.clone(), task.user_id);
-        match worker.run.try_send(Run(task)) {
+        match worker.run.try_send(Run(task, None)) {
             Ok(()) => {
                 running.insert(task_id, (worker, user_id));
             }
-            Err(SendError::Full(Run(task)) | SendError::Closed(Run(task))) => {
+            Err(SendError::Full(Run(task, _)) | SendError::Closed(Run(task, _))) => {
                 claimed.push_front(task)
             }
         }
+    }
+
+    /// Claims the next task for a worker that kept the lease its last call ended on, and
+    /// runs it on that lease. With nothing to claim the lease is dropped (its slot goes
+    /// back) and the worker is idle like any other.
+    pub(super) fn claim_next(
+        &mut self,
+        worker: WorkerHandle,
+        lease: Lease,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(shared) = self.shared.as_mut() else {
+            drop(lease);
+            self.idle.push(worker);
+            return self.dispatch(ctx);
+        };
+        if self.draining || self.paused {
+            drop(lease);
+            self.idle.push(worker);
+            return;
+        }
+        shared.kept.push((worker, lease));
+        self.claim_kept(ctx);
+    }
+
+    /// One claim for every kept lease waiting, unless one is out: those that come while it
+    /// is out ride on the next, as writes do on a group commit.
+    fn claim_kept(&mut self, ctx: &mut Context<Self>) {
+        let Some(shared) = self.shared.as_mut() else {
+            return;
+        };
+        if shared.claiming_kept || shared.kept.is_empty() {
+            return;
+        }
+        shared.claiming_kept = true;
+        let kept = std::mem::take(&mut shared.kept);
+        let (db, cluster) = (self.db.clone(), shared.cluster.clone());
+        let order = ClaimOrder {
+            vip_share: shared.vip_share,
+        };
+        let n = kept.len();
+        let claim = async move { shared::claim(&db, &cluster.node, n, cluster.lease, order).await };
+        ctx.spawn(claim.into_actor(self).map(move |claimed, dispatcher, ctx| {
+            let tasks = match claimed {
+                Ok(tasks) => tasks,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim tasks for kept slots; giving them back");
+                    Vec::new()
+                }
+            };
+            let Some(shared) = dispatcher.shared.as_mut() else {
+                return;
+            };
+            shared.claiming_kept = false;
+            let mut tasks = tasks.into_iter();
+            let mut all_claimed = true;
+            for (worker, lease) in kept {
+                let Some(task) = tasks.next() else {
+                    // Nothing more to claim: the slot goes back, the worker idles.
+                    drop(lease);
+                    dispatcher.idle.push(worker);
+                    all_claimed = false;
+                    continue;
+                };
+                if dispatcher.draining {
+                    // Claimed as the drain began: back to the others with the rest.
+                    drop(lease);
+                    dispatcher.idle.push(worker);
+                    continue;
+                }
+                let (task_id, user_id) = (task.task_id.clone(), task.user_id);
+                match worker.run.try_send(Run(task, Some(lease))) {
+                    Ok(()) => {
+                        dispatcher.running.insert(task_id, (worker, user_id));
+                    }
+                    // Not idle after all (its supervisor will announce it again): the
+                    // task waits for another worker, and the lease goes back.
+                    Err(SendError::Full(Run(task, _)) | SendError::Closed(Run(task, _))) => {
+                        if let Some(shared) = dispatcher.shared.as_mut() {
+                            shared.claimed.push_front(task);
+                        }
+                        all_claimed = false;
+                    }
+                }
+            }
+            if dispatcher.draining {
+                return dispatcher.hand_back(ctx);
+            }
+            dispatcher.claim_kept(ctx);
+            if !all_claimed {
+                dispatcher.claim(ctx);
+            }
+        }));
     }
 
     /// Renews this gateway's claims (and says it is alive), then takes over the tasks of

@@ -3,7 +3,8 @@
 //! Owns every instance's configuration, health, in-flight count (never above its
 //! capacity) and figures, the per-kind balancing strategy, and the first-come line of
 //! `Acquire` requests that found no instance with room. Only this actor changes that
-//! state: workers get a `Lease` and give it back with the call's outcome, and admins add,
+//! state: workers get a `Lease` and give it back with the call's outcome (with several
+//! gateways, `CallEnded` may let them keep it for their next task), and admins add,
 //! change and remove instances through it (it writes their rows too). Whenever the
 //! enabled image capacity changes it tells the WorkerPool, which sizes the workers to it.
 //!
@@ -228,6 +229,14 @@ impl InstanceRegistry {
 
     fn lease(&mut self, index: usize, ctx: &Context<Self>) -> Lease {
         faults::hit(faults::Site::RegistryLease);
+        self.count_lease(index);
+        let instance = &mut self.instances[index];
+        instance.in_flight += 1;
+        Lease::new(instance.id, &instance.spec, ctx.address().recipient())
+    }
+
+    /// One more call on the instance, for its latency's freshness and its probe.
+    fn count_lease(&mut self, index: usize) {
         let instance = &mut self.instances[index];
         // After an ejection, this is the one call that decides.
         instance.outlier.start_probe();
@@ -238,8 +247,6 @@ impl InstanceRegistry {
             instance.latency_ms = None;
         }
         instance.last_lease = *leases;
-        instance.in_flight += 1;
-        Lease::new(instance.id, &instance.spec, ctx.address().recipient())
     }
 
     /// Hands free capacity to waiting requests, oldest first. A panic in here is
@@ -397,29 +404,9 @@ impl Handler<Release> for InstanceRegistry {
             .find(|i| i.id == msg.instance_id)
             .map(|i| i.spec.shared_key());
         if let Some(index) = self.instances.iter().position(|i| i.id == msg.instance_id) {
-            let now = Instant::now();
             let instance = &mut self.instances[index];
             instance.in_flight = instance.in_flight.saturating_sub(1);
-            match msg.outcome {
-                CallOutcome::Success { latency } => {
-                    let ms = latency.as_secs_f64() * 1000.0;
-                    instance.latency_ms =
-                        Some(instance.latency_ms.map_or(ms, |avg| avg * 0.8 + ms * 0.2));
-                    instance.completed += 1;
-                    if instance.outlier.succeeded(now) {
-                        tracing::info!(instance = %instance.shown_url(), "instance back after its ejection");
-                        self.coming_back(index, ctx);
-                    }
-                }
-                CallOutcome::InstanceFault { error } => {
-                    instance.failed += 1;
-                    instance.last_error = Some(error.clone());
-                    if instance.outlier.failed(&self.health) {
-                        self.eject(index, &error, ctx);
-                    }
-                }
-                CallOutcome::Neutral => {}
-            }
+            self.record_outcome(index, msg.outcome, ctx);
             self.remove_if_drained(index);
         }
         if let (Some(slot), Some(key)) = (msg.slot, slot_key) {
@@ -430,6 +417,32 @@ impl Handler<Release> for InstanceRegistry {
 }
 
 impl InstanceRegistry {
+    /// What a call's outcome tells of the instance: its figures, and passive health.
+    fn record_outcome(&mut self, index: usize, outcome: CallOutcome, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let instance = &mut self.instances[index];
+        match outcome {
+            CallOutcome::Success { latency } => {
+                let ms = latency.as_secs_f64() * 1000.0;
+                instance.latency_ms =
+                    Some(instance.latency_ms.map_or(ms, |avg| avg * 0.8 + ms * 0.2));
+                instance.completed += 1;
+                if instance.outlier.succeeded(now) {
+                    tracing::info!(instance = %instance.shown_url(), "instance back after its ejection");
+                    self.coming_back(index, ctx);
+                }
+            }
+            CallOutcome::InstanceFault { error } => {
+                instance.failed += 1;
+                instance.last_error = Some(error.clone());
+                if instance.outlier.failed(&self.health) {
+                    self.eject(index, &error, ctx);
+                }
+            }
+            CallOutcome::Neutral => {}
+        }
+    }
+
     /// Ejects the instance, if the policy allows; otherwise it keeps taking work (a
     /// failed probe included).
     fn eject(&mut self, index: usize, error: &str, ctx: &mut Context<Self>) {

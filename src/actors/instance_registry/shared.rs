@@ -8,16 +8,28 @@
 //! Slots are taken one at a time; a waiter that found none is not tried again until a
 //! slot may have come free: one given back here, a `NOTIFY` from another gateway, or
 //! the poll.
+//!
+//! A slot whose call succeeded need not go back at once: it goes to this gateway's oldest
+//! waiter that may use its instance, or else stays with the worker for its next task
+//! (see the Dispatcher's `claim_next`), while the instance takes work and within its
+//! usable capacity. A slot kept for `KEEP_SLOT_FOR` goes back, so that a task another
+//! gateway claimed and holds, waiting for a slot, gets its turn.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::InstanceRegistry;
-use crate::actors::messages::{ImageTargets, ReloadInstances, SlotFreed};
+use crate::actors::messages::{
+    CallEnded, CallOutcome, ImageTargets, Lease, ReloadInstances, SlotFreed,
+};
 use crate::cluster::Cluster;
 use crate::domain::{InstanceKind, NodeId};
 use crate::store::{cluster as shared, instances};
+
+/// Longest a lease is kept from one call to the next before its slot goes back.
+const KEEP_SLOT_FOR: Duration = Duration::from_secs(1);
 
 pub struct SharedSlots {
     pub cluster: Arc<Cluster>,
@@ -207,6 +219,56 @@ impl InstanceRegistry {
             slots.dispatcher.do_send(ImageTargets(targets.clone()));
             slots.reported = Some(targets);
         }
+    }
+}
+
+/// Records the call's outcome, then passes the lease on to a waiter of this gateway, or
+/// answers it kept, or gives it back.
+impl Handler<CallEnded> for InstanceRegistry {
+    type Result = Option<Lease>;
+
+    fn handle(
+        &mut self,
+        CallEnded { mut lease, outcome }: CallEnded,
+        ctx: &mut Context<Self>,
+    ) -> Option<Lease> {
+        let Some(index) = self
+            .instances
+            .iter()
+            .position(|i| i.id == lease.instance_id())
+        else {
+            lease.release(outcome);
+            return None;
+        };
+        self.record_outcome(index, outcome, ctx);
+        let now = Instant::now();
+        let slow_start = Duration::from_secs(self.health.slow_start_secs);
+        let instance = &self.instances[index];
+        let keep = self.shared.is_some()
+            && instance.takes_work(now)
+            && lease
+                .slot()
+                .is_some_and(|slot| slot < instance.usable_capacity(slow_start, now))
+            && lease.granted_at().elapsed() < KEEP_SLOT_FOR;
+        if !keep {
+            lease.release(CallOutcome::Neutral);
+            return None;
+        }
+        let (kind, id) = (instance.spec.kind, instance.id);
+        self.count_lease(index);
+        // A waiter was here first: its task was claimed before the next one would be.
+        while let Some(waiter) = self
+            .waiters
+            .iter()
+            .position(|w| w.kind == kind && w.avoid != Some(id) && !w.reply.is_closed())
+        {
+            let waiter = self.waiters.remove(waiter).expect("index found above");
+            match waiter.reply.send(lease) {
+                Ok(()) => return None,
+                Err(unwanted) => lease = unwanted,
+            }
+        }
+        Some(lease)
     }
 }
 

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::WorkerHandle;
+use super::{Lease, WorkerHandle};
 use crate::domain::{
     Idempotency, ImageJob, Priority, QueuedTask, TaskId, TraceContext, UserId, Webhook,
 };
@@ -44,10 +44,11 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
-/// A worker is free for its next task.
+/// A worker is free for its next task; with several gateways, perhaps still holding the
+/// lease its last call ended on, for the next task to run on at once.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct WorkerIdle(pub WorkerHandle);
+pub struct WorkerIdle(pub WorkerHandle, pub Option<Lease>);
 
 /// A failed attempt will be retried: back to the head of the queue after `delay`.
 #[derive(Message)]

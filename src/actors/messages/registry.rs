@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -84,6 +84,17 @@ pub struct Release {
     pub outcome: CallOutcome,
 }
 
+/// The call on this lease ended with `outcome`. With several gateways the registry may
+/// keep the lease (its shared slot stays taken) for the caller's next task, or hand it to
+/// a request of this gateway waiting for room, instead of giving the slot back and
+/// taking one again: answers the lease when the caller keeps it.
+#[derive(Message)]
+#[rtype(result = "Option<Lease>")]
+pub struct CallEnded {
+    pub lease: Lease,
+    pub outcome: CallOutcome,
+}
+
 /// A claim on one call's worth of an instance's capacity. Give it back with
 /// [`Lease::release`]; dropping it releases it as `Neutral`, so a cancelled or panicking
 /// caller never leaks capacity.
@@ -98,6 +109,8 @@ pub struct Lease {
     pub model: Option<String>,
     /// The shared call slot it holds, with several gateways on PostgreSQL.
     slot: Option<u32>,
+    /// When the registry granted it: a kept lease goes back after a while.
+    granted_at: Instant,
     /// Where the capacity goes back to: the registry that granted it.
     registry: Recipient<Release>,
     released: bool,
@@ -116,6 +129,7 @@ impl Lease {
             protocol: spec.protocol(),
             model: spec.model().map(str::to_string),
             slot: None,
+            granted_at: Instant::now(),
             registry,
             released: false,
         }
@@ -133,6 +147,10 @@ impl Lease {
 
     pub fn instance_id(&self) -> InstanceId {
         self.instance_id
+    }
+
+    pub fn granted_at(&self) -> Instant {
+        self.granted_at
     }
 
     pub fn release(mut self, outcome: CallOutcome) {

@@ -1,11 +1,13 @@
 use actix::prelude::*;
 
+use super::Lease;
 use crate::domain::{QueuedTask, TaskId};
 
-/// Run this task to its end, then report idle.
+/// Run this task to its end, then report idle; on this lease, when the worker kept one
+/// from its last call, instead of acquiring one.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Run(pub QueuedTask);
+pub struct Run(pub QueuedTask, pub Option<Lease>);
 
 /// Abandon this task now if it is the one running (its backend call is dropped), and
 /// report idle.
