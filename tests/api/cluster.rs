@@ -53,6 +53,20 @@ async fn gateway(dir: &Path, config: &Path, database: &TempDatabase) -> Gateway 
     Gateway::start_with(dir, Some(config), free_port(), &[], &env).await
 }
 
+/// Signs up `root` through `base` and makes them an admin in the database: the
+/// connection, and root's token.
+async fn sign_up_admin(base: &str, database: &TempDatabase) -> (DatabaseConnection, String) {
+    let (_, admin) = sign_up(base, "root").await;
+    let db = Database::connect(&database.url).await.unwrap();
+    db.execute(Statement::from_string(
+        db.get_database_backend(),
+        "UPDATE users SET role = 'admin' WHERE username = 'root'",
+    ))
+    .await
+    .unwrap();
+    (db, admin)
+}
+
 async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
     let row = db
         .query_one(Statement::from_string(db.get_database_backend(), sql))
@@ -286,14 +300,7 @@ async fn an_instance_added_through_one_gateway_takes_work_submitted_through_anot
     let a = gateway(dir.path(), &none, &database).await;
     let c = gateway(dir.path(), &none, &database).await;
     let (_, token) = sign_up(&a.base, "alice").await;
-    let (_, admin) = sign_up(&a.base, "root").await;
-    let db = Database::connect(&database.url).await.unwrap();
-    db.execute(Statement::from_string(
-        db.get_database_backend(),
-        "UPDATE users SET role = 'admin' WHERE username = 'root'",
-    ))
-    .await
-    .unwrap();
+    let (_, admin) = sign_up_admin(&a.base, &database).await;
     let added = reqwest::Client::new()
         .post(format!("{}/api/v1/admin/instances", a.base))
         .bearer_auth(&admin)
@@ -532,14 +539,7 @@ async fn a_pause_and_a_retry_through_one_gateway_hold_and_then_feed_another() {
     let a = gateway(dir.path(), &none, &database).await;
     let b = gateway(dir.path(), &with_gpu, &database).await;
     let (_, token) = sign_up(&a.base, "alice").await;
-    let (_, admin) = sign_up(&a.base, "root").await;
-    let db = Database::connect(&database.url).await.unwrap();
-    db.execute(Statement::from_string(
-        db.get_database_backend(),
-        "UPDATE users SET role = 'admin' WHERE username = 'root'",
-    ))
-    .await
-    .unwrap();
+    let (db, admin) = sign_up_admin(&a.base, &database).await;
     let mut ids = Vec::new();
     for prompt in ["one", "two"] {
         let body: Value = submit(&a.base, &token, prompt).await.json().await.unwrap();
@@ -619,14 +619,7 @@ async fn a_user_disabled_through_one_gateway_loses_their_streams_on_another_at_o
     let a = gateway(dir.path(), &none, &database).await;
     let b = gateway(dir.path(), &none, &database).await;
     let (_, token) = sign_up(&a.base, "alice").await;
-    let (_, admin) = sign_up(&a.base, "root").await;
-    let db = Database::connect(&database.url).await.unwrap();
-    db.execute(Statement::from_string(
-        db.get_database_backend(),
-        "UPDATE users SET role = 'admin' WHERE username = 'root'",
-    ))
-    .await
-    .unwrap();
+    let (db, admin) = sign_up_admin(&a.base, &database).await;
     let alice = count(&db, "SELECT id FROM users WHERE username = 'alice'").await;
     // On B: an SSE stream and a WebSocket, and B remembers that alice may act.
     let events = reqwest::Client::new()
