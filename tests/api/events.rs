@@ -411,20 +411,7 @@ async fn events_survive_a_restart_for_replay() {
     let user = app.new_user("durable").await;
     let task_id = app.submit_ok(&user.token, "remember me").await;
     app.wait_for_end(&user.token, &task_id).await;
-    let stopped = app.stop().await;
-    let mut settings = infergate::settings::Settings::default();
-    settings.server.host = "127.0.0.1".into();
-    settings.server.port = 0;
-    settings.database.url = stopped.db_url.clone();
-    settings.auth.jwt_secret = crate::helpers::TEST_SECRET.into();
-    settings.instances = stopped
-        .sims
-        .iter()
-        .map(|s| {
-            infergate::domain::InstanceSpec::new(infergate::domain::InstanceKind::Image, s.url())
-        })
-        .collect();
-    let app = crate::helpers::start(settings, stopped.sims, stopped.dir).await;
+    let app = crate::helpers::restart(app.stop().await, |_| {}).await;
     let mut replay = app.stream_after("/api/v1/events", &user.token, 0).await;
     let frames = replay.changes_until(WAIT, is_end).await;
     assert_eq!(types(&frames), ["queued", "running", "done"]);

@@ -725,11 +725,27 @@ async fn the_queue_depth_is_sampled_every_interval_and_its_history_outlives_a_re
         "forbidden",
     )
     .await;
-    // Asked for the last minute only, older samples stay out.
-    let page = app
-        .call_ok(Method::GET, "/api/v1/admin/queue/history?minutes=1", &admin)
-        .await;
-    assert!(depths(&page).len() <= 61, "{page}");
+    // Asked for the last minute only, older samples stay out: one from two hours ago
+    // is in the last three hours, not in the default hour nor the last minute.
+    let old = entity::queue_sample::ActiveModel {
+        at: sea_orm::Set(chrono::Utc::now() - chrono::Duration::hours(2)),
+        queued: sea_orm::Set(77),
+        running: sea_orm::Set(0),
+    };
+    sea_orm::ActiveModelTrait::insert(old, &app.db)
+        .await
+        .unwrap();
+    let has_old = |page: &Value| depths(page).contains(&(77, 0));
+    let page = |minutes: &str| {
+        let path = format!("/api/v1/admin/queue/history{minutes}");
+        let (app, admin) = (&app, &admin);
+        async move { app.call_ok(Method::GET, &path, admin).await }
+    };
+    assert!(has_old(&page("?minutes=180").await));
+    assert!(!has_old(&page("").await));
+    let last_minute = page("?minutes=1").await;
+    assert!(!has_old(&last_minute));
+    assert!(depths(&last_minute).len() <= 61, "{last_minute}");
 }
 
 #[actix_web::test]

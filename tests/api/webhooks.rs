@@ -16,7 +16,6 @@ use std::time::Duration;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use entity::prelude::WebhookDelivery;
 use entity::webhook_delivery;
-use infergate::domain::{InstanceKind, InstanceSpec};
 use infergate::faults::{self, Site};
 use infergate::settings::Settings;
 use reqwest::StatusCode;
@@ -24,7 +23,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_error, fast_sim, spawn_app_on, spawn_app_with, start, start_sims, TestApp, TEST_SECRET,
+    assert_error, fast_sim, restart, spawn_app_on, spawn_app_with, start_sims, TestApp,
 };
 use crate::poll::eventually;
 use crate::postgres::TempDatabase;
@@ -325,20 +324,11 @@ async fn a_gateway_restarted_mid_retry_still_delivers() {
     )
     .await;
     wait_for_webhook(&app, &token, &task_id, |w| w["attempts"] == 1).await;
-    let stopped = app.stop().await;
-    let mut settings = Settings::default();
-    settings.server.host = "127.0.0.1".into();
-    settings.server.port = 0;
-    settings.database.url = stopped.db_url.clone();
-    settings.auth.jwt_secret = TEST_SECRET.into();
-    settings.instances = stopped
-        .sims
-        .iter()
-        .map(|s| InstanceSpec::new(InstanceKind::Image, s.url()))
-        .collect();
-    test_settings(&mut settings);
-    slow_retries(&mut settings);
-    let app = start(settings, stopped.sims, stopped.dir).await;
+    let app = restart(app.stop().await, |s| {
+        test_settings(s);
+        slow_retries(s);
+    })
+    .await;
     let webhook = wait_for_webhook(&app, &token, &task_id, |w| w["delivered"] == true).await;
     assert_eq!(
         webhook,
