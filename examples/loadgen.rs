@@ -225,24 +225,7 @@ impl Rig {
     }
 
     async fn token(&self, name: &str) -> String {
-        let credentials = json!({"username": name, "password": "benchmark-password"});
-        self.client
-            .post(format!("{}/register", self.base))
-            .json(&credentials)
-            .send()
-            .await
-            .unwrap();
-        let login: Value = self
-            .client
-            .post(format!("{}/login", self.base))
-            .json(&credentials)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        login["token"].as_str().expect("token").to_string()
+        sign_up(&self.client, &self.base, name).await
     }
 
     /// `total` submissions from `clients` concurrent clients; returns each latency and
@@ -302,6 +285,27 @@ impl Rig {
             .unwrap();
         row.try_get::<i64>("", "n").unwrap() as u64
     }
+}
+
+/// Registers `name` (a second time is refused, which is fine) and logs in: the token.
+async fn sign_up(client: &reqwest::Client, base: &str, name: &str) -> String {
+    let credentials = json!({"username": name, "password": "benchmark-password"});
+    client
+        .post(format!("{base}/register"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    let login: Value = client
+        .post(format!("{base}/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    login["token"].as_str().expect("token").to_string()
 }
 
 /// `total` submissions from `clients` concurrent clients, in turn to each of `bases`;

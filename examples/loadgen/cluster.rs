@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{
     binary, free_port, percentile, start_sim, submit_spread, Proc, FAST_PINGS, SCENARIO_LIMIT,
@@ -142,25 +142,7 @@ impl Cluster {
     }
 
     async fn token(&self) -> String {
-        let credentials = json!({"username": "bench_user", "password": "benchmark-password"});
-        let base = &self.bases[0];
-        self.client
-            .post(format!("{base}/register"))
-            .json(&credentials)
-            .send()
-            .await
-            .unwrap();
-        let login: Value = self
-            .client
-            .post(format!("{base}/login"))
-            .json(&credentials)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        login["token"].as_str().expect("token").to_string()
+        super::sign_up(&self.client, &self.bases[0], "bench_user").await
     }
 
     /// `total` submissions from `clients` clients, round-robin over the gateways.
