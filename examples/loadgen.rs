@@ -760,6 +760,7 @@ async fn main() {
         "events" => events::events_scenario().await,
         "telemetry" => telemetry::telemetry_scenario().await,
         "cluster" => cluster::cluster_scenario().await,
+        "cluster-e2e" => cluster::cluster_e2e_scenario().await,
         "eta" => eta::eta_scenario().await,
         "admin" => admin::admin_scenario().await,
         "webhooks" => webhooks::webhooks_scenario().await,
@@ -780,7 +781,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | register | events | telemetry | cluster | eta | admin | webhooks | all"
+                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | register | events | telemetry | cluster | cluster-e2e | eta | admin | webhooks | all"
             );
             std::process::exit(2);
         }

@@ -113,7 +113,8 @@ impl Application {
         // 2,990 tasks/s on two cores).
         let store_thread = Arbiter::new();
         let hub = EventHub::new(settings.events.buffer, settings.events.max_streams_per_user);
-        let store_hub = hub.clone();
+        // Published on this thread, not the TaskStore's, whose next commit waits for it.
+        let store_hub = hub.relay();
         let store = Supervisor::start_in_arbiter(&store_thread.handle(), move |_| {
             TaskStore::new(store_db, hold_results, store_cluster, store_hub)
         });
@@ -146,9 +147,17 @@ impl Application {
         let (task_timeout, max_wait) = (settings.task_timeout(), settings.queue_max_wait());
         let (instances, health) = (settings.instances.clone(), settings.health.clone());
         let (workers, registry_db) = (settings.workers.clone(), db.clone());
-        let slots = cluster
-            .clone()
-            .map(|cluster| SharedSlots::new(cluster, dispatcher.clone().recipient()));
+        let slots = match cluster.clone() {
+            Some(cluster) => {
+                let leases = store::connect_leases(&settings.database).await?;
+                Some(SharedSlots::new(
+                    cluster,
+                    leases,
+                    dispatcher.clone().recipient(),
+                ))
+            }
+            None => None,
+        };
         let registry = Supervisor::start(move |ctx: &mut Context<InstanceRegistry>| {
             // Workers lease instances from the registry and the registry sizes the pool of
             // workers: each needs the other's address.

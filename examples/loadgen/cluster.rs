@@ -318,7 +318,8 @@ async fn makespan() {
     cluster.stop().await;
 }
 
-pub async fn cluster_scenario() {
+/// End-to-end tasks/s through 1, 2 and 3 processes, and what 2 and 3 keep of 1.
+pub async fn cluster_e2e_scenario() {
     let one = e2e(1).await;
     let two = e2e(2).await;
     let three = e2e(3).await;
@@ -327,6 +328,10 @@ pub async fn cluster_scenario() {
         two / one * 100.0,
         three / one * 100.0
     );
+}
+
+pub async fn cluster_scenario() {
+    cluster_e2e_scenario().await;
     submissions(1).await;
     submissions(3).await;
     makespan().await;

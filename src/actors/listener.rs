@@ -94,7 +94,7 @@ impl Routes {
     fn route(&self, channel: &str, payload: &str) {
         if channel == EVENTS_CHANNEL {
             match from_notification(payload) {
-                Some(event) => self.hub.publish(vec![event]),
+                Some(events) => self.hub.publish(events),
                 None => tracing::debug!(payload, "unreadable event notification"),
             }
             return;

@@ -39,6 +39,8 @@ use crate::webhooks::signing;
 
 /// The backstop poll.
 const POLL_EVERY: Duration = Duration::from_secs(1);
+/// The shortest time between two claims that commits asked for.
+const WAKE_GAP: Duration = Duration::from_millis(20);
 /// A claim outlives its attempt's timeout by this much before another may take it.
 const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 /// The longest pause between two attempts, whatever `retry_base_ms` and the count say.
@@ -372,9 +374,16 @@ impl Actor for Deliverer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let woken = futures_util::stream::unfold(self.hub.clone(), |hub| async move {
+        let hub = self.hub.clone();
+        let woken = futures_util::stream::unfold((hub, None), |(hub, last)| async move {
             hub.committed().await;
-            Some(((), hub))
+            // Commits ring once per group commit, and with several gateways once per
+            // event of any of them: one claim per `WAKE_GAP` serves them all.
+            if let Some(wait) = last.and_then(|last: Instant| WAKE_GAP.checked_sub(last.elapsed()))
+            {
+                tokio::time::sleep(wait).await;
+            }
+            Some(((), (hub, Some(Instant::now()))))
         });
         ctx.add_stream(woken);
         let stored = futures_util::stream::unfold(self.stored.clone(), |stored| async move {

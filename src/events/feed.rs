@@ -75,7 +75,8 @@ impl Feed {
         self.backlog.clear();
     }
 
-    /// The next event: stored ones in order, progress as it comes.
+    /// The next event: stored ones in order, progress as it comes. Cancel-safe: a wait
+    /// given up (a stream's timer fired first) loses nothing, a catch-up included.
     pub async fn next(&mut self) -> Result<Arc<Published>, FeedEnd> {
         loop {
             if let Some(event) = self.ready() {
@@ -84,8 +85,14 @@ impl Feed {
             if self.subscription.revoked() {
                 return Err(FeedEnd::Revoked);
             }
-            if self.more || matches!(self.held.take(), Some(Pushed::CatchUp)) {
+            let catch_up = matches!(self.held, Some(Pushed::CatchUp));
+            if self.more || catch_up {
+                // `fill` changes nothing until its read is back; the catch-up is let go
+                // only then.
                 self.fill().await.map_err(FeedEnd::Store)?;
+                if catch_up {
+                    self.held = None;
+                }
                 continue;
             }
             match self.subscription.rx.recv().await {

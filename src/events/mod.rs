@@ -90,6 +90,21 @@ struct Inner {
     committed: tokio::sync::Notify,
 }
 
+/// Hands committed events to the hub, which publishes them, in order, on the thread
+/// the relay was made on: the writer that committed them goes on to its next commit
+/// without waiting for the fan-out to a thousand streams (one wake-up per stream).
+#[derive(Clone)]
+pub struct Relay(mpsc::UnboundedSender<Vec<TaskEvent>>);
+
+impl Relay {
+    pub fn publish(&self, events: Vec<TaskEvent>) {
+        if !events.is_empty() {
+            // Closed only as the gateway stops, when nobody listens any more.
+            let _ = self.0.send(events);
+        }
+    }
+}
+
 /// One stream's subscription; dropping it unsubscribes.
 pub struct Subscription {
     pub rx: mpsc::Receiver<Pushed>,
@@ -122,6 +137,18 @@ impl EventHub {
             rate: Mutex::new(CompletionRate::default()),
             committed: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// A relay publishing on this thread's runtime, for as long as a relay is held.
+    pub fn relay(&self) -> Relay {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<TaskEvent>>();
+        let hub = self.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(events) = rx.recv().await {
+                hub.publish(events);
+            }
+        });
+        Relay(tx)
     }
 
     /// Subscribes to the user's events (only `task`'s when given). Refused beyond

@@ -103,11 +103,50 @@ struct Streaming {
     /// A task stream ends after its task's last event.
     until_terminal: bool,
     keepalive: Duration,
+    /// How long a change that does not end its task waits for company before it is
+    /// written (`events.linger_ms`).
+    linger: Duration,
     ended: bool,
 }
 
 /// Frames written at most in one go when events pile up.
 const MAX_BATCH_BYTES: usize = 32 * 1024;
+
+impl Streaming {
+    fn new(
+        feed: Feed,
+        first: Option<Bytes>,
+        until_terminal: bool,
+        settings: &Settings,
+    ) -> Streaming {
+        Streaming {
+            feed,
+            first,
+            until_terminal,
+            keepalive: Duration::from_secs(settings.events.keepalive_secs),
+            linger: Duration::from_millis(settings.events.linger_ms),
+            ended: false,
+        }
+    }
+
+    /// Adds the event's frame to the batch; true when nothing more may join it (the
+    /// stream's last event, a task's ending, a full batch).
+    fn add(&mut self, batch: &mut Vec<u8>, event: &Published) -> bool {
+        batch.extend_from_slice(&frame(event));
+        self.ended = self.until_terminal && event.kind.is_terminal();
+        self.ended || event.kind.is_terminal() || batch.len() >= MAX_BATCH_BYTES
+    }
+
+    /// Adds what is at hand without waiting; true as `add`.
+    fn add_ready(&mut self, batch: &mut Vec<u8>) -> bool {
+        while let Some(event) = self.feed.ready() {
+            if self.add(batch, &event) {
+                return true;
+            }
+        }
+        false
+    }
+}
 
 fn sse(state: Streaming) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
     let idle = Box::pin(tokio::time::sleep(state.keepalive));
@@ -134,16 +173,22 @@ fn sse(state: Streaming) -> impl Stream<Item = Result<Bytes, actix_web::Error>> 
                 return None;
             }
         };
-        // This one, and whatever else is at hand, in one write.
+        // This one, whatever else is at hand, and what comes while it lingers, in one
+        // write; an ending ends the wait.
         let mut batch = Vec::with_capacity(512);
-        let mut next = Some(event);
-        while let Some(event) = next.take() {
-            batch.extend_from_slice(&frame(&event));
-            state.ended = state.until_terminal && event.kind.is_terminal();
-            if state.ended || batch.len() >= MAX_BATCH_BYTES {
-                break;
+        let mut full = state.add(&mut batch, &event) || state.add_ready(&mut batch);
+        let deadline = tokio::time::Instant::now() + state.linger;
+        while !full && !state.linger.is_zero() {
+            tokio::select! {
+                event = state.feed.next() => match event {
+                    Ok(event) => full = state.add(&mut batch, &event) || state.add_ready(&mut batch),
+                    // Nothing more may reach a user shut out, what was held included.
+                    Err(FeedEnd::Revoked) => return None,
+                    // What was held still goes; the next call meets the end again.
+                    Err(_) => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
             }
-            next = state.feed.ready();
         }
         idle.as_mut()
             .reset(tokio::time::Instant::now() + state.keepalive);
@@ -184,13 +229,13 @@ pub async fn user_events(
         Some(after) => feed.replay_from(after).await?,
         None => feed.start_after(events::last_seq(&db, caller.user_id).await?),
     }
-    Ok(streaming_response(Streaming {
+    let first = Bytes::from_static(b"retry: 2000\n\n");
+    Ok(streaming_response(Streaming::new(
         feed,
-        first: Some(Bytes::from_static(b"retry: 2000\n\n")),
-        until_terminal: false,
-        keepalive: Duration::from_secs(settings.events.keepalive_secs),
-        ended: false,
-    }))
+        Some(first),
+        false,
+        &settings,
+    )))
 }
 
 /// One task's changes as Server-Sent Events: a `snapshot` of the task first, then each
@@ -256,13 +301,9 @@ pub async fn task_events(
             Some(snapshot_frame(&view[0], last))
         }
     };
-    Ok(streaming_response(Streaming {
-        feed,
-        first,
-        until_terminal: true,
-        keepalive: Duration::from_secs(settings.events.keepalive_secs),
-        ended: false,
-    }))
+    Ok(streaming_response(Streaming::new(
+        feed, first, true, &settings,
+    )))
 }
 
 /// Events replayed at most for a task that has ended (it has a handful).

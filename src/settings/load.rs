@@ -290,6 +290,11 @@ impl Settings {
                 at_least_1,
             ),
             (
+                "events.linger_ms",
+                self.events.linger_ms <= 1000,
+                "must be at most 1000",
+            ),
+            (
                 "webhooks.timeout_secs",
                 self.webhooks.timeout_secs >= 1,
                 at_least_1,

@@ -277,6 +277,10 @@ pub struct EventSettings {
     pub buffer: usize,
     /// Seconds between keep-alive comments on an idle SSE stream (and WebSocket pings).
     pub keepalive_secs: u64,
+    /// How long an SSE stream holds a change that does not end its task, so that what
+    /// follows within it goes out in the same write (0: each at once). An ending is
+    /// never held, and takes what is held with it.
+    pub linger_ms: u64,
 }
 
 impl Default for EventSettings {
@@ -286,6 +290,7 @@ impl Default for EventSettings {
             max_streams_per_user: 16,
             buffer: 256,
             keepalive_secs: 15,
+            linger_ms: 25,
         }
     }
 }

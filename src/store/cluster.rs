@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use entity::prelude::Node;
 use entity::{node, task};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    FromQueryResult, QueryFilter, Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult, QueryFilter,
+    Statement, Value,
 };
 
 use super::events::NewEvent;
@@ -36,18 +36,6 @@ fn statement(sql: &str, values: Vec<Value>) -> Statement {
 
 fn millis(d: Duration) -> Value {
     (d.as_millis() as i64).into()
-}
-
-/// A transaction that commits without waiting for the disk, for call slots only: they
-/// are leases on a GPU, not data, and each take and release sits between two backend
-/// calls, where a flush (milliseconds) would leave the GPU idle. What a crash of
-/// PostgreSQL itself may lose is its last fraction of a second of slot changes (see
-/// README).
-async fn lease_transaction(db: &DatabaseConnection) -> Result<DatabaseTransaction, StoreError> {
-    let txn = db.begin().await?;
-    txn.execute_unprepared("SET LOCAL synchronous_commit = off")
-        .await?;
-    Ok(txn)
 }
 
 /// `NOTIFY` on the gateways' channel; delivered when the transaction commits.
@@ -192,18 +180,33 @@ pub struct ClaimOrder {
     pub vip_share: u32,
 }
 
-/// Claims up to `n` ready QUEUED tasks for `node`, in the global fair order (users in
-/// turn by `fair_key`, VIP before normal within the VIP share), in one statement and
-/// one round trip (the VIP streak is read, locked and written by that statement too):
-/// rows other processes are claiming are skipped, not waited for. Answers them in order.
+/// How many tasks a claim may take.
+#[derive(Debug, Clone)]
+pub enum Room {
+    /// This many.
+    Exactly(usize),
+    /// Up to this many, and no more than the call slots free now among these instances
+    /// (key, capacity), counted by the claiming statement itself.
+    FreeSlots(usize, Vec<(String, u32)>),
+}
+
+/// Claims ready QUEUED tasks for `node` (as many as `room` says), in the global fair
+/// order (users in turn by `fair_key`, VIP before normal within the VIP share), in one
+/// statement and one round trip (the free slots are counted, and the VIP streak is read,
+/// locked and written, by that statement too): rows other processes are claiming are
+/// skipped, not waited for. Answers them in order.
 pub async fn claim(
     db: &DatabaseConnection,
     node: &NodeId,
-    n: usize,
+    room: Room,
     lease: Duration,
     order: ClaimOrder,
 ) -> Result<Vec<QueuedTask>, StoreError> {
-    if n == 0 {
+    let (n, targets) = match room {
+        Room::Exactly(n) => (n, None),
+        Room::FreeSlots(n, targets) => (n, Some(targets)),
+    };
+    if n == 0 || targets.as_ref().is_some_and(Vec::is_empty) {
         return Ok(Vec::new());
     }
     let ready = "status = 'QUEUED' AND (holder IS NULL OR lease_until < now()) \
@@ -212,34 +215,65 @@ pub async fn claim(
         "UPDATE tasks t SET holder = $1, lease_until = now() + $3 * interval '1 millisecond' \
                 FROM chosen WHERE t.id = chosen.id";
     let mut values: Vec<Value> = vec![node.as_str().into(), (n as i64).into(), millis(lease)];
+    // `$2` the most wanted; `room` what may be taken now.
+    let room = match targets {
+        None => "room AS (SELECT $2::bigint AS n)".to_string(),
+        Some(targets) => {
+            let next = values.len();
+            values.push(
+                targets
+                    .iter()
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            values.push(
+                targets
+                    .iter()
+                    .map(|(_, c)| *c as i32)
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            format!(
+                "room AS (SELECT least($2::bigint, count(*)) AS n FROM slots s \
+                   JOIN unnest(${}::text[], ${}::int[]) AS c(key, cap) \
+                     ON s.instance_key = c.key AND s.slot < c.cap \
+                   WHERE s.holder IS NULL OR s.held_until < now())",
+                next + 1,
+                next + 2
+            )
+        }
+    };
+    let limit = "LIMIT (SELECT n FROM room)";
     let sql = if order.vip_share == 0 {
         format!(
-            "WITH chosen AS ( \
+            "WITH {room}, chosen AS ( \
                SELECT id, row_number() OVER (ORDER BY fair_key, id) AS rn FROM tasks \
-               WHERE {ready} ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+               WHERE {ready} ORDER BY fair_key, id {limit} FOR UPDATE SKIP LOCKED) \
              {take} RETURNING t.*, chosen.rn"
         )
     } else {
+        let share = values.len() + 1;
         values.push((order.vip_share as i64).into());
         // The streak after these dispatches, as the in-memory fair queue counts it (VIP
         // dispatches in a row while normal tasks waited): those after the last normal
         // one; with none normal, one more each while normal tasks wait; else none.
         format!(
-            "WITH streak AS (SELECT value FROM cluster_state WHERE key = 'vip_streak' FOR UPDATE), \
+            "WITH {room}, streak AS (SELECT value FROM cluster_state WHERE key = 'vip_streak' FOR UPDATE), \
              vip AS (SELECT id, fair_key FROM tasks WHERE {ready} AND priority = 'vip' \
-               ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+               ORDER BY fair_key, id {limit} FOR UPDATE SKIP LOCKED), \
              normal AS (SELECT id, fair_key FROM tasks WHERE {ready} AND priority <> 'vip' \
-               ORDER BY fair_key, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+               ORDER BY fair_key, id {limit} FOR UPDATE SKIP LOCKED), \
              ranked AS ( \
                SELECT id, fair_key, 0 AS class, \
                  (row_number() OVER (ORDER BY fair_key, id) - 1 \
-                   + coalesce((SELECT value FROM streak), 0)) / $4 AS grp FROM vip \
+                   + coalesce((SELECT value FROM streak), 0)) / ${share} AS grp FROM vip \
                UNION ALL \
                SELECT id, fair_key, 1 AS class, \
                  row_number() OVER (ORDER BY fair_key, id) - 1 AS grp FROM normal), \
              chosen AS (SELECT id, class, \
                  row_number() OVER (ORDER BY grp, class, fair_key, id) AS rn FROM ranked \
-               ORDER BY grp, class, fair_key, id LIMIT $2), \
+               ORDER BY grp, class, fair_key, id {limit}), \
              claimed AS ({take} RETURNING t.*, chosen.rn), \
              counted AS (UPDATE cluster_state SET value = CASE \
                  WHEN EXISTS (SELECT 1 FROM chosen WHERE class = 1) THEN (SELECT count(*) \
@@ -281,19 +315,34 @@ pub enum Refusal {
 /// admitted row its fair key: after its user's last unfinished task, and not before the
 /// head of the queue (start-time fair queueing). Runs in the transaction that inserts
 /// the rows, so a refused row is never written and no limit is passed between a check
-/// and a write.
+/// and a write. Without `wait`, a lock another transaction holds answers `None` at once.
+/// Also says whether the lock was another's when asked for.
 pub async fn admit(
     txn: &impl ConnectionTrait,
     rows: &[Admitting],
     capacity: usize,
     quota: u32,
     fair: bool,
-) -> Result<Vec<Result<i64, Refusal>>, StoreError> {
-    txn.execute(statement(
-        "SELECT pg_advisory_xact_lock($1)",
-        vec![ADMISSION_LOCK.into()],
-    ))
-    .await?;
+    wait: bool,
+) -> Result<Option<(Vec<Result<i64, Refusal>>, bool)>, StoreError> {
+    let locked = txn
+        .query_one(statement(
+            "SELECT pg_try_advisory_xact_lock($1) AS locked",
+            vec![ADMISSION_LOCK.into()],
+        ))
+        .await?
+        .expect("a function call answers one row");
+    let busy = !locked.try_get::<bool>("", "locked")?;
+    if busy && !wait {
+        return Ok(None);
+    }
+    if busy {
+        txn.execute(statement(
+            "SELECT pg_advisory_xact_lock($1)",
+            vec![ADMISSION_LOCK.into()],
+        ))
+        .await?;
+    }
     let head = txn
         .query_one(statement(
             "SELECT count(*) AS queued, min(fair_key) AS head FROM tasks WHERE status = 'QUEUED'",
@@ -360,7 +409,7 @@ pub async fn admit(
         ))
         .await?;
     }
-    Ok(answers)
+    Ok(Some((answers, busy)))
 }
 
 /// QUEUED tasks in the whole cluster.
@@ -459,7 +508,8 @@ pub async fn ensure_slots(
 }
 
 /// Takes a free call slot of the first of `candidates` (instance key, capacity) that has
-/// one, in their order, for `node`: slots `capacity` and above are not used.
+/// one, in their order, for `node`: slots `capacity` and above are not used. Slots are
+/// taken, given back and renewed on the lease connections (`super::connect_leases`).
 pub async fn take_slot(
     db: &DatabaseConnection,
     node: &NodeId,
@@ -471,8 +521,7 @@ pub async fn take_slot(
     }
     let keys: Vec<String> = candidates.iter().map(|(k, _)| k.clone()).collect();
     let caps: Vec<i32> = candidates.iter().map(|(_, c)| *c as i32).collect();
-    let txn = lease_transaction(db).await?;
-    let row = txn
+    let row = db
         .query_one(statement(
             "UPDATE slots SET holder = $1, held_until = now() + $4 * interval '1 millisecond' \
              WHERE (instance_key, slot) = ( \
@@ -490,7 +539,6 @@ pub async fn take_slot(
             ],
         ))
         .await?;
-    txn.commit().await?;
     row.map(|row| {
         Ok((
             row.try_get::<String>("", "instance_key")?,
@@ -508,8 +556,7 @@ pub async fn release_slot(
     instance: &str,
     slot: u32,
 ) -> Result<(), StoreError> {
-    let txn = lease_transaction(db).await?;
-    txn.execute(statement(
+    db.execute(statement(
         "WITH freed AS (UPDATE slots SET holder = NULL, held_until = NULL \
            WHERE instance_key = $1 AND slot = $2 AND holder = $3 RETURNING 1) \
          SELECT pg_notify($4, 's') FROM freed",
@@ -521,7 +568,6 @@ pub async fn release_slot(
         ],
     ))
     .await?;
-    txn.commit().await?;
     Ok(())
 }
 
@@ -537,27 +583,4 @@ pub async fn renew_slots(
     ))
     .await?;
     Ok(())
-}
-
-/// Free call slots among `candidates` (instance key, capacity): what may start now.
-pub async fn free_slots(
-    db: &DatabaseConnection,
-    candidates: &[(String, u32)],
-) -> Result<u64, StoreError> {
-    if candidates.is_empty() {
-        return Ok(0);
-    }
-    let keys: Vec<String> = candidates.iter().map(|(k, _)| k.clone()).collect();
-    let caps: Vec<i32> = candidates.iter().map(|(_, c)| *c as i32).collect();
-    let row = db
-        .query_one(statement(
-            "SELECT count(*) AS n FROM slots s \
-             JOIN unnest($1::text[], $2::int[]) AS c(key, cap) \
-               ON s.instance_key = c.key AND s.slot < c.cap \
-             WHERE s.holder IS NULL OR s.held_until < now()",
-            vec![keys.into(), caps.into()],
-        ))
-        .await?
-        .expect("an aggregate answers one row");
-    Ok(row.try_get::<i64>("", "n")? as u64)
 }

@@ -1,8 +1,8 @@
 //! The task event log: every change of a task's state, appended in the transaction that
 //! makes the change, numbered per user, kept for `events.retention_hours`, and read back
 //! for replay. Appending also queues the webhook deliveries the change calls for, and
-//! with several gateways on PostgreSQL sends each event to the others with `NOTIFY`
-//! (delivered at commit, in commit order).
+//! with several gateways on PostgreSQL sends the events to the others with `NOTIFY`
+//! (delivered at commit, in commit order), as few notifications as fit them.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +20,12 @@ use crate::domain::{
     WebhookEvents,
 };
 
-/// The channel events travel on between gateways: `{…event, "user_id": N}` as JSON.
+/// The channel events travel on between gateways: a JSON array of `{…event,
+/// "user_id": N}`, in order.
 pub const EVENTS_CHANNEL: &str = "infergate_events";
+
+/// The most a notification carries: PostgreSQL refuses payloads of 8,000 bytes and more.
+const NOTIFICATION_BYTES: usize = 7000;
 
 /// A change to log.
 #[derive(Debug, Clone)]
@@ -128,7 +132,7 @@ pub async fn append(
     EventRow::insert_many(rows).exec(txn).await?;
     queue_webhooks(txn, &logged).await?;
     if backend == DbBackend::Postgres {
-        let payloads: Vec<String> = logged.iter().map(notification).collect();
+        let payloads = notifications(&logged);
         txn.execute(Statement::from_sql_and_values(
             backend,
             "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
@@ -191,15 +195,38 @@ async fn take_numbers(
 }
 
 /// An event as it travels between gateways: its JSON with the user it belongs to.
-fn notification(event: &TaskEvent) -> String {
-    let mut json = serde_json::to_value(event).expect("an event serializes");
-    json["user_id"] = event.user_id.0.into();
-    json.to_string()
+/// The events as notification payloads, in order, each as many as fit.
+fn notifications(events: &[TaskEvent]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut payload = String::from("[");
+    for event in events {
+        let mut json = serde_json::to_value(event).expect("an event serializes");
+        json["user_id"] = event.user_id.0.into();
+        let json = json.to_string();
+        if payload.len() > 1 && payload.len() + json.len() + 2 > NOTIFICATION_BYTES {
+            payload.push(']');
+            payloads.push(std::mem::replace(&mut payload, String::from("[")));
+        }
+        if payload.len() > 1 {
+            payload.push(',');
+        }
+        payload.push_str(&json);
+    }
+    if payload.len() > 1 {
+        payload.push(']');
+        payloads.push(payload);
+    }
+    payloads
 }
 
-/// An event from another gateway's notification.
-pub fn from_notification(payload: &str) -> Option<TaskEvent> {
-    serde_json::from_str(payload).ok()
+/// The events of another gateway's notification, in order. A single event (not in an
+/// array) is what a gateway of the previous version sends, during a rolling upgrade.
+pub fn from_notification(payload: &str) -> Option<Vec<TaskEvent>> {
+    if payload.starts_with('[') {
+        serde_json::from_str(payload).ok()
+    } else {
+        serde_json::from_str(payload).ok().map(|event| vec![event])
+    }
 }
 
 /// Stored changes only have a change kind.
@@ -383,10 +410,9 @@ pub async fn prune(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_notification_carries_its_user() {
-        let event = TaskEvent {
-            seq: Some(3),
+    fn event(seq: i64, error: Option<String>) -> TaskEvent {
+        TaskEvent {
+            seq: Some(seq),
             kind: EventType::Running,
             task_id: TaskId::from("t".to_string()),
             status: TaskStatus::Running,
@@ -394,12 +420,34 @@ mod tests {
             attempt: Some(2),
             instance: Some(InstanceId(9)),
             result_url: None,
-            error: None,
+            error,
             retry_at: None,
             queue_position: None,
             eta_secs: None,
-            user_id: UserId(42),
-        };
-        assert_eq!(from_notification(&notification(&event)), Some(event));
+            user_id: UserId(42 + seq),
+        }
+    }
+
+    #[test]
+    fn notifications_carry_their_users_in_order_and_fit_the_payload_limit() {
+        // Errors of 1,000 characters: a few events fill a notification.
+        let events: Vec<TaskEvent> = (1..=40)
+            .map(|seq| event(seq, (seq % 3 == 0).then(|| "e".repeat(1000))))
+            .collect();
+        let payloads = notifications(&events);
+        assert!(payloads.len() > 1, "{} payloads", payloads.len());
+        assert!(payloads.iter().all(|p| p.len() <= NOTIFICATION_BYTES));
+        let read: Vec<TaskEvent> = payloads
+            .iter()
+            .flat_map(|p| from_notification(p).expect("a payload reads back"))
+            .collect();
+        assert_eq!(read, events);
+        assert_eq!(notifications(&[event(1, None)]).len(), 1);
+        assert!(notifications(&[]).is_empty());
+        // One event alone, as the previous version sent it.
+        let mut alone = serde_json::to_value(event(7, None)).unwrap();
+        alone["user_id"] = 49.into();
+        let read = from_notification(&alone.to_string()).expect("a lone event reads");
+        assert_eq!(read, vec![event(7, None)]);
     }
 }

@@ -73,6 +73,23 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     Database::connect(options).await
 }
 
+/// PostgreSQL connections for call slots alone, whose commits do not wait for the disk:
+/// slots are leases on a GPU, not data, and each take and release sits between two
+/// backend calls, where a flush (milliseconds) would leave the GPU idle. So each slot
+/// change is one statement, not a transaction of four. What a crash of PostgreSQL
+/// itself may lose is its last fraction of a second of slot changes (see README).
+pub async fn connect_leases(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(settings.url.clone());
+    options
+        .max_connections(LEASE_CONNECTIONS)
+        .sqlx_logging(false)
+        .map_sqlx_postgres_opts(|pg| pg.options([("synchronous_commit", "off")]));
+    Database::connect(options).await
+}
+
+/// Lease connections: a slot change is one short statement.
+const LEASE_CONNECTIONS: u32 = 4;
+
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await

@@ -78,6 +78,42 @@ async fn the_user_stream_sees_queued_running_done_in_order() {
 }
 
 #[actix_web::test]
+async fn a_change_lingers_for_what_follows_and_the_ending_takes_it_along() {
+    // The task takes 300 ms; its queued and running are held for up to a second, and
+    // go out with the done, which is not held.
+    let app = spawn_app_with(vec![sim(300)], |s| s.events.linger_ms = 1000).await;
+    let user = app.new_user("lingerer").await;
+    let mut stream = app.stream("/api/v1/events", &user.token).await;
+    let submitted = std::time::Instant::now();
+    app.submit_ok(&user.token, "a slow lighthouse").await;
+    let mut arrivals = Vec::new();
+    loop {
+        let frame = stream.next_within(WAIT).await.expect("the stream goes on");
+        if frame.id.is_none() {
+            continue; // progress
+        }
+        arrivals.push((
+            frame.data["type"].as_str().unwrap().to_string(),
+            submitted.elapsed(),
+        ));
+        if is_end(&frame) {
+            break;
+        }
+    }
+    let types: Vec<&str> = arrivals.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["queued", "running", "done"]);
+    let (queued, done) = (arrivals[0].1, arrivals[2].1);
+    assert!(
+        queued >= Duration::from_millis(250),
+        "queued came at {queued:?}, not held"
+    );
+    assert!(
+        done - queued < Duration::from_millis(100),
+        "queued at {queued:?}, done at {done:?}: not in one write"
+    );
+}
+
+#[actix_web::test]
 async fn a_task_stream_opens_with_a_snapshot_shows_progress_and_ends_after_the_last_change() {
     let app = spawn_app_with(vec![sim(1500)], |_| {}).await;
     let user = app.new_user("patient").await;

@@ -19,7 +19,7 @@ use super::Dispatcher;
 use crate::actors::messages::{ImageTargets, Lease, Run, WorkerHandle};
 use crate::cluster::{hostname, Cluster};
 use crate::domain::{QueuedTask, TaskId};
-use crate::store::cluster::{self as shared, ClaimOrder};
+use crate::store::cluster::{self as shared, ClaimOrder, Room};
 
 pub(super) struct Shared {
     pub cluster: Arc<Cluster>,
@@ -103,10 +103,9 @@ impl Dispatcher {
         let order = ClaimOrder {
             vip_share: shared.vip_share,
         };
-        let claim = async move {
-            let free = shared::free_slots(&db, &targets).await? as usize;
-            shared::claim(&db, &cluster.node, wanted.min(free), cluster.lease, order).await
-        };
+        let room = Room::FreeSlots(wanted, targets);
+        let claim =
+            async move { shared::claim(&db, &cluster.node, room, cluster.lease, order).await };
         ctx.spawn(claim.into_actor(self).map(move |claimed, dispatcher, ctx| {
             let Some(shared) = dispatcher.shared.as_mut() else {
                 return;
@@ -195,7 +194,9 @@ impl Dispatcher {
             vip_share: shared.vip_share,
         };
         let n = kept.len();
-        let claim = async move { shared::claim(&db, &cluster.node, n, cluster.lease, order).await };
+        let room = Room::Exactly(n);
+        let claim =
+            async move { shared::claim(&db, &cluster.node, room, cluster.lease, order).await };
         ctx.spawn(claim.into_actor(self).map(move |claimed, dispatcher, ctx| {
             let tasks = match claimed {
                 Ok(tasks) => tasks,

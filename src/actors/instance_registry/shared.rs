@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use sea_orm::DatabaseConnection;
 
 use super::InstanceRegistry;
 use crate::actors::messages::{
@@ -33,6 +34,8 @@ const KEEP_SLOT_FOR: Duration = Duration::from_secs(1);
 
 pub struct SharedSlots {
     pub cluster: Arc<Cluster>,
+    /// The connections slots are taken and given back on (see `store::connect_leases`).
+    leases: DatabaseConnection,
     /// A slot is being taken: one at a time.
     taking: bool,
     /// Bumped whenever a slot may have come free; a waiter is tried once per value.
@@ -44,9 +47,14 @@ pub struct SharedSlots {
 }
 
 impl SharedSlots {
-    pub fn new(cluster: Cluster, dispatcher: Recipient<ImageTargets>) -> SharedSlots {
+    pub fn new(
+        cluster: Cluster,
+        leases: DatabaseConnection,
+        dispatcher: Recipient<ImageTargets>,
+    ) -> SharedSlots {
         SharedSlots {
             cluster: Arc::new(cluster),
+            leases,
             taking: false,
             generation: 0,
             dispatcher,
@@ -66,7 +74,7 @@ impl InstanceRegistry {
             let Some(slots) = registry.shared.as_ref() else {
                 return;
             };
-            let (db, cluster) = (registry.db.clone(), slots.cluster.clone());
+            let (db, cluster) = (slots.leases.clone(), slots.cluster.clone());
             ctx.spawn(
                 async move {
                     if let Err(e) = shared::renew_slots(&db, &cluster.node, cluster.lease).await {
@@ -151,7 +159,7 @@ impl InstanceRegistry {
         }
         let slots = self.shared.as_mut().expect("shared mode");
         slots.taking = true;
-        let (db, cluster) = (self.db.clone(), slots.cluster.clone());
+        let (db, cluster) = (slots.leases.clone(), slots.cluster.clone());
         let take =
             async move { shared::take_slot(&db, &cluster.node, &candidates, cluster.lease).await };
         ctx.spawn(take.into_actor(self).map(move |taken, registry, ctx| {
@@ -189,7 +197,7 @@ impl InstanceRegistry {
         let Some(slots) = self.shared.as_ref() else {
             return;
         };
-        let (db, node): (_, NodeId) = (self.db.clone(), slots.cluster.node.clone());
+        let (db, node): (_, NodeId) = (slots.leases.clone(), slots.cluster.node.clone());
         ctx.spawn(
             async move {
                 if let Err(e) = shared::release_slot(&db, &node, &key, slot).await {

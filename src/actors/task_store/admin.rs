@@ -134,8 +134,11 @@ async fn requeue(
         admission.capacity,
         admission.quota,
         admission.fair,
+        true,
     )
-    .await?;
+    .await?
+    .expect("an admission that waits for the lock answers")
+    .0;
     let mut requeued_rows = Vec::new();
     for (row, verdict) in rows.into_iter().zip(verdicts) {
         let Ok(fair_key) = verdict else { continue };

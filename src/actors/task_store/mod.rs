@@ -3,7 +3,12 @@
 //! Owns the database connection and the group-commit buffer. Concurrent writes (new
 //! tasks, QUEUED → RUNNING, and ends) are batched into one transaction: each sender's
 //! reply waits for the commit that holds its write, so a 202 always means "committed"
-//! and one fsync serves a whole batch. Reads run concurrently on the connection pool and
+//! and one fsync serves a whole batch. With several gateways, admitting new tasks takes
+//! a lock every gateway's admissions share: a batch whose new tasks find it taken
+//! commits the rest and hands them to a second lane, which waits for it, so the status
+//! changes of the tasks running here never wait for other gateways' admissions. While
+//! the lock stays contended new tasks go to that lane straight away; once it is found
+//! free again they ride with the rest, one commit for all as alone. Reads run concurrently on the connection pool and
 //! never wait for the buffer. Every status change is conditional on the status (and
 //! attempt) the caller expects, so a late or repeated update cannot overwrite a task
 //! that already ended. A task's ending that fails to commit is tried again until it
@@ -31,12 +36,12 @@ use tokio::sync::oneshot;
 use super::messages::*;
 use crate::cluster::Cluster;
 use crate::domain::{ChangeKind, TaskEvent, TaskStatus};
-use crate::events::EventHub;
+use crate::events::Relay;
 use crate::store::events::{self, NewEvent};
 use crate::store::StoreError;
 use crate::telemetry::metrics::AttemptOutcome;
 use crate::telemetry::METRICS;
-use writes::{changed, requeue_running, Ending, Write};
+use writes::{changed, requeue_running, Admission, Ending, Write};
 
 /// Writes per group commit; keeps one insert statement well under SQLite's variable limit.
 const MAX_BATCH: usize = 512;
@@ -44,22 +49,36 @@ const MAX_BATCH: usize = 512;
 const ENDING_RETRY_BASE: Duration = Duration::from_millis(100);
 const ENDING_RETRY_MAX: Duration = Duration::from_secs(10);
 
-pub struct TaskStore {
-    db: DatabaseConnection,
+/// A queue of writes with at most one commit in flight.
+#[derive(Default)]
+struct Lane {
     /// Writes waiting for the next commit, each with the channel its sender awaits.
     pending: Vec<Write>,
     /// A commit is in flight; writes arriving now ride on the next one.
     committing: bool,
+}
+
+/// Every write, new tasks admitted if the admission lock is free.
+const CHANGES: usize = 0;
+/// New tasks that found the admission lock taken (several gateways), waiting for it.
+const ADMISSIONS: usize = 1;
+
+pub struct TaskStore {
+    db: DatabaseConnection,
+    lanes: [Lane; 2],
+    /// The admission lock was another's when last asked for: new tasks go straight to
+    /// the lane that waits for it.
+    contended: bool,
     /// How long a DONE's image is held while its commit keeps failing; then the task is
     /// stored as FAILED instead (the database may be refusing this very image).
     hold_results: Duration,
     /// With several gateways: this node, whose claims every change is conditional on,
     /// and the global limits admission checks.
     cluster: Option<Arc<Cluster>>,
-    /// Where committed events go. Alone on SQLite, straight from here; with several
-    /// gateways the listener publishes every gateway's, this one's included, in commit
-    /// order.
-    hub: EventHub,
+    /// Where committed events go. Alone on SQLite, from here to the hub on another
+    /// thread; with several gateways the listener publishes every gateway's, this
+    /// one's included, in commit order.
+    hub: Relay,
 }
 
 impl TaskStore {
@@ -67,12 +86,12 @@ impl TaskStore {
         db: DatabaseConnection,
         hold_results: Duration,
         cluster: Option<Cluster>,
-        hub: EventHub,
+        hub: Relay,
     ) -> TaskStore {
         TaskStore {
             db,
-            pending: Vec::new(),
-            committing: false,
+            lanes: Default::default(),
+            contended: false,
             hold_results,
             cluster: cluster.map(Arc::new),
             hub,
@@ -85,27 +104,48 @@ impl TaskStore {
         }
     }
 
-    /// Queues a write and starts a commit unless one is in flight.
-    fn push(&mut self, write: Write, ctx: &mut Context<Self>) {
-        self.pending.push(write);
-        self.flush(ctx);
+    /// The lanes in use: alone, one writer is all SQLite has.
+    fn lanes(&self) -> std::ops::Range<usize> {
+        if self.cluster.is_some() {
+            CHANGES..ADMISSIONS + 1
+        } else {
+            CHANGES..CHANGES + 1
+        }
     }
 
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.pending.is_empty() {
+    /// Queues a write and starts a commit unless one is in flight.
+    fn push(&mut self, write: Write, ctx: &mut Context<Self>) {
+        let lane = match write {
+            Write::Insert(..) if self.contended => ADMISSIONS,
+            _ => CHANGES,
+        };
+        self.push_to(lane, write, ctx);
+    }
+
+    fn push_to(&mut self, lane: usize, write: Write, ctx: &mut Context<Self>) {
+        self.lanes[lane].pending.push(write);
+        self.flush(lane, ctx);
+    }
+
+    fn flush(&mut self, lane: usize, ctx: &mut Context<Self>) {
+        let Lane {
+            pending,
+            committing,
+        } = &mut self.lanes[lane];
+        if *committing || pending.is_empty() {
             return;
         }
-        self.committing = true;
+        *committing = true;
         // An ending that failed before commits alone, so that if it is the write the
         // database refuses, it does not take other writes down with it again.
-        let take = if self.pending[0].is_retry() {
+        let take = if pending[0].is_retry() {
             1
         } else {
-            let fresh = self.pending.iter().take(MAX_BATCH);
+            let fresh = pending.iter().take(MAX_BATCH);
             fresh.take_while(|write| !write.is_retry()).count()
         };
         let (mut batch, mut endings) = (Vec::new(), Vec::new());
-        for write in self.pending.drain(..take) {
+        for write in pending.drain(..take) {
             match write {
                 Write::Finish(ending) => endings.push(ending),
                 other => batch.push(other),
@@ -121,10 +161,15 @@ impl TaskStore {
             self.cluster.clone(),
             batch,
             messages,
+            if lane == ADMISSIONS {
+                Admission::Wait
+            } else {
+                Admission::IfFree
+            },
         ))
         .catch_unwind();
         ctx.spawn(commit.into_actor(self).map(move |committed, store, ctx| {
-            store.committing = false;
+            store.lanes[lane].committing = false;
             let error = match committed {
                 Ok(Ok(committed)) => {
                     METRICS.db_commit(started.elapsed(), take);
@@ -135,7 +180,13 @@ impl TaskStore {
                         let _ = ending.reply.send(Ok(applied));
                     }
                     store.publish(committed.events);
-                    return store.flush(ctx);
+                    if let Some(contended) = committed.contended {
+                        store.contended = contended;
+                    }
+                    for write in committed.deferred {
+                        store.push_to(ADMISSIONS, write, ctx);
+                    }
+                    return store.flush(lane, ctx);
                 }
                 Ok(Err(error)) => error.to_string(),
                 Err(_) => {
@@ -148,7 +199,7 @@ impl TaskStore {
                 ending.last_error = Some(error.clone());
                 store.retry_later(ending, ctx);
             }
-            store.flush(ctx);
+            store.flush(lane, ctx);
         }));
     }
 
@@ -215,8 +266,7 @@ impl Actor for TaskStore {
 impl Supervised for TaskStore {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // Dropping the senders tells their writers the write did not happen.
-        self.pending.clear();
-        self.committing = false;
+        self.lanes = Default::default();
     }
 }
 
@@ -280,14 +330,25 @@ fn count_ending(msg: &FinishTask) {
     }
 }
 
-/// Answers after the commit that follows every write queued so far.
+/// Answers after the commits that follow every write queued so far, in every lane.
 impl Handler<Flush> for TaskStore {
     type Result = ResponseFuture<Result<(), StoreError>>;
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.push(Write::Flush(tx), ctx);
-        committed(rx)
+        let flushed: Vec<_> = self
+            .lanes()
+            .map(|lane| {
+                let (tx, rx) = oneshot::channel();
+                self.push_to(lane, Write::Flush(tx), ctx);
+                committed(rx)
+            })
+            .collect();
+        Box::pin(async move {
+            for lane in flushed {
+                lane.await?;
+            }
+            Ok(())
+        })
     }
 }
 

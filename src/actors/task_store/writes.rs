@@ -59,20 +59,37 @@ enum Update<'a> {
     Finish(&'a FinishTask),
 }
 
-/// What a commit did: whether each ending applied, and the events it logged.
+/// What a commit did: whether each ending applied, the events it logged, the new tasks
+/// it left for a commit that waits for admission, and whether its admission found the
+/// lock another's (`None`: it admitted nothing).
 pub struct Committed {
     pub applied: Vec<bool>,
     pub events: Vec<TaskEvent>,
+    pub deferred: Vec<Write>,
+    pub contended: Option<bool>,
+}
+
+/// How a commit with new tasks treats the admission lock of several gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Takes it if it is free, and otherwise commits the rest and hands the new tasks
+    /// back: the status changes of tasks running here never wait for other gateways'
+    /// admissions.
+    IfFree,
+    /// Waits for it.
+    Wait,
 }
 
 /// Applies the batch and the endings in one transaction, then answers every writer of
 /// the batch: each its own outcome once committed, or the error if anything failed.
-/// The endings are the caller's to answer: this says whether each applied.
+/// The endings are the caller's to answer: this says whether each applied. New tasks
+/// left out for the admission lock (`Admission::IfFree`) come back unanswered.
 pub async fn commit(
     db: DatabaseConnection,
     cluster: Option<Arc<Cluster>>,
     batch: Vec<Write>,
     endings: Vec<Arc<FinishTask>>,
+    admission: Admission,
 ) -> Result<Committed, StoreError> {
     let cluster = cluster.as_deref();
     let mut inserts = Vec::new();
@@ -98,7 +115,11 @@ pub async fn commit(
         let mut existing = existing_users(&db, &inserts).await?;
         let mut tries = 1;
         loop {
-            match apply(&db, cluster, &inserts, &existing, &marks, &endings).await {
+            match apply(
+                &db, cluster, &inserts, &existing, &marks, &endings, admission,
+            )
+            .await
+            {
                 Err(StoreError::Constraint(e)) if tries < 3 && is_foreign_key(&e) => {
                     tries += 1;
                     existing = existing_users(&db, &inserts).await?;
@@ -109,9 +130,19 @@ pub async fn commit(
     }
     .await;
     match result {
-        Ok((inserted, applied, events)) => {
-            for (reply, outcome) in insert_replies.into_iter().zip(inserted) {
-                let _ = reply.send(Ok(outcome));
+        Ok((inserted, contended, applied, events)) => {
+            let mut deferred = Vec::new();
+            match inserted {
+                Some(inserted) => {
+                    for (reply, outcome) in insert_replies.into_iter().zip(inserted) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                None => {
+                    for (row, reply) in inserts.into_iter().zip(insert_replies) {
+                        deferred.push(Write::Insert(Box::new(row), reply));
+                    }
+                }
             }
             let mut applied = applied.into_iter();
             for ((_, reply), applied) in marks.into_iter().zip(&mut applied) {
@@ -123,6 +154,8 @@ pub async fn commit(
             Ok(Committed {
                 applied: applied.collect(),
                 events,
+                deferred,
+                contended,
             })
         }
         Err(e) => {
@@ -143,8 +176,19 @@ pub async fn commit(
     }
 }
 
+/// What one try of a batch's transaction did: each new task's outcome (`None`: left
+/// out for the admission lock), whether the admission lock was another's, whether each
+/// status change applied, the events logged.
+type Applied = (
+    Option<Vec<Inserted>>,
+    Option<bool>,
+    Vec<bool>,
+    Vec<TaskEvent>,
+);
+
 /// One try of the batch's transaction: the writes, and the events of those that
-/// applied, logged with them.
+/// applied, logged with them. The status changes come first, so that with several
+/// gateways the admission lock is held for the new tasks alone.
 async fn apply(
     db: &DatabaseConnection,
     cluster: Option<&Cluster>,
@@ -152,26 +196,14 @@ async fn apply(
     existing: &HashSet<i64>,
     marks: &[(MarkRunning, Reply<bool>)],
     endings: &[Arc<FinishTask>],
-) -> Result<(Vec<Inserted>, Vec<bool>, Vec<TaskEvent>), StoreError> {
+    admission: Admission,
+) -> Result<Applied, StoreError> {
     let updates = marks
         .iter()
         .map(|(msg, _)| Update::MarkRunning(msg))
         .chain(endings.iter().map(|msg| Update::Finish(msg)));
     let txn = db.begin().await?;
-    let inserted = insert_rows(&txn, cluster, inserts, existing).await?;
-    let mut changes: Vec<NewEvent> = inserts
-        .iter()
-        .zip(&inserted)
-        .filter(|(_, inserted)| **inserted == Inserted::New)
-        .filter_map(|(row, _)| {
-            Some(NewEvent::new(
-                UserId(row.user_id.clone().take()?),
-                TaskId::from(row.task_id.clone().take()?),
-                ChangeKind::Queued,
-                TaskStatus::Queued,
-            ))
-        })
-        .collect();
+    let mut changes = Vec::new();
     let mut applied = Vec::with_capacity(marks.len() + endings.len());
     for update in updates {
         let change = match update {
@@ -181,10 +213,27 @@ async fn apply(
         applied.push(change.is_some());
         changes.extend(change);
     }
+    let (inserted, contended) = insert_rows(&txn, cluster, inserts, existing, admission).await?;
+    if let Some(inserted) = &inserted {
+        changes.extend(
+            inserts
+                .iter()
+                .zip(inserted)
+                .filter(|(_, inserted)| **inserted == Inserted::New)
+                .filter_map(|(row, _)| {
+                    Some(NewEvent::new(
+                        UserId(row.user_id.clone().take()?),
+                        TaskId::from(row.task_id.clone().take()?),
+                        ChangeKind::Queued,
+                        TaskStatus::Queued,
+                    ))
+                }),
+        );
+    }
     let events = events::append(&txn, changes).await?;
     crate::faults::hit(crate::faults::Site::StoreCommit);
     txn.commit().await?;
-    Ok((inserted, applied, events))
+    Ok((inserted, contended, applied, events))
 }
 
 fn is_foreign_key(e: &DbErr) -> bool {
@@ -219,13 +268,18 @@ async fn existing_users(
 /// Inserts the rows, answering each. A row whose user no longer exists is not inserted
 /// (`UserGone`: its foreign key would fail the whole batch). With several gateways the
 /// global limits are checked first, and a refused row is not inserted either
-/// (`Refused`).
+/// (`Refused`); `None`: the admission lock was taken and `IfFree` asked not to wait.
+/// Also says whether the admission lock was another's when asked for.
 async fn insert_rows(
     txn: &DatabaseTransaction,
     cluster: Option<&Cluster>,
     rows: &[task::ActiveModel],
     existing: &HashSet<i64>,
-) -> Result<Vec<Inserted>, StoreError> {
+    admission: Admission,
+) -> Result<(Option<Vec<Inserted>>, Option<bool>), StoreError> {
+    if rows.is_empty() {
+        return Ok((Some(Vec::new()), None));
+    }
     let mut outcomes: Vec<Option<Inserted>> = vec![None; rows.len()];
     let mut live: Vec<(usize, task::ActiveModel)> = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
@@ -240,9 +294,12 @@ async fn insert_rows(
             outcomes[i] = Some(Inserted::UserGone);
         }
     }
-    let admitted = match cluster {
-        Some(cluster) => admit(txn, cluster, live, &mut outcomes).await?,
-        None => live,
+    let (admitted, contended) = match cluster {
+        Some(cluster) => match admit(txn, cluster, live, &mut outcomes, admission).await? {
+            Some((admitted, contended)) => (admitted, contended),
+            None => return Ok((None, Some(true))),
+        },
+        None => (live, None),
     };
     let any = !admitted.is_empty();
     let (places, rows): (Vec<usize>, Vec<task::ActiveModel>) = admitted.into_iter().unzip();
@@ -252,22 +309,26 @@ async fn insert_rows(
     if any && cluster.is_some() {
         shared::notify(txn, "q").await?;
     }
-    Ok(outcomes
+    let outcomes = outcomes
         .into_iter()
         .map(|o| o.expect("every row answered"))
-        .collect())
+        .collect();
+    Ok((Some(outcomes), contended))
 }
 
 /// Several gateways: the global limits, checked in the inserting transaction; each
-/// admitted row gets its place in the fair order, each refused one its answer.
+/// admitted row gets its place in the fair order, each refused one its answer. `None`:
+/// the lock is another's and `IfFree` asked not to wait. Also says whether the lock was
+/// another's when asked for (`None`: nothing to admit).
 async fn admit(
     txn: &DatabaseTransaction,
     cluster: &Cluster,
     rows: Vec<(usize, task::ActiveModel)>,
     outcomes: &mut [Option<Inserted>],
-) -> Result<Vec<(usize, task::ActiveModel)>, StoreError> {
+    admission: Admission,
+) -> Result<Option<(Vec<(usize, task::ActiveModel)>, Option<bool>)>, StoreError> {
     if rows.is_empty() {
-        return Ok(rows);
+        return Ok(Some((rows, None)));
     }
     // Several gateways: the global limits are checked here, in the inserting
     // transaction, and each admitted row gets its place in the fair order.
@@ -278,15 +339,19 @@ async fn admit(
             priority: row.priority.clone().unwrap(),
         })
         .collect();
-    let admission = &cluster.admission;
-    let verdicts = shared::admit(
+    let limits = &cluster.admission;
+    let Some((verdicts, contended)) = shared::admit(
         txn,
         &admitting,
-        admission.capacity,
-        admission.quota,
-        admission.fair,
+        limits.capacity,
+        limits.quota,
+        limits.fair,
+        admission == Admission::Wait,
     )
-    .await?;
+    .await?
+    else {
+        return Ok(None);
+    };
     let mut admitted = Vec::with_capacity(rows.len());
     for ((i, mut row), verdict) in rows.into_iter().zip(verdicts) {
         match verdict {
@@ -297,7 +362,7 @@ async fn admit(
             Err(refusal) => outcomes[i] = Some(Inserted::Refused(refusal)),
         }
     }
-    Ok(admitted)
+    Ok(Some((admitted, Some(contended))))
 }
 
 /// Inserts rows already admitted.
