@@ -445,9 +445,10 @@ mod tests {
         assert_eq!(notifications(&[event(1, None)]).len(), 1);
         assert!(notifications(&[]).is_empty());
         // One event alone, as the previous version sent it.
-        let mut alone = serde_json::to_value(event(7, None)).unwrap();
-        alone["user_id"] = 49.into();
-        let read = from_notification(&alone.to_string()).expect("a lone event reads");
-        assert_eq!(read, vec![event(7, None)]);
+        let lone = event(7, None);
+        let mut json = serde_json::to_value(&lone).unwrap();
+        json["user_id"] = lone.user_id.0.into();
+        let read = from_notification(&json.to_string()).expect("a lone event reads");
+        assert_eq!(read, vec![lone]);
     }
 }
