@@ -13,10 +13,11 @@ const SUBSCRIBERS: usize = 1000;
 const ROUNDS: usize = 3;
 
 /// What one stream saw: for each DONE event, the time from its commit (`at`) to its
-/// arrival; and how many reads brought its frames (the gateway's writes, give or take
-/// how TCP cut them).
+/// arrival; its frames (events, progress included); and how many reads brought them
+/// (the gateway's writes, give or take how TCP cut them).
 struct Seen {
     lags: Vec<Duration>,
+    frames: usize,
     reads: usize,
 }
 
@@ -38,16 +39,22 @@ async fn subscribe(
     assert_eq!(response.status(), 200, "stream refused");
     let mut body = response.bytes_stream();
     tokio::spawn(async move {
-        let (mut buffer, mut lags, mut reads) = (String::new(), Vec::new(), 0);
+        let (mut buffer, mut lags, mut frames, mut reads) = (String::new(), Vec::new(), 0, 0);
         while lags.len() < dones {
             let Some(Ok(chunk)) = body.next().await else {
                 panic!("a stream ended early after {} DONE events", lags.len());
             };
-            reads += 1;
+            // The stream's opening `retry:` line is its own write, not an event's.
+            if !chunk.starts_with(b"retry:") {
+                reads += 1;
+            }
             let arrived = chrono::Utc::now();
             buffer.push_str(std::str::from_utf8(&chunk).unwrap());
             while let Some(end) = buffer.find("\n\n") {
                 let frame: String = buffer.drain(..end + 2).collect();
+                if !frame.starts_with("retry:") {
+                    frames += 1;
+                }
                 // Only DONE events are read; the rest are skipped unparsed, so the
                 // client takes as little CPU from the gateway as it can.
                 if !frame.contains("\"type\":\"done\"") {
@@ -63,7 +70,11 @@ async fn subscribe(
                 lags.push((arrived - at).to_std().unwrap_or_default());
             }
         }
-        Seen { lags, reads }
+        Seen {
+            lags,
+            frames,
+            reads,
+        }
     })
 }
 
@@ -177,7 +188,7 @@ async fn events_run(users: usize, tasks_per_user: usize) {
     // Rounds without and with the subscribers, alternating, so that a slow spell of a
     // shared machine does not fall on one side only; the medians are compared.
     let (mut withouts, mut withs) = (Vec::new(), Vec::new());
-    let (mut light, mut loaded, mut reads) = (Vec::new(), Vec::new(), 0);
+    let (mut light, mut loaded, mut frames, mut reads) = (Vec::new(), Vec::new(), 0, 0);
     for _ in 0..ROUNDS {
         withouts.push(tasks_for(&rig, &tokens, tasks_per_user, "no subscribers").await);
         let mut streams = Vec::new();
@@ -193,12 +204,15 @@ async fn events_run(users: usize, tasks_per_user: usize) {
             let seen = stream.await.unwrap();
             light.push(seen.lags[0]);
             loaded.extend(&seen.lags[1..]);
+            frames += seen.frames;
             reads += seen.reads;
         }
     }
+    let per_task = |n: usize| n as f64 / (ROUNDS * SUBSCRIBERS * (1 + tasks_per_user)) as f64;
     println!(
-        "events ({shape}): {:.2} reads per task per stream (a task has 3 stored events)",
-        reads as f64 / (ROUNDS * SUBSCRIBERS * (1 + tasks_per_user)) as f64
+        "events ({shape}): per task and stream, {:.2} frames (3 stored events, the rest progress) in {:.2} reads",
+        per_task(frames),
+        per_task(reads)
     );
     for (label, lags) in [("1 task per user", &mut light), ("under load", &mut loaded)] {
         lags.sort();
