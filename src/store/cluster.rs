@@ -28,7 +28,7 @@ pub const CHANNEL: &str = "infergate";
 
 /// An advisory lock taken by every admission, so the global queue capacity and quotas
 /// hold across processes (the number spells nothing; it only has to be ours).
-const ADMISSION_LOCK: i64 = 0x696e_6667_6174_6501;
+pub const ADMISSION_LOCK: i64 = 0x696e_6667_6174_6501;
 
 fn statement(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use infergate::simulator::{SimBackend, SimConfig};
 use reqwest::StatusCode;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement, TransactionTrait};
 use serde_json::{json, Value};
 
 use crate::helpers::start_sims;
@@ -223,6 +223,71 @@ async fn a_gateway_killed_mid_run_loses_nothing_and_its_tasks_run_elsewhere() {
         );
     }
     drop((a, c));
+    database.drop().await;
+}
+
+#[actix_web::test]
+async fn running_tasks_end_while_another_gateways_admission_holds_the_lock() {
+    let Some(database) = TempDatabase::create().await else {
+        return;
+    };
+    let sims = start_sims(vec![gpu(300)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path(), &[&sims[0]], "");
+    let a = gateway(dir.path(), &config, &database).await;
+    let (_, token) = sign_up(&a.base, "alice").await;
+    let body: Value = submit(&a.base, &token, "running")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first = body["task_id"].as_str().unwrap().to_string();
+    eventually(
+        "the first task running",
+        Duration::from_secs(20),
+        || async {
+            let task = task(&a.base, &token, &first).await;
+            (task["status"] == "RUNNING").then_some(()).ok_or(task)
+        },
+    )
+    .await;
+
+    // Another gateway admitting, as this one sees it: the admission lock, held.
+    let db = Database::connect(&database.url).await.unwrap();
+    let admission = db.begin().await.unwrap();
+    admission
+        .execute(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT pg_advisory_xact_lock($1)",
+            [infergate::store::cluster::ADMISSION_LOCK.into()],
+        ))
+        .await
+        .unwrap();
+    let (base, waiting_token) = (a.base.clone(), token.clone());
+    let second = actix_web::rt::spawn(async move {
+        let response = submit(&base, &waiting_token, "waits for the lock").await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        (status, body["task_id"].as_str().map(str::to_string))
+    });
+    // The running task's DONE commits meanwhile: it does not wait for the lock, even
+    // though a new task is waiting for it in the same gateway.
+    eventually("the first task DONE", Duration::from_secs(10), || async {
+        let task = task(&a.base, &token, &first).await;
+        (task["status"] == "DONE").then_some(()).ok_or(task)
+    })
+    .await;
+    assert!(!second.is_finished(), "a task was admitted past the lock");
+    admission.rollback().await.unwrap();
+    let (status, second) = second.await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let second = second.unwrap();
+    eventually("the second task DONE", Duration::from_secs(20), || async {
+        let task = task(&a.base, &token, &second).await;
+        (task["status"] == "DONE").then_some(()).ok_or(task)
+    })
+    .await;
+    drop(a);
     database.drop().await;
 }
 
