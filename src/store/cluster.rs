@@ -19,7 +19,7 @@ use sea_orm::{
 
 use super::events::NewEvent;
 use super::StoreError;
-use crate::domain::{ChangeKind, NodeId, Priority, QueuedTask, TaskId, TaskStatus, UserId};
+use crate::domain::{ChangeKind, NodeId, QueuedTask, TaskId, TaskStatus, UserId};
 
 /// The channel every gateway listens on. Payloads: `q` (work queued), `c:<task_id>` (a
 /// task cancelled), `i` (instances changed), `s` (a call slot freed), `u:<user_id>` (a
@@ -300,7 +300,6 @@ pub async fn claim(
 /// A submission as admission sees it.
 pub struct Admitting {
     pub user_id: UserId,
-    pub priority: Priority,
 }
 
 /// Why admission refused a row.
@@ -399,7 +398,6 @@ pub async fn admit(
         *last = Some(key);
         queued += 1;
         top_now = top_now.max(key);
-        let _ = row.priority;
         answers.push(Ok(key));
     }
     if top_now != top {

@@ -124,7 +124,6 @@ async fn requeue(
         .iter()
         .map(|t| Admitting {
             user_id: UserId(t.user_id),
-            priority: t.priority,
         })
         .collect();
     let admission = &cluster.admission;

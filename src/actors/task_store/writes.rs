@@ -336,7 +336,6 @@ async fn admit(
         .iter()
         .map(|(_, row)| Admitting {
             user_id: crate::domain::UserId(row.user_id.clone().unwrap()),
-            priority: row.priority.clone().unwrap(),
         })
         .collect();
     let limits = &cluster.admission;
