@@ -60,6 +60,24 @@ async fn changes_until(socket: &mut Socket, until: &str) -> Vec<Value> {
     }
 }
 
+/// The close frame's reason, read past every other frame, if the socket closes within
+/// `within` (`Err` if it stays open; `Ok(None)` if it ends without a close frame).
+async fn close_within(
+    socket: &mut Socket,
+    within: Duration,
+) -> Result<Option<awc::ws::CloseReason>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(within, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Frame::Close(reason))) => return reason,
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+}
+
 fn kinds(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
@@ -160,17 +178,9 @@ async fn a_socket_that_stops_answering_pings_is_closed() {
     let user = app.new_user("silent").await;
     let mut socket = open(&app, "", &user.token).await;
     // awc answers nothing by itself: the test reads frames and never pongs.
-    let closed = tokio::time::timeout(Duration::from_secs(8), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Frame::Close(reason))) => return reason,
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("closed within a few keep-alives");
+    let closed = close_within(&mut socket, Duration::from_secs(8))
+        .await
+        .expect("closed within a few keep-alives");
     assert_eq!(closed.map(|r| r.code), Some(awc::ws::CloseCode::Away));
 }
 
@@ -214,16 +224,8 @@ async fn a_disabled_users_socket_is_closed_with_1008_at_once() {
     app.submit_ok(&user.token, "before").await;
     changes_until(&mut socket, "done").await;
     app.disable_user(&admin.token, "banned_ws").await;
-    let closed = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Frame::Close(reason))) => return reason,
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("closed within a second");
+    let closed = close_within(&mut socket, Duration::from_secs(1))
+        .await
+        .expect("closed within a second");
     assert_eq!(closed.map(|r| r.code), Some(awc::ws::CloseCode::Policy));
 }
