@@ -112,7 +112,10 @@ async fn a_change_lingers_for_what_follows_and_the_ending_takes_it_along() {
         "queued at {queued:?}, done at {done:?}: not in one write"
     );
     // The done itself was not held to the end of the second.
-    assert!(done < Duration::from_millis(900), "done came at {done:?}: held");
+    assert!(
+        done < Duration::from_millis(900),
+        "done came at {done:?}: held"
+    );
 }
 
 #[actix_web::test]
