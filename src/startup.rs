@@ -186,6 +186,7 @@ impl Application {
             Duration::from_secs(settings.auth.user_cache_secs),
         ));
         if cluster.is_some() {
+            hub.announce_deliveries();
             let (listener_db, listener_dispatcher, listener_registry, listener_hub) = (
                 db.clone(),
                 dispatcher.clone(),

@@ -3,11 +3,12 @@
 //! task cancelled (its Dispatcher aborts it if it runs here), instances changed (the
 //! InstanceRegistry), a call slot freed (the registry's waiters, and the Dispatcher,
 //! whose claims count free slots), a user shut out (the event hub ends their streams,
-//! the standing check forgets them); and every gateway's task events, this one's
-//! included, in commit order, for the event hub. Notifications sent while its
-//! connection is down are lost, so every (re)connection is followed by a resync of all
-//! of them (streams read the event log); the Dispatcher's and the registry's polls are
-//! the backstop in between.
+//! the standing check forgets them), webhook deliveries queued (the deliverer looks);
+//! and every gateway's task events, this one's included, in commit order, for the event
+//! hub. Notifications sent while its connection is down are lost, so every
+//! (re)connection is followed by a resync of all of them (streams read the event log);
+//! the Dispatcher's, the registry's and the deliverer's polls are the backstop in
+//! between.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use actix::prelude::*;
 use sea_orm::DatabaseConnection;
 use sqlx::postgres::PgListener;
 
-use super::messages::{ReloadInstances, SlotFreed, TaskCancelled, Wake};
+use super::messages::{ReloadInstances, SlotFreed, TaskCancelled, Wake, WakeReason};
 use super::{Dispatcher, InstanceRegistry};
 use crate::auth::UserStanding;
 use crate::domain::{TaskId, UserId};
@@ -68,10 +69,11 @@ struct Routes {
 impl Routes {
     /// Whatever was said while nobody listened is lost: everyone looks for it.
     fn resync(&self) {
-        self.dispatcher.do_send(Wake);
+        self.dispatcher.do_send(Wake(WakeReason::Resync));
         self.registry.do_send(ReloadInstances);
         self.registry.do_send(SlotFreed);
         self.hub.catch_up_all();
+        self.hub.deliveries_queued();
         // A user shut out meanwhile: those with streams here are looked up.
         let watching: Vec<i64> = self.hub.watched().iter().map(|(u, _)| u.0).collect();
         let routes = self.clone();
@@ -109,12 +111,13 @@ impl Routes {
                 Err(_) => tracing::debug!(payload, "unreadable user notification"),
             },
             _ => match payload {
-                "q" => self.dispatcher.do_send(Wake),
+                "q" => self.dispatcher.do_send(Wake(WakeReason::Queued)),
                 "i" => self.registry.do_send(ReloadInstances),
+                "w" => self.hub.deliveries_queued(),
                 // The waiters may take it, and an idle worker's claim may count it.
                 "s" => {
                     self.registry.do_send(SlotFreed);
-                    self.dispatcher.do_send(Wake);
+                    self.dispatcher.do_send(Wake(WakeReason::SlotFreed));
                 }
                 other => tracing::debug!(payload = other, "unknown notification"),
             },

@@ -2,9 +2,9 @@
 //! `webhooks.concurrency` at a time, and stores each attempt's outcome. It owns no task
 //! state: the rows are the truth, so a restart (of the actor or the process) loses
 //! nothing, and a delivery whose attempt was cut short is sent again once its claim runs
-//! out (at once after a restart on SQLite). Woken by the event hub when changes commit,
-//! by its own timer when a retry falls due, and once a second in case a wake-up went to
-//! another gateway or was lost.
+//! out (at once after a restart on SQLite). Woken by the event hub when changes commit
+//! (with several gateways, only those of any gateway that queued deliveries), by its
+//! own timer when a retry falls due, and once a second in case a wake-up was lost.
 //!
 //! Claims take a batch of rows, up to the free slots and as many again ahead, so a
 //! freed slot starts its next attempt at once. Outcomes are stored by a recorder task
@@ -376,9 +376,9 @@ impl Actor for Deliverer {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let hub = self.hub.clone();
         let woken = futures_util::stream::unfold((hub, None), |(hub, last)| async move {
-            hub.committed().await;
-            // Commits ring once per group commit, and with several gateways once per
-            // event of any of them: one claim per `WAKE_GAP` serves them all.
+            hub.deliveries().await;
+            // Commits ring once per group commit, of every gateway when there are
+            // several: one claim per `WAKE_GAP` serves them all.
             if let Some(wait) = last.and_then(|last: Instant| WAKE_GAP.checked_sub(last.elapsed()))
             {
                 tokio::time::sleep(wait).await;
@@ -396,7 +396,7 @@ impl Actor for Deliverer {
     }
 }
 
-/// Stored changes committed (deliveries may have been queued), or outcomes stored
+/// Deliveries may have been queued, or outcomes were stored
 /// (retries may be due, claiming may go on).
 impl StreamHandler<()> for Deliverer {
     fn handle(&mut self, _: (), ctx: &mut Context<Self>) {

@@ -85,9 +85,12 @@ struct Inner {
     buffer: usize,
     max_streams_per_user: usize,
     rate: Mutex<CompletionRate>,
-    /// Rung when stored changes are published: the webhook deliverer looks for the
-    /// deliveries they queued. One permit at most, so a burst is one wake-up.
-    committed: tokio::sync::Notify,
+    /// Rung when webhook deliveries may have been queued: the deliverer looks for them.
+    /// One permit at most, so a burst is one wake-up.
+    deliveries: tokio::sync::Notify,
+    /// Set with several gateways: commits that queue deliveries say so with a `NOTIFY`
+    /// (see `announce_deliveries`), so the commits that queue none wake nobody.
+    announced: AtomicBool,
 }
 
 /// Hands committed events to the hub, which publishes them, in order, on the thread
@@ -135,8 +138,21 @@ impl EventHub {
             buffer: buffer.max(1),
             max_streams_per_user,
             rate: Mutex::new(CompletionRate::default()),
-            committed: tokio::sync::Notify::new(),
+            deliveries: tokio::sync::Notify::new(),
+            announced: AtomicBool::new(false),
         }))
+    }
+
+    /// From now on the deliverer is woken only by `deliveries_queued`, which the
+    /// listener calls when any gateway's commit says it queued some; else every
+    /// published commit wakes it.
+    pub fn announce_deliveries(&self) {
+        self.0.announced.store(true, Ordering::Relaxed);
+    }
+
+    /// Webhook deliveries were (or may have been) queued: the deliverer looks.
+    pub fn deliveries_queued(&self) {
+        self.0.deliveries.notify_one();
     }
 
     /// A relay publishing on this thread's runtime, for as long as a relay is held.
@@ -214,8 +230,8 @@ impl EventHub {
                 rate.observe(event.kind);
             }
         }
-        if events.iter().any(|e| e.seq.is_some()) {
-            self.0.committed.notify_one();
+        if !self.0.announced.load(Ordering::Relaxed) && events.iter().any(|e| e.seq.is_some()) {
+            self.deliveries_queued();
         }
         let mut users = self.0.users.lock().unwrap();
         for event in events {
@@ -246,10 +262,10 @@ impl EventHub {
         }
     }
 
-    /// Waits until stored changes are published (at once if some were since the last
-    /// wait ended).
-    pub async fn committed(&self) {
-        self.0.committed.notified().await
+    /// Waits until webhook deliveries may have been queued (at once if they may have
+    /// been since the last wait ended).
+    pub async fn deliveries(&self) {
+        self.0.deliveries.notified().await
     }
 
     /// Every subscriber reads the log: events may have been lost on the way.

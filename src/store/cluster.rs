@@ -23,7 +23,7 @@ use crate::domain::{ChangeKind, NodeId, QueuedTask, TaskId, TaskStatus, UserId};
 
 /// The channel every gateway listens on. Payloads: `q` (work queued), `c:<task_id>` (a
 /// task cancelled), `i` (instances changed), `s` (a call slot freed), `u:<user_id>` (a
-/// user disabled or removed).
+/// user disabled or removed), `w` (webhook deliveries queued).
 pub const CHANNEL: &str = "infergate";
 
 /// An advisory lock taken by every admission, so the global queue capacity and quotas
@@ -194,20 +194,23 @@ pub enum Room {
 /// order (users in turn by `fair_key`, VIP before normal within the VIP share), in one
 /// statement and one round trip (the free slots are counted, and the VIP streak is read,
 /// locked and written, by that statement too): rows other processes are claiming are
-/// skipped, not waited for. Answers them in order.
+/// skipped, not waited for. Answers them in order, with the room there was.
 pub async fn claim(
     db: &DatabaseConnection,
     node: &NodeId,
     room: Room,
     lease: Duration,
     order: ClaimOrder,
-) -> Result<Vec<QueuedTask>, StoreError> {
+) -> Result<Claimed, StoreError> {
     let (n, targets) = match room {
         Room::Exactly(n) => (n, None),
         Room::FreeSlots(n, targets) => (n, Some(targets)),
     };
     if n == 0 || targets.as_ref().is_some_and(Vec::is_empty) {
-        return Ok(Vec::new());
+        return Ok(Claimed {
+            tasks: Vec::new(),
+            room: 0,
+        });
     }
     let ready = "status = 'QUEUED' AND (holder IS NULL OR lease_until < now()) \
                  AND (run_after IS NULL OR run_after <= now())";
@@ -245,12 +248,15 @@ pub async fn claim(
         }
     };
     let limit = "LIMIT (SELECT n FROM room)";
+    // One row at least, so that the room comes back when nothing was claimed.
+    let answer = "SELECT r.n AS room, c.* FROM room r LEFT JOIN claimed c ON true";
     let sql = if order.vip_share == 0 {
         format!(
             "WITH {room}, chosen AS ( \
                SELECT id, row_number() OVER (ORDER BY fair_key, id) AS rn FROM tasks \
-               WHERE {ready} ORDER BY fair_key, id {limit} FOR UPDATE SKIP LOCKED) \
-             {take} RETURNING t.*, chosen.rn"
+               WHERE {ready} ORDER BY fair_key, id {limit} FOR UPDATE SKIP LOCKED), \
+             claimed AS ({take} RETURNING t.*, chosen.rn) \
+             {answer}"
         )
     } else {
         let share = values.len() + 1;
@@ -282,19 +288,36 @@ pub async fn claim(
                    THEN coalesce((SELECT value FROM streak), 0) + (SELECT count(*) FROM chosen) \
                  ELSE 0 END \
                WHERE key = 'vip_streak' AND EXISTS (SELECT 1 FROM chosen)) \
-             SELECT * FROM claimed"
+             {answer}"
         )
     };
     let mut rows = db.query_all(statement(&sql, values)).await?;
     rows.sort_by_key(|row| row.try_get::<i64>("", "rn").unwrap_or(0));
-    rows.iter()
+    let room = match rows.first() {
+        Some(row) => row.try_get::<i64>("", "room")? as usize,
+        None => 0,
+    };
+    let tasks = rows
+        .iter()
+        // The one row of a claim that took nothing holds the room alone.
+        .filter(|row| {
+            row.try_get::<Option<i64>>("", "id")
+                .is_ok_and(|id| id.is_some())
+        })
         .map(|row| {
             Ok(super::tasks::queued_task(task::Model::from_query_result(
                 row, "",
             )?))
         })
-        .collect::<Result<_, sea_orm::DbErr>>()
-        .map_err(Into::into)
+        .collect::<Result<_, sea_orm::DbErr>>()?;
+    Ok(Claimed { tasks, room })
+}
+
+/// What a claim took, and the room it had: taking fewer than the room, it found no more
+/// ready tasks; taking the room, and less than it wanted, it ran out of free slots.
+pub struct Claimed {
+    pub tasks: Vec<QueuedTask>,
+    pub room: usize,
 }
 
 /// A submission as admission sees it.

@@ -156,17 +156,15 @@ async fn take_numbers(
     let ids: Vec<i64> = wanted.iter().map(|(id, _)| id.0).collect();
     let counts: Vec<i64> = wanted.iter().map(|(_, n)| *n).collect();
     let rows = if backend == DbBackend::Postgres {
-        txn.execute(Statement::from_sql_and_values(
-            backend,
-            "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            [ids.clone().into()],
-        ))
-        .await?;
+        // The locking CTE takes the rows in id order, whatever order the update
+        // changes them in (materialized, it is not merged into the update's join).
         txn.query_all(Statement::from_sql_and_values(
             backend,
-            "UPDATE users AS u SET event_seq = u.event_seq + v.n \
-             FROM unnest($1::bigint[], $2::bigint[]) AS v(id, n) \
-             WHERE u.id = v.id RETURNING u.id, u.event_seq",
+            "WITH locked AS MATERIALIZED ( \
+               SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
+             UPDATE users AS u SET event_seq = u.event_seq + v.n \
+             FROM locked JOIN unnest($1::bigint[], $2::bigint[]) AS v(id, n) ON v.id = locked.id \
+             WHERE u.id = locked.id RETURNING u.id, u.event_seq",
             [ids.into(), counts.into()],
         ))
         .await?
@@ -293,6 +291,15 @@ async fn queue_webhooks(txn: &impl ConnectionTrait, events: &[TaskEvent]) -> Res
     }
     if !rows.is_empty() {
         WebhookDelivery::insert_many(rows).exec(txn).await?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            // Every gateway's deliverer may send them: wake them, at commit.
+            txn.execute(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, 'w')",
+                [super::cluster::CHANNEL.into()],
+            ))
+            .await?;
+        }
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use entity::prelude::WebhookDelivery;
@@ -37,6 +37,7 @@ struct Received {
     path: String,
     headers: HashMap<String, String>,
     body: String,
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -92,6 +93,7 @@ async fn receive(req: HttpRequest, body: String, script: web::Data<Mutex<Script>
         path: req.path().to_string(),
         headers,
         body,
+        at: Instant::now(),
     });
     let status = script.answers.pop_front().unwrap_or(204);
     let mut answer = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
@@ -492,6 +494,48 @@ async fn two_gateways_on_postgresql_send_each_delivery_once() {
         "a delivery was sent twice"
     );
     drop((a, b));
+    database.drop().await;
+}
+
+#[actix_web::test]
+async fn on_postgresql_a_queued_delivery_wakes_the_deliverer_without_waiting_for_its_poll() {
+    let Some(database) = TempDatabase::create().await else {
+        return;
+    };
+    let url = database.url.clone();
+    let app = spawn_app_on(
+        start_sims(vec![fast_sim()]),
+        move |settings: &mut Settings| {
+            test_settings(settings);
+            settings.database.url = url;
+        },
+    )
+    .await;
+    let receiver = Receiver::start(&[]);
+    let (token, _) = hooked_user(&app, "woken").await;
+    // Commits wake the deliverer only through the `NOTIFY` of those that queue
+    // deliveries; without it each delivery would wait for the poll, once a second, and
+    // half of them for more than half a second.
+    let mut waits = Vec::new();
+    for i in 0..8 {
+        let body = json!({"prompt": format!("p{i}"), "webhook_url": receiver.url, "webhook_events": ["queued"]});
+        submit_hooked(&app, &token, body).await;
+        let queued = Instant::now();
+        eventually("the delivery", WAIT, || async {
+            match receiver.got().len() > i {
+                true => Ok(()),
+                false => Err(i),
+            }
+        })
+        .await;
+        waits.push(receiver.got()[i].at.saturating_duration_since(queued));
+    }
+    waits.sort();
+    assert!(
+        waits[waits.len() / 2] < Duration::from_millis(300),
+        "deliveries waited for the poll: {waits:?}"
+    );
+    drop(app);
     database.drop().await;
 }
 

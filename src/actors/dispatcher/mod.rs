@@ -578,8 +578,8 @@ impl Handler<GetQueueStats> for Dispatcher {
 impl Handler<Wake> for Dispatcher {
     type Result = ();
 
-    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
-        self.claim(ctx);
+    fn handle(&mut self, Wake(why): Wake, ctx: &mut Context<Self>) {
+        self.wake(why, ctx);
     }
 }
 

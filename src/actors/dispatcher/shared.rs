@@ -16,7 +16,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::Dispatcher;
-use crate::actors::messages::{ImageTargets, Lease, Run, WorkerHandle};
+use crate::actors::messages::{ImageTargets, Lease, Run, WakeReason, WorkerHandle};
 use crate::cluster::{hostname, Cluster};
 use crate::domain::{QueuedTask, TaskId};
 use crate::store::cluster::{self as shared, ClaimOrder, Room};
@@ -36,6 +36,42 @@ pub(super) struct Shared {
     /// them; that claim needs no free slot, and is out one at a time besides the others.
     kept: Vec<(WorkerHandle, Lease)>,
     claiming_kept: bool,
+    /// What the last claim ran out of, if it took fewer tasks than it wanted: a wake-up
+    /// that brings no more of it is no reason to claim again (every gateway hears every
+    /// slot given back and every task queued).
+    short_of: Option<Shortfall>,
+}
+
+/// What a claim that took fewer tasks than it wanted ran out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shortfall {
+    /// Ready tasks: a slot given back changes nothing, a task queued may.
+    Tasks,
+    /// Free call slots: a slot given back may change that. A task queued changes
+    /// nothing while calls run here, whose ends claim again; with none running, slots
+    /// may also come free unannounced (created, or their holder's lease run out).
+    Slots,
+}
+
+impl Shortfall {
+    /// After a claim that wanted `wanted` tasks, had room for `room` and took `took`.
+    fn after(wanted: usize, took: usize, room: usize) -> Option<Shortfall> {
+        if took >= wanted {
+            None
+        } else if took < room {
+            Some(Shortfall::Tasks)
+        } else {
+            Some(Shortfall::Slots)
+        }
+    }
+
+    /// Whether the wake-up brings nothing this shortfall lacks.
+    fn unhelped_by(self, why: WakeReason, calls_running: bool) -> bool {
+        match self {
+            Shortfall::Tasks => why == WakeReason::SlotFreed,
+            Shortfall::Slots => why == WakeReason::Queued && calls_running,
+        }
+    }
 }
 
 impl Shared {
@@ -49,6 +85,7 @@ impl Shared {
             claimed: VecDeque::new(),
             kept: Vec::new(),
             claiming_kept: false,
+            short_of: None,
         }
     }
 }
@@ -77,6 +114,22 @@ impl Dispatcher {
             dispatcher.heartbeat(ctx)
         });
         ctx.run_interval(cluster.poll, |dispatcher, ctx| dispatcher.claim(ctx));
+    }
+
+    /// Claims for the idle workers on another gateway's word, unless the last claim ran
+    /// out of something it does not bring.
+    pub(super) fn wake(&mut self, why: WakeReason, ctx: &mut Context<Self>) {
+        let Some(shared) = self.shared.as_ref() else {
+            return;
+        };
+        let calls_running = !self.running.is_empty();
+        if shared
+            .short_of
+            .is_some_and(|short| short.unhelped_by(why, calls_running))
+        {
+            return;
+        }
+        self.claim(ctx);
     }
 
     /// Claims tasks for the idle workers.
@@ -111,15 +164,17 @@ impl Dispatcher {
                 return;
             };
             shared.claiming = false;
-            let tasks = match claimed {
-                Ok(tasks) => tasks,
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
                 Err(e) => {
+                    shared.short_of = None;
                     tracing::warn!(error = %e, "cannot claim tasks; trying again at the next poll");
                     return;
                 }
             };
-            let full = wanted > 0 && tasks.len() == wanted;
-            for task in tasks {
+            shared.short_of = Shortfall::after(wanted, claimed.tasks.len(), claimed.room);
+            let full = wanted > 0 && claimed.tasks.len() == wanted;
+            for task in claimed.tasks {
                 Self::start_claimed(
                     &mut dispatcher.idle,
                     &mut dispatcher.running,
@@ -199,7 +254,7 @@ impl Dispatcher {
             async move { shared::claim(&db, &cluster.node, room, cluster.lease, order).await };
         ctx.spawn(claim.into_actor(self).map(move |claimed, dispatcher, ctx| {
             let tasks = match claimed {
-                Ok(tasks) => tasks,
+                Ok(claimed) => claimed.tasks,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim tasks for kept slots; giving them back");
                     Vec::new()
@@ -209,6 +264,10 @@ impl Dispatcher {
                 return;
             };
             shared.claiming_kept = false;
+            if tasks.len() < n {
+                // No slot was short: the ready tasks ran out.
+                shared.short_of = Some(Shortfall::Tasks);
+            }
             let mut tasks = tasks.into_iter();
             let mut all_claimed = true;
             for (worker, lease) in kept {
@@ -335,5 +394,39 @@ impl Handler<ImageTargets> for Dispatcher {
             shared.targets = targets;
         }
         self.claim(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_says_what_it_ran_out_of() {
+        // All it wanted: nothing.
+        assert_eq!(Shortfall::after(4, 4, 4), None);
+        // Fewer than the free slots: the ready tasks ran out.
+        assert_eq!(Shortfall::after(4, 1, 3), Some(Shortfall::Tasks));
+        assert_eq!(Shortfall::after(4, 0, 4), Some(Shortfall::Tasks));
+        // As many as the free slots, fewer than wanted: the slots ran out.
+        assert_eq!(Shortfall::after(4, 2, 2), Some(Shortfall::Slots));
+        assert_eq!(Shortfall::after(4, 0, 0), Some(Shortfall::Slots));
+    }
+
+    #[test]
+    fn only_a_wake_up_bringing_what_ran_out_calls_for_a_claim() {
+        use WakeReason::*;
+        for running in [false, true] {
+            assert!(Shortfall::Tasks.unhelped_by(SlotFreed, running));
+            assert!(!Shortfall::Tasks.unhelped_by(Queued, running));
+            assert!(!Shortfall::Slots.unhelped_by(SlotFreed, running));
+            // Wake-ups that may have been lost are always looked into.
+            assert!(!Shortfall::Tasks.unhelped_by(Resync, running));
+            assert!(!Shortfall::Slots.unhelped_by(Resync, running));
+        }
+        // Out of slots, calls running here claim again as they end.
+        assert!(Shortfall::Slots.unhelped_by(Queued, true));
+        // With none running, a slot may have come free unannounced.
+        assert!(!Shortfall::Slots.unhelped_by(Queued, false));
     }
 }

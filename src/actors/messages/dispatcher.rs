@@ -67,11 +67,22 @@ pub struct TaskCancelled {
     pub user_id: Option<UserId>,
 }
 
-/// Work may be waiting in the database (queued by another gateway, a retry's backoff
-/// over, or a wake-up lost): claim for the idle workers.
+/// Work may be waiting in the database: claim for the idle workers, unless the last
+/// claim says this is no help.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Wake;
+pub struct Wake(pub WakeReason);
+
+/// What another gateway said, or that what it said may have been lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeReason {
+    /// It queued tasks.
+    Queued,
+    /// It gave a call slot back.
+    SlotFreed,
+    /// Wake-ups may have been lost (the listening connection dropped).
+    Resync,
+}
 
 /// The image instances this gateway can call now, as (shared key, capacity): with
 /// several gateways, a claim takes no more tasks than they have free slots.
