@@ -292,6 +292,64 @@ async fn running_tasks_end_while_another_gateways_admission_holds_the_lock() {
 }
 
 #[actix_web::test]
+async fn a_slot_kept_from_task_to_task_goes_back_within_a_second_for_the_others() {
+    let Some(database) = TempDatabase::create().await else {
+        return;
+    };
+    let sims = start_sims(vec![gpu(10)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path(), &[&sims[0]], "");
+    let a = gateway(dir.path(), &config, &database).await;
+    let (_, token) = sign_up(&a.base, "alice").await;
+    // Seconds of work: A keeps the slot from one task to the next all along.
+    let total = 300;
+    spread(&[&a], &token, total).await;
+    let db = Database::connect(&database.url).await.unwrap();
+
+    // The test is another gateway, whose claimed task waits for a slot: it takes the
+    // one A gives back before A takes it again.
+    let channel = infergate::store::cluster::CHANNEL;
+    let waiting = std::time::Instant::now();
+    loop {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(8),
+            "the slot never came back while the queue was long"
+        );
+        let taken = count(
+            &db,
+            "WITH taken AS (UPDATE slots SET holder = 'the-test', \
+               held_until = now() + interval '1 hour' \
+             WHERE holder IS NULL OR held_until < now() RETURNING 1) SELECT count(*) FROM taken",
+        )
+        .await;
+        if taken == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let queued = count(&db, "SELECT count(*) FROM tasks WHERE status = 'QUEUED'").await;
+    assert!(queued > 0, "given back only because the queue ran dry");
+    // While the test holds it, A calls nothing.
+    let generated = sims[0].generated();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sims[0].generated(), generated, "a call without a slot");
+    // Given back as a gateway does it, the slot goes on serving A.
+    count(
+        &db,
+        &format!(
+            "WITH freed AS (UPDATE slots SET holder = NULL, held_until = NULL \
+               WHERE holder = 'the-test' RETURNING 1) \
+             SELECT count(pg_notify('{channel}', 's')) FROM freed"
+        ),
+    )
+    .await;
+    assert_eq!(all_end(&db, total as i64).await, total as i64);
+    assert_eq!(sims[0].state.max_in_flight.load(Ordering::SeqCst), 1);
+    drop(a);
+    database.drop().await;
+}
+
+#[actix_web::test]
 async fn a_cancel_through_one_gateway_stops_the_call_another_runs() {
     let Some(database) = TempDatabase::create().await else {
         return;
