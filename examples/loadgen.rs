@@ -761,6 +761,7 @@ async fn main() {
         "telemetry" => telemetry::telemetry_scenario().await,
         "cluster" => cluster::cluster_scenario().await,
         "cluster-e2e" => cluster::cluster_e2e_scenario().await,
+        "cluster-makespan" => cluster::makespan().await,
         "eta" => eta::eta_scenario().await,
         "admin" => admin::admin_scenario().await,
         "webhooks" => webhooks::webhooks_scenario().await,
@@ -781,7 +782,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | register | events | telemetry | cluster | cluster-e2e | eta | admin | webhooks | all"
+                "unknown scenario {other}: submit | e2e | recovery | balance | fairness | halffail | register | events | telemetry | cluster | cluster-e2e | cluster-makespan | eta | admin | webhooks | all"
             );
             std::process::exit(2);
         }

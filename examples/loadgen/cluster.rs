@@ -300,7 +300,7 @@ async fn rescue() {
 }
 
 /// 600 tasks through 3 processes on three 50 ms GPUs of capacity 1.
-async fn makespan() {
+pub async fn makespan() {
     let total = 600;
     let cluster = Cluster::start(3, 50, &[1, 1, 1]).await;
     let started = Instant::now();

@@ -22,9 +22,9 @@ use super::{Dispatcher, InstanceRegistry};
 use crate::auth::UserStanding;
 use crate::domain::{TaskId, UserId};
 use crate::events::EventHub;
-use crate::store::cluster::CHANNEL;
 use crate::store::events::{from_notification, EVENTS_CHANNEL};
 use crate::store::users;
+use crate::store::CHANNEL;
 
 /// Pause before connecting again after the listening connection failed.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);

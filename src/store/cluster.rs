@@ -18,13 +18,8 @@ use sea_orm::{
 };
 
 use super::events::NewEvent;
-use super::StoreError;
+use super::{StoreError, CHANNEL};
 use crate::domain::{ChangeKind, NodeId, QueuedTask, TaskId, TaskStatus, UserId};
-
-/// The channel every gateway listens on. Payloads: `q` (work queued), `c:<task_id>` (a
-/// task cancelled), `i` (instances changed), `s` (a call slot freed), `u:<user_id>` (a
-/// user disabled or removed), `w` (webhook deliveries queued).
-pub const CHANNEL: &str = "infergate";
 
 /// An advisory lock taken by every admission, so the global queue capacity and quotas
 /// hold across processes (the number spells nothing; it only has to be ours).

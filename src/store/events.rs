@@ -296,7 +296,7 @@ async fn queue_webhooks(txn: &impl ConnectionTrait, events: &[TaskEvent]) -> Res
             txn.execute(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT pg_notify($1, 'w')",
-                [super::cluster::CHANNEL.into()],
+                [super::CHANNEL.into()],
             ))
             .await?;
         }

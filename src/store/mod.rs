@@ -34,6 +34,11 @@ use sqlx::Connection;
 
 use crate::settings::DatabaseSettings;
 
+/// The channel every gateway listens on. Payloads: `q` (work queued), `c:<task_id>` (a
+/// task cancelled), `i` (instances changed), `s` (a call slot freed), `u:<user_id>` (a
+/// user disabled or removed), `w` (webhook deliveries queued).
+pub const CHANNEL: &str = "infergate";
+
 /// SQLite in WAL mode with FULL sync (a commit survives power loss), a busy timeout and
 /// incremental auto-vacuum (which takes only on a new file, see `space`); anything else
 /// (PostgreSQL) through sea-orm's own pool.

@@ -308,7 +308,7 @@ async fn a_slot_kept_from_task_to_task_goes_back_within_a_second_for_the_others(
 
     // The test is another gateway, whose claimed task waits for a slot: it takes the
     // one A gives back before A takes it again.
-    let channel = infergate::store::cluster::CHANNEL;
+    let channel = infergate::store::CHANNEL;
     let waiting = std::time::Instant::now();
     loop {
         assert!(
