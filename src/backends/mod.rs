@@ -10,6 +10,8 @@ pub mod openai;
 pub mod qwen;
 pub mod transcript_formats;
 
+use std::time::Duration;
+
 pub use dispatch::{
     generate_image, image_path, transcription, transcription_path, Target, Transcription, Upload,
 };
@@ -27,12 +29,19 @@ pub fn with_headers(mut request: awc::ClientRequest, headers: &CallHeaders) -> a
     request
 }
 
+/// Longest a pooled connection to a backend is reused after its last call. Backends
+/// close idle connections of their own accord (uvicorn and actix-web after 5 s,
+/// gunicorn after 2 s); reusing one the moment its backend closes it fails the request
+/// ("connector has been disconnected") and costs the task an attempt.
+const REUSE_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// The outbound client for backend calls and pings. Redirects are not followed (a
 /// backend that redirects is misconfigured), and there is no client-wide timeout: each
 /// call bounds its own phases. awc clients are bound to their thread: make one per actor
 /// or per HTTP worker thread, not per call.
 pub fn client() -> awc::Client {
     awc::Client::builder()
+        .connector(awc::Connector::new().conn_keep_alive(REUSE_IDLE_FOR))
         .disable_redirects()
         .disable_timeout()
         .finish()
