@@ -431,6 +431,12 @@ async fn register_scenario() {
     .await;
 }
 
+/// The middle of some figures (rounds of one setup), sorting them.
+fn median(figures: &mut [f64]) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }

@@ -12,7 +12,8 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::Value;
 
 use super::{
-    binary, free_port, percentile, start_sim, submit_spread, Proc, FAST_PINGS, SCENARIO_LIMIT,
+    binary, free_port, median, percentile, start_sim, submit_spread, Proc, FAST_PINGS,
+    SCENARIO_LIMIT,
 };
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -338,14 +339,10 @@ pub async fn cluster_e2e_scenario() {
         twos.push(two / one);
         threes.push(three / one);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     println!(
         "cluster e2e: 2 processes keep {:.0}%, 3 keep {:.0}% of 1 process (medians of {E2E_ROUNDS} rounds)",
-        median(twos) * 100.0,
-        median(threes) * 100.0
+        median(&mut twos) * 100.0,
+        median(&mut threes) * 100.0
     );
 }
 

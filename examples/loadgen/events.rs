@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{memory_mib, percentile, start_sim, Rig, FAST_PINGS, SCENARIO_LIMIT};
+use super::{median, memory_mib, percentile, start_sim, Rig, FAST_PINGS, SCENARIO_LIMIT};
 
 /// SSE subscribers of the events scenario: 1,000, as users × streams per user.
 const SUBSCRIBERS: usize = 1000;
@@ -224,10 +224,6 @@ async fn events_run(users: usize, tasks_per_user: usize) {
             lags.last().unwrap().as_secs_f64() * 1e3,
         );
     }
-    let median = |rates: &mut Vec<f64>| {
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
-    };
     let rounds = |rates: &[f64]| {
         rates
             .iter()

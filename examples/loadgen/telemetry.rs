@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{start_sim, Rig, FAST_PINGS};
+use super::{median, start_sim, Rig, FAST_PINGS};
 
 /// Telemetry's cost: submissions/s at 64 clients with nothing watching, with `/metrics`
 /// scraped every second, and scraped with every span exported over OTLP to a receiver
@@ -42,13 +42,7 @@ pub async fn telemetry_scenario() {
             rates[i].push(rate);
         }
     }
-    let medians: Vec<f64> = rates
-        .iter_mut()
-        .map(|r| {
-            r.sort_by(f64::total_cmp);
-            r[r.len() / 2]
-        })
-        .collect();
+    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
     for ((label, _, _), median) in setups.iter().zip(&medians) {
         let cost = (1.0 - median / medians[0]) * 100.0;
         println!("telemetry {label}: median {median:.0} submissions/s at {clients} clients ({cost:+.1}% slower than bare)");

@@ -33,16 +33,6 @@ fn millis(d: Duration) -> Value {
     (d.as_millis() as i64).into()
 }
 
-/// `NOTIFY` on the gateways' channel; delivered when the transaction commits.
-pub async fn notify(db: &impl ConnectionTrait, payload: &str) -> Result<(), StoreError> {
-    db.execute(statement(
-        "SELECT pg_notify($1, $2)",
-        vec![CHANNEL.into(), payload.into()],
-    ))
-    .await?;
-    Ok(())
-}
-
 /// Records this process as live (or again, after a pause).
 pub async fn register_node(
     db: &DatabaseConnection,

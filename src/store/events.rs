@@ -293,12 +293,7 @@ async fn queue_webhooks(txn: &impl ConnectionTrait, events: &[TaskEvent]) -> Res
         WebhookDelivery::insert_many(rows).exec(txn).await?;
         if txn.get_database_backend() == DbBackend::Postgres {
             // Every gateway's deliverer may send them: wake them, at commit.
-            txn.execute(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_notify($1, 'w')",
-                [super::CHANNEL.into()],
-            ))
-            .await?;
+            super::notify(txn, "w").await?;
         }
     }
     Ok(())

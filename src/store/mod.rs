@@ -26,7 +26,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlxSqliteConnector};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    SqlxSqliteConnector, Statement,
+};
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -38,6 +41,17 @@ use crate::settings::DatabaseSettings;
 /// task cancelled), `i` (instances changed), `s` (a call slot freed), `u:<user_id>` (a
 /// user disabled or removed), `w` (webhook deliveries queued).
 pub const CHANNEL: &str = "infergate";
+
+/// `NOTIFY` on the gateways' channel; delivered when the transaction commits.
+pub async fn notify(db: &impl ConnectionTrait, payload: &str) -> Result<(), DbErr> {
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_notify($1, $2)",
+        [CHANNEL.into(), payload.into()],
+    ))
+    .await?;
+    Ok(())
+}
 
 /// SQLite in WAL mode with FULL sync (a commit survives power loss), a busy timeout and
 /// incremental auto-vacuum (which takes only on a new file, see `space`); anything else

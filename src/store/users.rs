@@ -10,7 +10,7 @@ use sea_orm::{
 };
 use std::collections::HashMap;
 
-use super::{cluster, StoreError};
+use super::{notify, StoreError};
 use crate::domain::{NewUser, Role, TaskStatus};
 
 /// Inserts the user with its password hash; `StoreError::Constraint` when the name is
@@ -114,7 +114,7 @@ pub async fn shut_out(db: &DatabaseConnection, ids: &[i64]) -> Result<Vec<i64>, 
 /// the user is shut out: each ends the user's open streams and forgets their standing.
 async fn announce_shut_out(db: &impl ConnectionTrait, user_id: i64) -> Result<(), StoreError> {
     if db.get_database_backend() == DbBackend::Postgres {
-        cluster::notify(db, &format!("u:{user_id}")).await?;
+        notify(db, &format!("u:{user_id}")).await?;
     }
     Ok(())
 }

@@ -253,21 +253,25 @@ impl Dispatcher {
         let claim =
             async move { shared::claim(&db, &cluster.node, room, cluster.lease, order).await };
         ctx.spawn(claim.into_actor(self).map(move |claimed, dispatcher, ctx| {
-            let tasks = match claimed {
-                Ok(claimed) => claimed.tasks,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim tasks for kept slots; giving them back");
-                    Vec::new()
-                }
-            };
             let Some(shared) = dispatcher.shared.as_mut() else {
                 return;
             };
             shared.claiming_kept = false;
-            if tasks.len() < n {
-                // No slot was short: the ready tasks ran out.
-                shared.short_of = Some(Shortfall::Tasks);
-            }
+            let tasks = match claimed {
+                Ok(claimed) => {
+                    if claimed.tasks.len() < n {
+                        // No slot was short: the ready tasks ran out.
+                        shared.short_of = Some(Shortfall::Tasks);
+                    }
+                    claimed.tasks
+                }
+                Err(e) => {
+                    // What is short is not known: every wake-up claims again.
+                    shared.short_of = None;
+                    tracing::warn!(error = %e, "cannot claim tasks for kept slots; giving them back");
+                    Vec::new()
+                }
+            };
             let mut tasks = tasks.into_iter();
             let mut all_claimed = true;
             for (worker, lease) in kept {

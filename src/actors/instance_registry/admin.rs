@@ -10,7 +10,7 @@ use crate::actors::messages::{
     AddInstance, InstanceAdminError, InstanceSource, InstanceView, RemoveInstance, UpdateInstance,
 };
 use crate::domain::{InstanceChange, InstanceId};
-use crate::store::{cluster as shared, instances, StoreError};
+use crate::store::{instances, notify, StoreError};
 
 type AdminResult = Result<InstanceView, InstanceAdminError>;
 
@@ -43,7 +43,7 @@ impl InstanceRegistry {
         let db = self.db.clone();
         ctx.spawn(
             async move {
-                if let Err(e) = shared::notify(&db, "i").await {
+                if let Err(e) = notify(&db, "i").await {
                     tracing::warn!(error = %e, "cannot tell the other gateways of an instance change; they see it at their next resync");
                 }
             }

@@ -17,7 +17,7 @@ use crate::cluster::Cluster;
 use crate::domain::{ChangeKind, QueuedTask, TaskEvent, TaskId, TaskStatus, UserId};
 use crate::store::cluster::{self as shared, Admitting};
 use crate::store::events::{self, NewEvent};
-use crate::store::StoreError;
+use crate::store::{notify, StoreError};
 
 /// QUEUED or RUNNING → CANCELLED for the tasks `which` selects, each with its event;
 /// with several gateways each cancel is announced, so the one running it aborts it.
@@ -49,7 +49,7 @@ pub(super) async fn cancel_where(
     let logged = events::append(txn, new_events).await?;
     if clustered {
         for task in &cancelled {
-            shared::notify(txn, &format!("c:{}", task.task_id)).await?;
+            notify(txn, &format!("c:{}", task.task_id)).await?;
         }
     }
     Ok((cancelled, logged))
@@ -148,7 +148,7 @@ async fn requeue(
         requeued_rows.extend(changed(txn, update).await?);
     }
     if !requeued_rows.is_empty() {
-        shared::notify(txn, "q").await?;
+        notify(txn, "q").await?;
     }
     Ok(requeued_rows)
 }

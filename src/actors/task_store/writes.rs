@@ -19,7 +19,7 @@ use crate::cluster::Cluster;
 use crate::domain::{ChangeKind, ImageId, TaskEvent, TaskId, TaskStatus, UserId};
 use crate::store::cluster::{self as shared, Admitting};
 use crate::store::events::{self, NewEvent};
-use crate::store::StoreError;
+use crate::store::{notify, StoreError};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -307,7 +307,7 @@ async fn insert_rows(
         outcomes[i] = Some(inserted);
     }
     if any && cluster.is_some() {
-        shared::notify(txn, "q").await?;
+        notify(txn, "q").await?;
     }
     let outcomes = outcomes
         .into_iter()
