@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::{ServerHandle, Service};
 use actix_web::http::header::HeaderMap;
@@ -118,6 +118,18 @@ pub struct SimState {
     /// gateway that honours the capacity never lets this pass it.
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    /// When the GPU worked, for benchmarks that ask how busy the gateway kept it.
+    gpu_clock: Mutex<GpuClock>,
+}
+
+/// The GPU's working time: from the first call's start to the last call's end, and how
+/// much of it was spent on calls (summed over calls at once; at capacity 1 the rest is
+/// the time the GPU waited for the gateway).
+#[derive(Default)]
+struct GpuClock {
+    first_start: Option<Instant>,
+    last_end: Option<Instant>,
+    busy: Duration,
 }
 
 impl SimState {
@@ -133,6 +145,7 @@ impl SimState {
             pcm_bytes_received: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            gpu_clock: Mutex::new(GpuClock::default()),
             transcription_bytes_received: AtomicU64::new(0),
             last_transcription: Mutex::new(None),
             last_image_request: Mutex::new(None),
@@ -140,6 +153,14 @@ impl SimState {
             next_file: AtomicU64::new(0),
             trace_headers: Mutex::new(TraceHeadersSeen::default()),
         }
+    }
+
+    /// Counts a call on the GPU that began at `started` and ends now.
+    fn clock_call(&self, started: Instant) {
+        let mut clock = self.gpu_clock.lock().expect("sim clock lock");
+        clock.first_start.get_or_insert(started);
+        clock.last_end = Some(Instant::now());
+        clock.busy += started.elapsed();
     }
 
     fn knobs(&self) -> SimConfig {
@@ -375,13 +396,31 @@ async fn occupy_gpu(state: &SimState) -> Result<(), HttpResponse> {
         // Never answers; ends when the caller gives up and the connection drops.
         std::future::pending::<()>().await;
     }
-    tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+    let started = Instant::now();
+    compute_for(Duration::from_millis(knobs.latency_ms)).await;
+    state.clock_call(started);
     if fail {
         return Err(
             HttpResponse::InternalServerError().body("simulated failure: CUDA out of memory")
         );
     }
     Ok(())
+}
+
+/// Takes `latency` as a GPU would, to a tenth of a millisecond: tokio's timer wakes on a
+/// millisecond tick and later (a 50 ms call took 51.2 ms on average on two busy cores),
+/// so the last two milliseconds are slept on a blocking thread, which the kernel wakes on
+/// time. Dropped (the caller gave up), it ends at once; that thread sleeps out its rest.
+async fn compute_for(latency: Duration) {
+    const FINE: Duration = Duration::from_millis(2);
+    let deadline = Instant::now() + latency;
+    if latency > FINE {
+        tokio::time::sleep(latency - FINE).await;
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
 }
 
 /// The side drawn for a requested one: small images keep tests fast, so the requested
@@ -469,7 +508,17 @@ impl Drop for InFlight<'_> {
 
 /// `GET /sim/stats`: the counters, for benchmarks driving a simulator in its own process.
 async fn stats(state: web::Data<SimState>) -> HttpResponse {
+    let (span, busy) = {
+        let clock = state.gpu_clock.lock().expect("sim clock lock");
+        let span = match (clock.first_start, clock.last_end) {
+            (Some(first), Some(last)) => last - first,
+            _ => Duration::ZERO,
+        };
+        (span, clock.busy)
+    };
     HttpResponse::Ok().json(serde_json::json!({
+        "gpu_span_ms": span.as_secs_f64() * 1000.0,
+        "gpu_busy_ms": busy.as_secs_f64() * 1000.0,
         "generated": state.generated.load(Ordering::SeqCst),
         "transcribed": state.transcribed.load(Ordering::SeqCst),
         "max_in_flight": state.max_in_flight.load(Ordering::SeqCst),
@@ -518,6 +567,24 @@ mod tests {
         assert_eq!(pixels.len(), 16 * 16 * 3);
         let unpadded = SimState::new(SimConfig::default()).image("a cat", 16, 16, 20);
         assert_eq!(unpadded, render_png("a cat", 16, 16, 20));
+    }
+
+    #[actix_web::test]
+    async fn a_call_takes_at_least_its_latency_and_the_gpu_clock_counts_it() {
+        let state = SimState::new(SimConfig {
+            latency_ms: 20,
+            ..SimConfig::default()
+        });
+        let started = Instant::now();
+        for _ in 0..2 {
+            assert!(occupy_gpu(&state).await.is_ok());
+        }
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(40), "{elapsed:?}");
+        let clock = state.gpu_clock.lock().unwrap();
+        assert!(clock.busy >= Duration::from_millis(40), "{:?}", clock.busy);
+        let span = clock.last_end.unwrap() - clock.first_start.unwrap();
+        assert!(span >= clock.busy && span <= elapsed, "{span:?}");
     }
 
     #[test]
