@@ -15,6 +15,7 @@ mod m20261204_000301_cluster;
 mod m20261205_000401_task_events;
 mod m20261206_000501_operators;
 mod m20261207_000601_queue_samples;
+mod m20261208_000701_vip_queue_index;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000401_task_events::Migration),
             Box::new(m20261206_000501_operators::Migration),
             Box::new(m20261207_000601_queue_samples::Migration),
+            Box::new(m20261208_000701_vip_queue_index::Migration),
         ]
     }
 }

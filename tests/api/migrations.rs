@@ -153,6 +153,7 @@ async fn on_sqlite_the_migrations_keep_existing_rows_and_add_their_rules() {
         [
             "idx_tasks_created_at",
             "idx_tasks_instance",
+            "idx_tasks_queued_vip",
             "idx_tasks_started_at",
             "idx_tasks_status_fair",
             "idx_tasks_status_id",
