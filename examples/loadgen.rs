@@ -353,6 +353,23 @@ async fn submit_spread(
     (latencies, started.elapsed())
 }
 
+/// The whole machine's CPU time so far, from `/proc/stat`: seconds busy (user, nice,
+/// system, interrupts) and seconds stolen by the host.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .expect("a cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().expect("ticks"))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+    (busy / 100.0, ticks[7] / 100.0)
+}
+
 /// A figure of `/proc/PID/status` (`VmRSS`, `VmHWM`), in MiB.
 fn memory_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");

@@ -147,9 +147,13 @@ impl Cluster {
     }
 
     /// `total` submissions from `clients` clients, round-robin over the gateways.
-    async fn submit_load(&self, clients: usize, total: usize) -> (Vec<Duration>, Duration) {
-        let token = self.token().await;
-        submit_spread(&self.client, &self.bases, &token, clients, total).await
+    async fn submit_load(
+        &self,
+        token: &str,
+        clients: usize,
+        total: usize,
+    ) -> (Vec<Duration>, Duration) {
+        submit_spread(&self.client, &self.bases, token, clients, total).await
     }
 
     async fn wait_done(&self, total: u64, started: Instant, what: &str) -> Duration {
@@ -160,8 +164,8 @@ impl Cluster {
         started.elapsed()
     }
 
-    /// The most calls each simulator ever had in flight at once.
-    async fn sims_max_in_flight(&self) -> Vec<u64> {
+    /// Each simulator's counters (`/sim/stats`).
+    async fn sims_stats(&self) -> Vec<Value> {
         let mut figures = vec![];
         for url in &self.sim_urls {
             let stats: Value = self
@@ -173,7 +177,7 @@ impl Cluster {
                 .json()
                 .await
                 .unwrap();
-            figures.push(stats["max_in_flight"].as_u64().unwrap());
+            figures.push(stats);
         }
         figures
     }
@@ -200,28 +204,43 @@ fn start_gateway(dir: &Path, port: u16) -> Proc {
     Proc(child)
 }
 
-/// End-to-end tasks/s through `n` processes, zero-latency GPU of capacity 64.
-async fn e2e(n: usize) -> f64 {
+/// End-to-end tasks/s through `n` processes, zero-latency GPU of capacity 64, and the
+/// machine's CPU time per task (every process on it: gateways, PostgreSQL, simulator and
+/// this client), which the host's steal and neighbours disturb less than the rate.
+async fn e2e(n: usize) -> E2e {
     let total = 5_000;
     let cluster = Cluster::start(n, 0, &[64]).await;
+    // Signing up (a password hash) is not part of the tasks' time.
+    let token = cluster.token().await;
+    let (busy_before, stolen_before) = super::machine_cpu();
     let started = Instant::now();
-    cluster.submit_load(64, total).await;
+    cluster.submit_load(&token, 64, total).await;
     let elapsed = cluster
         .wait_done(total as u64, started, "cluster e2e")
         .await;
+    let (busy_after, stolen_after) = super::machine_cpu();
     let rate = total as f64 / elapsed.as_secs_f64();
+    let cpu_ms = (busy_after - busy_before) * 1000.0 / total as f64;
+    let stolen = stolen_after - stolen_before;
     println!(
-        "cluster e2e: {n} process(es), {total} tasks DONE in {:.2}s = {rate:.0} tasks/s",
-        elapsed.as_secs_f64()
+        "cluster e2e: {n} process(es), {total} tasks DONE in {:.2}s = {rate:.0} tasks/s; machine CPU {cpu_ms:.2} ms per task, {:.0}% of the run's CPU time stolen",
+        elapsed.as_secs_f64(),
+        stolen / (busy_after - busy_before + stolen) * 100.0,
     );
     cluster.stop().await;
-    rate
+    E2e { rate, cpu_ms }
+}
+
+struct E2e {
+    rate: f64,
+    cpu_ms: f64,
 }
 
 /// Durable submissions/s from 64 clients through `n` processes (nothing finishes).
 async fn submissions(n: usize) {
     let cluster = Cluster::start(n, 600_000, &[1]).await;
-    let (mut latencies, elapsed) = cluster.submit_load(64, 10_000).await;
+    let token = cluster.token().await;
+    let (mut latencies, elapsed) = cluster.submit_load(&token, 64, 10_000).await;
     latencies.sort();
     println!(
         "cluster submit: {n} process(es), {} durable submissions in {:.2}s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
@@ -238,7 +257,8 @@ async fn submissions(n: usize) {
 /// them runs on a survivor (default lease, 15 s).
 async fn rescue() {
     let mut cluster = Cluster::start(3, 30_000, &[12]).await;
-    cluster.submit_load(12, 12).await;
+    let token = cluster.token().await;
+    cluster.submit_load(&token, 12, 12).await;
     let db = &cluster.database;
     let started = Instant::now();
     while db.count("status = 'RUNNING'").await < 12 {
@@ -300,22 +320,41 @@ async fn rescue() {
     cluster.stop().await;
 }
 
-/// 600 tasks through 3 processes on three 50 ms GPUs of capacity 1.
+/// 600 tasks through 3 processes on three 50 ms GPUs of capacity 1; then where each
+/// GPU's time went: its calls, the gaps between them (the gateways' share), and the time
+/// before its first call and after its last.
 pub async fn makespan() {
     let total = 600;
     let cluster = Cluster::start(3, 50, &[1, 1, 1]).await;
+    let token = cluster.token().await;
     let started = Instant::now();
-    cluster.submit_load(16, total).await;
+    cluster.submit_load(&token, 16, total).await;
     let elapsed = cluster
         .wait_done(total as u64, started, "cluster makespan")
-        .await;
+        .await
+        .as_secs_f64();
     let ideal = total as f64 * 0.050 / 3.0;
+    let stats = cluster.sims_stats().await;
+    let field = |s: &Value, name: &str| s[name].as_u64().unwrap_or(0);
     println!(
-        "cluster makespan: {total} tasks, 3 processes, 3 GPUs of 50 ms capacity 1: {:.2}s, ideal {ideal:.2}s ({:+.1}%), max in flight per GPU {:?}",
-        elapsed.as_secs_f64(),
-        (elapsed.as_secs_f64() / ideal - 1.0) * 100.0,
-        cluster.sims_max_in_flight().await,
+        "cluster makespan: {total} tasks, 3 processes, 3 GPUs of 50 ms capacity 1: {elapsed:.2}s, ideal {ideal:.2}s ({:+.1}%), max in flight per GPU {:?}",
+        (elapsed / ideal - 1.0) * 100.0,
+        stats.iter().map(|s| field(s, "max_in_flight")).collect::<Vec<_>>(),
     );
+    for (gpu, s) in stats.iter().enumerate() {
+        let calls = field(s, "generated") as f64;
+        // A simulator of an older version keeps no GPU clock.
+        let (Some(span), Some(busy)) = (s["gpu_span_ms"].as_f64(), s["gpu_busy_ms"].as_f64())
+        else {
+            continue;
+        };
+        println!(
+            "cluster makespan: GPU {gpu}: {calls} calls of {:.2} ms on average, {:.2} ms between calls on average, {:.0} ms before the first and after the last",
+            busy / calls,
+            (span - busy) / (calls - 1.0).max(1.0),
+            elapsed * 1000.0 - span,
+        );
+    }
     cluster.stop().await;
 }
 
@@ -327,22 +366,30 @@ const E2E_ROUNDS: usize = 3;
 
 pub async fn cluster_e2e_scenario() {
     let (mut twos, mut threes) = (vec![], vec![]);
+    let mut cpu: [Vec<f64>; 3] = Default::default();
     for round in 1..=E2E_ROUNDS {
         let one = e2e(1).await;
         let two = e2e(2).await;
         let three = e2e(3).await;
         println!(
             "cluster e2e, round {round}: 2 processes keep {:.0}%, 3 keep {:.0}% of 1 process",
-            two / one * 100.0,
-            three / one * 100.0
+            two.rate / one.rate * 100.0,
+            three.rate / one.rate * 100.0
         );
-        twos.push(two / one);
-        threes.push(three / one);
+        twos.push(two.rate / one.rate);
+        threes.push(three.rate / one.rate);
+        for (figures, run) in cpu.iter_mut().zip([one, two, three]) {
+            figures.push(run.cpu_ms);
+        }
     }
     println!(
         "cluster e2e: 2 processes keep {:.0}%, 3 keep {:.0}% of 1 process (medians of {E2E_ROUNDS} rounds)",
         median(&mut twos) * 100.0,
         median(&mut threes) * 100.0
+    );
+    let [one, two, three] = cpu.map(|mut figures| median(&mut figures));
+    println!(
+        "cluster e2e: machine CPU per task {one:.2} / {two:.2} / {three:.2} ms with 1 / 2 / 3 processes (medians of {E2E_ROUNDS} rounds)"
     );
 }
 
