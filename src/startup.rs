@@ -112,7 +112,12 @@ impl Application {
         // would otherwise compete with every other actor (end-to-end median 3,130 against
         // 2,990 tasks/s on two cores).
         let store_thread = Arbiter::new();
-        let hub = EventHub::new(settings.events.buffer, settings.events.max_streams_per_user);
+        // With several gateways, the commits that queue webhook deliveries say so.
+        let hub = EventHub::new(
+            settings.events.buffer,
+            settings.events.max_streams_per_user,
+            cluster.is_some(),
+        );
         // Published on this thread, not the TaskStore's, whose next commit waits for it.
         let store_hub = hub.relay();
         let store = Supervisor::start_in_arbiter(&store_thread.handle(), move |_| {
@@ -186,7 +191,6 @@ impl Application {
             Duration::from_secs(settings.auth.user_cache_secs),
         ));
         if cluster.is_some() {
-            hub.announce_deliveries();
             let (listener_db, listener_dispatcher, listener_registry, listener_hub) = (
                 db.clone(),
                 dispatcher.clone(),

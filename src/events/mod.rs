@@ -88,9 +88,10 @@ struct Inner {
     /// Rung when webhook deliveries may have been queued: the deliverer looks for them.
     /// One permit at most, so a burst is one wake-up.
     deliveries: tokio::sync::Notify,
-    /// Set with several gateways: commits that queue deliveries say so with a `NOTIFY`
-    /// (see `announce_deliveries`), so the commits that queue none wake nobody.
-    announced: AtomicBool,
+    /// With several gateways, commits that queue deliveries say so with a `NOTIFY`, which
+    /// the listener passes on (`deliveries_queued`), so the commits that queue none wake
+    /// nobody; else every published commit wakes the deliverer.
+    deliveries_announced: bool,
 }
 
 /// Hands committed events to the hub, which publishes them, in order, on the thread
@@ -131,7 +132,7 @@ impl Drop for Subscription {
 }
 
 impl EventHub {
-    pub fn new(buffer: usize, max_streams_per_user: usize) -> EventHub {
+    pub fn new(buffer: usize, max_streams_per_user: usize, deliveries_announced: bool) -> EventHub {
         EventHub(Arc::new(Inner {
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -139,15 +140,8 @@ impl EventHub {
             max_streams_per_user,
             rate: Mutex::new(CompletionRate::default()),
             deliveries: tokio::sync::Notify::new(),
-            announced: AtomicBool::new(false),
+            deliveries_announced,
         }))
-    }
-
-    /// From now on the deliverer is woken only by `deliveries_queued`, which the
-    /// listener calls when any gateway's commit says it queued some; else every
-    /// published commit wakes it.
-    pub fn announce_deliveries(&self) {
-        self.0.announced.store(true, Ordering::Relaxed);
     }
 
     /// Webhook deliveries were (or may have been) queued: the deliverer looks.
@@ -230,7 +224,7 @@ impl EventHub {
                 rate.observe(event.kind);
             }
         }
-        if !self.0.announced.load(Ordering::Relaxed) && events.iter().any(|e| e.seq.is_some()) {
+        if !self.0.deliveries_announced && events.iter().any(|e| e.seq.is_some()) {
             self.deliveries_queued();
         }
         let mut users = self.0.users.lock().unwrap();
@@ -340,7 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_stream_gets_its_users_events_and_its_tasks_only() {
-        let hub = EventHub::new(8, 0);
+        let hub = EventHub::new(8, 0, false);
         let mut all = hub.subscribe(UserId(1), None).unwrap();
         let mut one = hub
             .subscribe(UserId(1), Some(TaskId::from("b".to_string())))
@@ -356,7 +350,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_falls_behind_is_dropped_and_the_rest_go_on() {
-        let hub = EventHub::new(2, 0);
+        let hub = EventHub::new(2, 0, false);
         let mut slow = hub.subscribe(UserId(1), None).unwrap();
         let mut fast = hub.subscribe(UserId(1), None).unwrap();
         for seq in 1..=3 {
@@ -372,7 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_revoked_users_streams_end_before_what_they_had_buffered() {
-        let hub = EventHub::new(8, 0);
+        let hub = EventHub::new(8, 0, false);
         let mut revoked = hub.subscribe(UserId(1), None).unwrap();
         let mut other = hub.subscribe(UserId(2), None).unwrap();
         hub.publish(vec![event(1, "a", 1), event(2, "b", 1)]);
@@ -389,7 +383,7 @@ mod tests {
 
     #[test]
     fn streams_per_user_are_bounded_and_freed_on_drop() {
-        let hub = EventHub::new(2, 2);
+        let hub = EventHub::new(2, 2, false);
         let a = hub.subscribe(UserId(1), None).unwrap();
         let _b = hub.subscribe(UserId(1), None).unwrap();
         assert_eq!(
